@@ -1,0 +1,115 @@
+//! Address normalisation shared by the kernel programs and the agent.
+
+/// An address as every map stores it: 16 bytes, network order, IPv4 mapped.
+pub type Addr = [u8; 16];
+
+/// Prefix length of the IPv4-mapped block `::ffff:0:0/96`.
+pub const MAPPED_PREFIX_LEN: u32 = 96;
+
+/// `::ffff:a.b.c.d`
+#[inline(always)]
+pub const fn mapped_v4(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+#[inline(always)]
+pub const fn is_mapped_v4(a: &Addr) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// NAT64 well-known prefix `64:ff9b::/96` (RFC 6052): the last four bytes are
+/// an IPv4 address that a NAT64 gateway will reach on the job's behalf.
+#[inline(always)]
+pub const fn is_nat64(a: &Addr) -> bool {
+    a[0] == 0x00
+        && a[1] == 0x64
+        && a[2] == 0xff
+        && a[3] == 0x9b
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0
+        && a[11] == 0
+}
+
+/// The address a verdict is taken on: NAT64 destinations are judged by the
+/// IPv4 address they embed, so `64:ff9b::a9fe:a9fe` is the metadata service.
+#[inline(always)]
+pub const fn normalize(a: Addr) -> Addr {
+    if is_nat64(&a) {
+        mapped_v4([a[12], a[13], a[14], a[15]])
+    } else {
+        a
+    }
+}
+
+/// Loopback in either family, plus the unspecified addresses: `connect()` to
+/// `0.0.0.0` or `::` reaches the local host just as loopback does.
+#[inline(always)]
+pub const fn is_loopback(a: &Addr) -> bool {
+    if is_mapped_v4(a) {
+        return a[12] == 127 || (a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0);
+    }
+    let mut i = 0;
+    while i < 15 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    a[15] == 1 || a[15] == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat64_is_judged_by_embedded_v4() {
+        let mut nat64 = [0u8; 16];
+        nat64[..4].copy_from_slice(&[0x00, 0x64, 0xff, 0x9b]);
+        nat64[12..].copy_from_slice(&[169, 254, 169, 254]);
+        assert_eq!(normalize(nat64), mapped_v4([169, 254, 169, 254]));
+    }
+
+    #[test]
+    fn ordinary_v6_is_untouched() {
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        a[15] = 7;
+        assert_eq!(normalize(a), a);
+        assert!(!is_mapped_v4(&a));
+    }
+
+    #[test]
+    fn loopback_and_unspecified() {
+        assert!(is_loopback(&mapped_v4([127, 0, 0, 1])));
+        assert!(is_loopback(&mapped_v4([127, 3, 2, 1])));
+        assert!(is_loopback(&mapped_v4([0, 0, 0, 0])));
+        let mut v6_lo = [0u8; 16];
+        v6_lo[15] = 1;
+        assert!(is_loopback(&v6_lo));
+        assert!(is_loopback(&[0u8; 16]));
+        assert!(!is_loopback(&mapped_v4([128, 0, 0, 1])));
+        let mut v6 = [0u8; 16];
+        v6[14] = 1;
+        assert!(!is_loopback(&v6));
+    }
+}

@@ -1,0 +1,85 @@
+//! Records the programs push into the events ring buffer.
+
+use crate::addr::Addr;
+
+/// Why a destination was refused. Names match the event `reason` field.
+pub mod reason {
+    pub const NOT_ALLOWED: u8 = 1;
+    pub const METADATA: u8 = 2;
+    pub const LATERAL: u8 = 3;
+    pub const LOCKDOWN: u8 = 4;
+    pub const DNS_REFUSED: u8 = 5;
+    pub const SOCKET_KIND: u8 = 6;
+
+    pub const fn name(code: u8) -> &'static str {
+        match code {
+            NOT_ALLOWED => "not_allowed",
+            METADATA => "metadata",
+            LATERAL => "lateral",
+            LOCKDOWN => "lockdown",
+            DNS_REFUSED => "dns_refused",
+            SOCKET_KIND => "socket_kind",
+            _ => "unknown",
+        }
+    }
+}
+
+pub mod action {
+    pub const DENY: u8 = 0;
+    /// Audit mode: the connection went through, the event records that it
+    /// would have been denied.
+    pub const AUDIT: u8 = 1;
+
+    pub const fn name(code: u8) -> &'static str {
+        match code {
+            AUDIT => "audit",
+            _ => "deny",
+        }
+    }
+}
+
+/// The hook that produced an event.
+pub mod hook {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+
+    pub const fn name(code: u8) -> &'static str {
+        match code {
+            CONNECT4 => "connect4",
+            CONNECT6 => "connect6",
+            SENDMSG4 => "sendmsg4",
+            SENDMSG6 => "sendmsg6",
+            _ => "unknown",
+        }
+    }
+}
+
+pub const COMM_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns.
+    pub time_ns: u64,
+    /// cgroup v2 id (inode number) of the task: the job's own cgroup, which
+    /// may be a descendant of the runner's.
+    pub cgroup_id: u64,
+    /// Thread-group id, what userspace calls the pid.
+    pub pid: u32,
+    pub runner: u32,
+    pub port: u16,
+    /// 4 or 6: the family of the socket, as the job used it.
+    pub family: u8,
+    /// IP protocol number (6 tcp, 17 udp, 1/58 icmp).
+    pub proto: u8,
+    pub reason: u8,
+    pub action: u8,
+    pub hook: u8,
+    pub _pad: u8,
+    /// The destination exactly as the job gave it (v4 sockets: mapped form).
+    pub addr: Addr,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 64);

@@ -1,0 +1,120 @@
+//! Map names, capacities and key/value layouts.
+//!
+//! Names are at most 15 bytes (the kernel's limit) and double as the pin file
+//! names under `<bpffs>/maps/`.
+
+use crate::{addr::Addr, rules::PortRules, state::MAX_RUNNERS};
+
+/// `Array<RunnerState>` indexed by runner id.
+pub const STATE: &str = "EGRET_STATE";
+/// `HashMap<RunnerName, RunnerRecord>`.
+pub const RUNNERS: &str = "EGRET_RUNNERS";
+/// `LpmTrie<CidrKey, PortRules>`: static CIDRs of every runner.
+pub const CIDRS: &str = "EGRET_CIDRS";
+/// `HashMap<ExactKey, Learned>`: exact IPs learned from DNS, with expiry.
+pub const LEARNED: &str = "EGRET_LEARNED";
+/// `LpmTrie<Addr, BaselineEntry>`: cloud metadata, never allowable.
+pub const METADATA: &str = "EGRET_METADATA";
+/// `LpmTrie<Addr, BaselineEntry>`: private, link-local, CGNAT, ULA and the
+/// host's own subnets; denied unless a policy entry allows the destination.
+pub const LATERAL: &str = "EGRET_LATERAL";
+/// `PerCpuArray<u64>` indexed by [`counter_index`].
+pub const COUNTERS: &str = "EGRET_COUNTERS";
+/// `RingBuf` of [`crate::event::Event`].
+pub const EVENTS: &str = "EGRET_EVENTS";
+
+/// Every pinned map, for teardown and status.
+pub const ALL: [&str; 8] = [STATE, RUNNERS, CIDRS, LEARNED, METADATA, LATERAL, COUNTERS, EVENTS];
+
+pub const CIDRS_CAPACITY: u32 = 65_536;
+pub const LEARNED_CAPACITY: u32 = 131_072;
+pub const BASELINE_CAPACITY: u32 = 1_024;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Prefix length of a full key in the per-runner CIDR trie: the runner id is
+/// the first 32 bits, so entries of different runners never match each other.
+pub const CIDR_KEY_BITS: u32 = 32 + 128;
+pub const ADDR_BITS: u32 = 128;
+
+/// Data part of a CIDR trie key (the prefix length sits in front of it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrKey {
+    /// Big-endian so that the trie compares it bit for bit as a prefix.
+    pub runner_be: [u8; 4],
+    pub addr: Addr,
+}
+const _: () = assert!(core::mem::size_of::<CidrKey>() == 20);
+
+impl CidrKey {
+    #[inline(always)]
+    pub const fn new(runner: u32, addr: Addr) -> Self {
+        Self {
+            runner_be: runner.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Key of the learned-IP hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExactKey {
+    pub runner: u32,
+    pub addr: Addr,
+}
+const _: () = assert!(core::mem::size_of::<ExactKey>() == 20);
+
+/// A learned IP: allowed on `rules` until `expires_ns` (CLOCK_MONOTONIC, the
+/// clock `bpf_ktime_get_ns` reads). The agent sets the expiry to the answer's
+/// TTL plus a grace period and deletes entries that lapsed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    pub expires_ns: u64,
+    pub rules: PortRules,
+}
+const _: () = assert!(core::mem::size_of::<Learned>() == 8 + core::mem::size_of::<PortRules>());
+
+/// A baseline deny entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BaselineEntry {
+    /// A port this entry does not cover (for example DNS on Azure's
+    /// 168.63.129.16); 0 = none.
+    pub exempt_port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<BaselineEntry>() == 8);
+
+/// Counter slots kept per runner.
+pub mod counter {
+    pub const ALLOWED: u32 = 0;
+    pub const DENIED_NOT_ALLOWED: u32 = 1;
+    pub const DENIED_METADATA: u32 = 2;
+    pub const DENIED_LATERAL: u32 = 3;
+    pub const DENIED_LOCKDOWN: u32 = 4;
+    pub const AUDITED: u32 = 5;
+    /// Events lost because the ring buffer was full. Never blocks a verdict.
+    pub const EVENTS_DROPPED: u32 = 6;
+    /// Program-internal failures (each one denied).
+    pub const ERRORS: u32 = 7;
+    pub const KINDS: u32 = 8;
+    pub const NAMES: [&str; KINDS as usize] = [
+        "allowed",
+        "denied_not_allowed",
+        "denied_metadata",
+        "denied_lateral",
+        "denied_lockdown",
+        "audited",
+        "events_dropped",
+        "errors",
+    ];
+}
+
+pub const COUNTERS_LEN: u32 = MAX_RUNNERS * counter::KINDS;
+
+#[inline(always)]
+pub const fn counter_index(runner: u32, kind: u32) -> u32 {
+    runner * counter::KINDS + kind
+}

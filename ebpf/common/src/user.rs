@@ -1,0 +1,21 @@
+//! Userspace-only glue: `aya::Pod` for every type that crosses a map.
+
+use crate::{
+    event::Event,
+    maps::{BaselineEntry, CidrKey, ExactKey, Learned},
+    rules::{PortRule, PortRules},
+    state::{RunnerName, RunnerRecord, RunnerState},
+};
+
+// SAFETY: each type is #[repr(C)], Copy, and has explicit padding fields, so
+// every byte is initialised and any bit pattern is a valid value.
+unsafe impl aya::Pod for PortRule {}
+unsafe impl aya::Pod for PortRules {}
+unsafe impl aya::Pod for RunnerState {}
+unsafe impl aya::Pod for RunnerName {}
+unsafe impl aya::Pod for RunnerRecord {}
+unsafe impl aya::Pod for CidrKey {}
+unsafe impl aya::Pod for ExactKey {}
+unsafe impl aya::Pod for Learned {}
+unsafe impl aya::Pod for BaselineEntry {}
+unsafe impl aya::Pod for Event {}

@@ -1,0 +1,271 @@
+//! egret's kernel programs.
+//!
+//! One copy of this object is loaded per runner, with [`RUNNER_ID`] set at load
+//! time, and attached to that runner's cgroup. The maps are pinned by name, so
+//! every copy shares them and they outlive the agent.
+//!
+//! Every program fails closed: a missing map entry or a helper error denies.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+use egret_common::{
+    addr::{self, Addr},
+    event::{Event, action, hook, reason},
+    maps::{
+        ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY, COUNTERS_LEN,
+        CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, counter, counter_index,
+    },
+    rules::{PortRules, rules_flags},
+    state::{GLOBAL_RUNNER, MAX_RUNNERS, RunnerState, flags},
+    verdict::{ALLOW, DENY},
+};
+
+/// Set by the agent for each runner's copy of the programs.
+#[unsafe(no_mangle)]
+static RUNNER_ID: u32 = 0;
+
+#[map(name = "EGRET_STATE")]
+static STATE: Array<RunnerState> = Array::pinned(MAX_RUNNERS, 0);
+
+#[map(name = "EGRET_CIDRS")]
+static CIDRS: LpmTrie<CidrKey, PortRules> = LpmTrie::pinned(CIDRS_CAPACITY, 0);
+
+#[map(name = "EGRET_LEARNED")]
+static LEARNED: HashMap<ExactKey, Learned> = HashMap::pinned(LEARNED_CAPACITY, 0);
+
+#[map(name = "EGRET_METADATA")]
+static METADATA: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
+
+#[map(name = "EGRET_LATERAL")]
+static LATERAL: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
+
+#[map(name = "EGRET_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+#[map(name = "EGRET_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn egret_connect4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, hook::CONNECT4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egret_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, hook::SENDMSG4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn egret_connect6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, hook::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egret_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, hook::SENDMSG6)
+}
+
+/// The destination of a sock_addr call, as the job gave it.
+struct Destination {
+    /// What the job passed (v4 in mapped form), reported in events.
+    given: Addr,
+    port: u16,
+    proto: u8,
+    family: u8,
+    hook: u8,
+}
+
+#[inline(always)]
+fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands every sock_addr program a valid context; the
+    // verifier checks the field accesses.
+    let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    let dst = Destination {
+        given: addr::mapped_v4(ip.to_ne_bytes()),
+        port: u16::from_be(port as u16),
+        proto: proto as u8,
+        family: 4,
+        hook,
+    };
+    judge(&dst)
+}
+
+#[inline(always)]
+fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as in judge_v4; user_ip6 is read one 32-bit word at a time, the
+    // only access size the verifier accepts for it.
+    let (w0, w1, w2, w3, port, proto) = unsafe {
+        (
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+            (*sa).user_port,
+            (*sa).protocol,
+        )
+    };
+    let mut given = [0u8; 16];
+    given[0..4].copy_from_slice(&w0.to_ne_bytes());
+    given[4..8].copy_from_slice(&w1.to_ne_bytes());
+    given[8..12].copy_from_slice(&w2.to_ne_bytes());
+    given[12..16].copy_from_slice(&w3.to_ne_bytes());
+    let dst = Destination {
+        given,
+        port: u16::from_be(port as u16),
+        proto: proto as u8,
+        family: 6,
+        hook,
+    };
+    judge(&dst)
+}
+
+enum Outcome {
+    Allow,
+    Deny(u8),
+    Audit(u8),
+}
+
+#[inline(always)]
+fn judge(dst: &Destination) -> i32 {
+    // SAFETY: a plain read of a load-time constant; volatile so the compiler
+    // does not fold the default value in.
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match decide(runner, dst, now) {
+        Outcome::Allow => {
+            count(runner, counter::ALLOWED);
+            ALLOW
+        }
+        Outcome::Audit(why) => {
+            count(runner, counter::AUDITED);
+            report(runner, dst, why, action::AUDIT, now);
+            ALLOW
+        }
+        Outcome::Deny(why) => {
+            count(runner, denial_counter(why));
+            report(runner, dst, why, action::DENY, now);
+            DENY
+        }
+    }
+}
+
+/// The verdict order of the design: lockdown, metadata, policy, loopback,
+/// lateral, default. The first match wins.
+#[inline(always)]
+fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
+    let Some(state) = STATE.get(runner) else {
+        count(runner, counter::ERRORS);
+        return Outcome::Deny(reason::NOT_ALLOWED);
+    };
+    if !state.has(flags::CONFIGURED) {
+        return Outcome::Deny(reason::NOT_ALLOWED);
+    }
+    if state.locked_down(now) {
+        return Outcome::Deny(reason::LOCKDOWN);
+    }
+    match STATE.get(GLOBAL_RUNNER) {
+        Some(global) if global.locked_down(now) => return Outcome::Deny(reason::LOCKDOWN),
+        Some(_) => {}
+        None => {
+            count(runner, counter::ERRORS);
+            return Outcome::Deny(reason::NOT_ALLOWED);
+        }
+    }
+
+    let target = addr::normalize(dst.given);
+
+    if let Some(entry) = METADATA.get(Key::new(ADDR_BITS, target)) {
+        if entry.exempt_port == 0 || entry.exempt_port != dst.port {
+            return Outcome::Deny(reason::METADATA);
+        }
+    }
+
+    // SAFETY: the agent may rewrite the entry while we read it; a torn read
+    // can only mix two values the agent wrote for this same key, both valid.
+    if let Some(learned) = unsafe { LEARNED.get(ExactKey { runner, addr: target }) } {
+        if now < learned.expires_ns && learned.rules.permits(dst.port, dst.proto) {
+            return Outcome::Allow;
+        }
+    }
+    let lateral = LATERAL.get(Key::new(ADDR_BITS, target)).is_some();
+    if let Some(rules) = CIDRS.get(Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target))) {
+        let names_it = !lateral || rules.flags & rules_flags::LATERAL_OK != 0;
+        if names_it && rules.permits(dst.port, dst.proto) {
+            return Outcome::Allow;
+        }
+    }
+
+    if addr::is_loopback(&target) {
+        return Outcome::Allow;
+    }
+
+    let why = if lateral { reason::LATERAL } else { reason::NOT_ALLOWED };
+    if state.has(flags::AUDIT) {
+        Outcome::Audit(why)
+    } else {
+        Outcome::Deny(why)
+    }
+}
+
+#[inline(always)]
+const fn denial_counter(why: u8) -> u32 {
+    match why {
+        reason::METADATA => counter::DENIED_METADATA,
+        reason::LATERAL => counter::DENIED_LATERAL,
+        reason::LOCKDOWN => counter::DENIED_LOCKDOWN,
+        _ => counter::DENIED_NOT_ALLOWED,
+    }
+}
+
+#[inline(always)]
+fn count(runner: u32, kind: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(runner, kind)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Never blocks: a full ring buffer costs an event, counted, not a verdict.
+#[inline(always)]
+fn report(runner: u32, dst: &Destination, why: u8, act: u8, now: u64) {
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(runner, counter::EVENTS_DROPPED);
+        return;
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    slot.write(Event {
+        time_ns: now,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        runner,
+        port: dst.port,
+        family: dst.family,
+        proto: dst.proto,
+        reason: why,
+        action: act,
+        hook: dst.hook,
+        _pad: 0,
+        addr: dst.given,
+        comm,
+    });
+    slot.submit(0);
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
