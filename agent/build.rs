@@ -19,7 +19,9 @@ fn main() -> anyhow::Result<()> {
     let object = out_dir.join("egret");
 
     if env::var(STUB_VAR).is_ok_and(|v| v == "1") {
-        println!("cargo:warning={STUB_VAR}=1: building without kernel programs; `egret agent` will refuse to run");
+        println!(
+            "cargo:warning={STUB_VAR}=1: building without kernel programs; `egret agent` will refuse to run"
+        );
         fs::write(&object, []).context("writing the stub eBPF object")?;
         return Ok(());
     }
@@ -47,7 +49,10 @@ fn main() -> anyhow::Result<()> {
         .to_owned();
     // Track every source file so an edit to the programs or the shared ABI
     // rebuilds the object.
-    for dir in [format!("{root_dir}/src"), format!("{root_dir}/../common/src")] {
+    for dir in [
+        format!("{root_dir}/src"),
+        format!("{root_dir}/../common/src"),
+    ] {
         println!("cargo:rerun-if-changed={dir}");
     }
     aya_build::build_ebpf(

@@ -24,7 +24,9 @@ pub const COUNTERS: &str = "EGRET_COUNTERS";
 pub const EVENTS: &str = "EGRET_EVENTS";
 
 /// Every pinned map, for teardown and status.
-pub const ALL: [&str; 8] = [STATE, RUNNERS, CIDRS, LEARNED, METADATA, LATERAL, COUNTERS, EVENTS];
+pub const ALL: [&str; 8] = [
+    STATE, RUNNERS, CIDRS, LEARNED, METADATA, LATERAL, COUNTERS, EVENTS,
+];
 
 pub const CIDRS_CAPACITY: u32 = 65_536;
 pub const LEARNED_CAPACITY: u32 = 131_072;

@@ -37,7 +37,8 @@ impl RunnerState {
 
     #[inline(always)]
     pub const fn locked_down(&self, now_ns: u64) -> bool {
-        self.has(flags::LOCKDOWN) && (self.lockdown_until_ns == 0 || now_ns < self.lockdown_until_ns)
+        self.has(flags::LOCKDOWN)
+            && (self.lockdown_until_ns == 0 || now_ns < self.lockdown_until_ns)
     }
 }
 
@@ -62,7 +63,11 @@ impl RunnerName {
     }
 
     pub fn as_str(&self) -> &str {
-        let end = self.bytes.iter().position(|b| *b == 0).unwrap_or(RUNNER_NAME_LEN);
+        let end = self
+            .bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(RUNNER_NAME_LEN);
         core::str::from_utf8(&self.bytes[..end]).unwrap_or("")
     }
 }
@@ -97,7 +102,10 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_are_bounded() {
-        assert_eq!(RunnerName::new("gitlab-docker").unwrap().as_str(), "gitlab-docker");
+        assert_eq!(
+            RunnerName::new("gitlab-docker").unwrap().as_str(),
+            "gitlab-docker"
+        );
         assert!(RunnerName::new("").is_none());
         assert!(RunnerName::new(&"x".repeat(RUNNER_NAME_LEN + 1)).is_none());
     }

@@ -10,7 +10,9 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::{cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::SockAddrContext,
@@ -191,7 +193,12 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
 
     // SAFETY: the agent may rewrite the entry while we read it; a torn read
     // can only mix two values the agent wrote for this same key, both valid.
-    if let Some(learned) = unsafe { LEARNED.get(ExactKey { runner, addr: target }) } {
+    if let Some(learned) = unsafe {
+        LEARNED.get(ExactKey {
+            runner,
+            addr: target,
+        })
+    } {
         if now < learned.expires_ns && learned.rules.permits(dst.port, dst.proto) {
             return Outcome::Allow;
         }
@@ -208,7 +215,11 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
         return Outcome::Allow;
     }
 
-    let why = if lateral { reason::LATERAL } else { reason::NOT_ALLOWED };
+    let why = if lateral {
+        reason::LATERAL
+    } else {
+        reason::NOT_ALLOWED
+    };
     if state.has(flags::AUDIT) {
         Outcome::Audit(why)
     } else {

@@ -1,0 +1,161 @@
+//! The baseline deny lists: what no policy can open (cloud metadata) and what
+//! only an explicit policy entry can open (lateral destinations).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// A metadata endpoint, with an optional port the entry does not cover.
+pub struct MetadataEndpoint {
+    pub net: &'static str,
+    pub exempt_port: u16,
+    pub what: &'static str,
+}
+
+/// Credentials live behind these addresses on the clouds runners run on.
+pub const METADATA: &[MetadataEndpoint] = &[
+    MetadataEndpoint {
+        net: "169.254.169.254/32",
+        exempt_port: 0,
+        what: "the cloud instance metadata service (AWS, GCP, Azure, OCI, DigitalOcean, Hetzner, OpenStack)",
+    },
+    MetadataEndpoint {
+        net: "fd00:ec2::254/128",
+        exempt_port: 0,
+        what: "the AWS instance metadata service over IPv6",
+    },
+    MetadataEndpoint {
+        net: "fd20:ce::254/128",
+        exempt_port: 0,
+        what: "the GCP metadata service over IPv6",
+    },
+    MetadataEndpoint {
+        net: "169.254.170.2/32",
+        exempt_port: 0,
+        what: "the AWS ECS task metadata and credentials endpoint",
+    },
+    MetadataEndpoint {
+        net: "169.254.170.23/32",
+        exempt_port: 0,
+        what: "the AWS EKS Pod Identity agent",
+    },
+    MetadataEndpoint {
+        net: "fd00:ec2::23/128",
+        exempt_port: 0,
+        what: "the AWS EKS Pod Identity agent over IPv6",
+    },
+    MetadataEndpoint {
+        net: "100.100.100.200/32",
+        exempt_port: 0,
+        what: "the Alibaba Cloud metadata service",
+    },
+    MetadataEndpoint {
+        net: "169.254.0.23/32",
+        exempt_port: 0,
+        what: "the Tencent Cloud metadata service",
+    },
+    // Azure's WireServer also serves the VM's DNS on port 53.
+    MetadataEndpoint {
+        net: "168.63.129.16/32",
+        exempt_port: 53,
+        what: "the Azure WireServer",
+    },
+];
+
+/// Destinations on the runner's own network: other VMs, internal services.
+pub const LATERAL: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "fe80::/10",
+    "fc00::/7",
+    "ff00::/8",
+];
+
+pub fn metadata_nets() -> impl Iterator<Item = (IpNet, u16)> {
+    METADATA.iter().map(|m| (parse(m.net), m.exempt_port))
+}
+
+pub fn lateral_nets() -> impl Iterator<Item = IpNet> {
+    LATERAL.iter().map(|n| parse(n))
+}
+
+fn parse(net: &str) -> IpNet {
+    net.parse()
+        .unwrap_or_else(|_| unreachable!("baseline entry {net} is a valid CIDR"))
+}
+
+/// The metadata endpoint a policy CIDR would include, if any.
+pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
+    METADATA.iter().find_map(|m| {
+        let endpoint = parse(m.net);
+        (m.exempt_port == 0 && net.contains(&endpoint.network())).then_some(m.what)
+    })
+}
+
+/// Subnets of the host's own interfaces (loopback excluded): the runner's
+/// neighbours, whatever address range they use.
+pub fn host_subnets() -> std::io::Result<Vec<IpNet>> {
+    let mut nets = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let (ip, prefix) =
+            if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                (IpAddr::V4(a.ip()), m.ip().to_bits().count_ones())
+            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(a.ip()), m.ip().to_bits().count_ones())
+            } else {
+                continue;
+            };
+        if ip.is_loopback() {
+            continue;
+        }
+        if let Ok(net) = IpNet::new(ip, prefix as u8) {
+            let net = net.trunc();
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+    }
+    Ok(nets)
+}
+
+/// Whether `net` lies entirely inside a lateral range, i.e. the policy entry
+/// names a neighbour explicitly rather than covering it by accident.
+pub fn names_lateral(net: &IpNet, lateral: &[IpNet]) -> bool {
+    lateral.iter().any(|l| l.contains(net))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_lists_parse() {
+        assert_eq!(metadata_nets().count(), METADATA.len());
+        assert_eq!(lateral_nets().count(), LATERAL.len());
+    }
+
+    #[test]
+    fn broad_cidrs_do_not_name_neighbours() {
+        let lateral: Vec<IpNet> = lateral_nets().collect();
+        assert!(!names_lateral(&"0.0.0.0/0".parse().unwrap(), &lateral));
+        assert!(names_lateral(&"10.0.0.5/32".parse().unwrap(), &lateral));
+        assert!(names_lateral(&"10.1.0.0/16".parse().unwrap(), &lateral));
+    }
+
+    #[test]
+    fn metadata_overlap_names_the_endpoint() {
+        assert!(metadata_overlap(&"169.254.0.0/16".parse().unwrap()).is_some());
+        assert!(metadata_overlap(&"0.0.0.0/0".parse().unwrap()).is_some());
+        assert!(metadata_overlap(&"203.0.113.0/24".parse().unwrap()).is_none());
+        // The exempt Azure DNS port keeps 168.63.129.16 from warning.
+        assert!(metadata_overlap(&"168.63.129.16/32".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,349 @@
+//! `egret agent`: load, pin, attach, keep the maps in step with the policy
+//! and DNS, and stream events. Exiting never removes enforcement.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use egret_common::state::{RunnerState, flags};
+use ipnet::IpNet;
+use tokio::{signal::unix::SignalKind, task::JoinSet};
+
+use crate::{
+    baseline,
+    datapath::{self, Datapath, DatapathError, Pins, RunnerCidrs},
+    events::{self, Attribution},
+    policy::{self, Mode, Policy, PolicyError},
+    resolver::{self, Answer, Learning, Resolvers, TtlSettings},
+    runners::{self, CgroupError},
+};
+
+pub struct AgentOptions {
+    pub policy: PathBuf,
+    pub pins: Pins,
+    pub state_dir: PathBuf,
+    pub create_cgroups: bool,
+    pub ttl: TtlSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("egret agent must run as root: it loads BPF programs and attaches them to cgroups")]
+    NotRoot,
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// 1 for bad input, 2 for everything about the environment.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Policy(PolicyError::Invalid(_) | PolicyError::EmptyDirectory { .. }) => 1,
+            _ => 2,
+        }
+    }
+}
+
+struct Agent {
+    opts: AgentOptions,
+    cgroup_root: PathBuf,
+    datapath: Datapath,
+    resolvers: Resolvers,
+    attribution: Arc<Mutex<Attribution>>,
+    /// Runner name → id, for the runners of the applied policy.
+    ids: HashMap<String, u32>,
+}
+
+pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(AgentError::NotRoot);
+    }
+    let cgroup_root = runners::cgroup2_root()?;
+    let loaded = policy::load(&opts.policy)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    std::fs::create_dir_all(&opts.state_dir).map_err(|source| AgentError::Io {
+        op: "create state directory",
+        path: opts.state_dir.clone(),
+        source,
+    })?;
+    let (datapath, ring) = Datapath::open(opts.pins.clone())?;
+    let attribution = Arc::new(Mutex::new(Attribution::new(cgroup_root.clone())));
+    {
+        let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
+        attr.learning = Learning::new(opts.ttl);
+    }
+    let mut agent = Agent {
+        opts,
+        cgroup_root,
+        datapath,
+        resolvers: Resolvers::default(),
+        attribution: attribution.clone(),
+        ids: HashMap::new(),
+    };
+    agent.apply(&loaded.policy).await?;
+
+    let mut pump = tokio::spawn(events::pump(ring, attribution));
+    tracing::info!(
+        runners = agent.ids.len(),
+        bpffs = %agent.opts.pins.root.display(),
+        "egret agent ready"
+    );
+    notify_ready();
+
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind).map_err(|source| AgentError::Io {
+            op: "install signal handler",
+            path: PathBuf::new(),
+            source,
+        })
+    };
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        let deadline = agent.next_deadline();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if let Err(e) = agent.refresh().await {
+                    tracing::error!(error = %e, "refreshing learned addresses failed");
+                }
+            }
+            _ = hup.recv() => agent.reload().await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            res = &mut pump => {
+                match res {
+                    Ok(Err(e)) => tracing::error!(error = %e, "event stream stopped"),
+                    Ok(Ok(())) => {}
+                    Err(e) => tracing::error!(error = %e, "event task failed"),
+                }
+                return Err(AgentError::Io { op: "read events from", path: agent.opts.pins.root.clone(), source: std::io::Error::other("event stream ended") });
+            }
+        }
+    }
+    tracing::info!("stopping; programs and maps stay pinned, so enforcement continues");
+    Ok(())
+}
+
+impl Agent {
+    fn learning<R>(&self, f: impl FnOnce(&mut Learning) -> R) -> R {
+        let mut attr = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut attr.learning)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let cap = Instant::now() + std::time::Duration::from_secs(60);
+        self.learning(|l| l.next_deadline())
+            .map_or(cap, |d| d.min(cap))
+    }
+
+    async fn reload(&mut self) {
+        tracing::info!(policy = %self.opts.policy.display(), "reloading policy");
+        match policy::load(&self.opts.policy) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    tracing::warn!("{w}");
+                }
+                match self.apply(&loaded.policy).await {
+                    Ok(()) => tracing::info!("policy reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "applying the new policy failed; the maps may hold a mix")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("new policy rejected, the running policy stays in force:\n{e}")
+            }
+        }
+    }
+
+    /// Brings the kernel in line with `policy`. For a runner seen for the
+    /// first time, its maps and state are written before its programs are
+    /// attached, so it never runs a moment under an empty policy.
+    async fn apply(&mut self, policy: &Policy) -> Result<(), AgentError> {
+        let host_subnets = baseline::host_subnets().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the host's interfaces; lateral baseline covers the standard ranges only");
+            Vec::new()
+        });
+        let mut lateral: Vec<IpNet> = baseline::lateral_nets().collect();
+        lateral.extend(host_subnets);
+        let metadata: Vec<(IpNet, u16)> = baseline::metadata_nets().collect();
+        self.datapath.sync_baseline(&metadata, &lateral)?;
+
+        let mut ids = HashMap::new();
+        let mut records = HashMap::new();
+        for runner in &policy.runners {
+            let dir = runners::cgroup_dir(&self.cgroup_root, &runner.cgroup);
+            runners::ensure_cgroup(&runner.name, &dir, self.opts.create_cgroups)?;
+            let (id, record) = self.datapath.runner_id(&runner.name)?;
+            if ids.values().any(|other| *other == id) {
+                return Err(DatapathError::TooManyRunners.into());
+            }
+            ids.insert(runner.name.clone(), id);
+            records.insert(runner.name.clone(), (record, dir));
+        }
+
+        let hosts: Vec<(u32, String, Vec<IpAddr>, policy::HostRule)> = policy
+            .runners
+            .iter()
+            .flat_map(|r| {
+                let id = ids[&r.name];
+                r.hosts
+                    .iter()
+                    .map(move |h| (id, r.name.clone(), r.dns_upstream.clone(), h.clone()))
+            })
+            .collect();
+        self.learning(|l| l.set_hosts(hosts));
+        self.resolve_due().await;
+
+        let cidr_input: Vec<RunnerCidrs<'_>> = policy
+            .runners
+            .iter()
+            .map(|r| RunnerCidrs {
+                id: ids[&r.name],
+                name: &r.name,
+                cidrs: &r.cidrs,
+            })
+            .collect();
+        let desired_cidrs = datapath::compile_cidrs(&cidr_input, &lateral)?;
+        let all: HashSet<u32> = ids.values().copied().collect();
+        let changed = self.datapath.sync_cidrs(&all, &desired_cidrs)?;
+        tracing::debug!(changed, "CIDR entries synced");
+        self.sync_learned()?;
+
+        for runner in &policy.runners {
+            let id = ids[&runner.name];
+            let old = self.datapath.maps.runner_state(id).unwrap_or_default();
+            let mut state = RunnerState {
+                flags: flags::CONFIGURED | (old.flags & flags::LOCKDOWN),
+                lockdown_until_ns: old.lockdown_until_ns,
+                ..old
+            };
+            if runner.mode == Mode::Audit {
+                state.flags |= flags::AUDIT;
+                tracing::warn!(runner = %runner.name, "runner is in audit mode: denials are reported, not enforced");
+            }
+            self.datapath.maps.set_runner_state(id, state)?;
+            let (record, dir) = &records[&runner.name];
+            let cgroup_id = runners::cgroup_id(dir)?;
+            match record {
+                Some(rec) if self.datapath.attached(rec, cgroup_id) => {
+                    tracing::info!(runner = %runner.name, id, cgroup = %runner.cgroup, "re-adopted pinned programs");
+                }
+                _ => {
+                    self.datapath.attach(&runner.name, id, dir, cgroup_id)?;
+                    tracing::info!(runner = %runner.name, id, cgroup = %runner.cgroup, "attached programs");
+                }
+            }
+        }
+
+        for (name, rec) in self.datapath.maps.runner_records() {
+            if !ids.contains_key(&name) {
+                self.datapath.remove_runner(&name, rec.id)?;
+                tracing::info!(runner = %name, "runner no longer in policy; detached");
+            }
+        }
+
+        let mut attr = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
+        attr.runners = policy
+            .runners
+            .iter()
+            .map(|r| {
+                (
+                    ids[&r.name],
+                    (
+                        r.name.clone(),
+                        runners::cgroup_dir(&self.cgroup_root, &r.cgroup),
+                    ),
+                )
+            })
+            .collect();
+        drop(attr);
+        self.ids = ids;
+        Ok(())
+    }
+
+    /// Looks up every host whose refresh is due, all at once.
+    async fn resolve_due(&mut self) {
+        let due: Vec<(usize, Vec<IpAddr>, String)> = self.learning(|l| {
+            l.due(Instant::now())
+                .into_iter()
+                .map(|i| (i, l.tracked[i].upstream.clone(), l.tracked[i].host.clone()))
+                .collect()
+        });
+        if due.is_empty() {
+            return;
+        }
+        let mut lookups = JoinSet::new();
+        for (index, upstream, host) in due {
+            match self.resolvers.resolver(&upstream) {
+                Ok(r) => {
+                    lookups.spawn(async move { (index, resolver::lookup(&r, &host).await) });
+                }
+                Err(e) => self.learning(|l| l.apply(index, Answer::Failed(e.to_string()))),
+            }
+        }
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((index, answer)) = done {
+                self.learning(|l| l.apply(index, answer));
+            }
+        }
+    }
+
+    fn sync_learned(&mut self) -> Result<(), DatapathError> {
+        let (desired, settled): (_, HashSet<u32>) = self.learning(|l| {
+            let settled = l
+                .tracked
+                .iter()
+                .map(|t| t.runner)
+                .filter(|r| l.settled(*r))
+                .collect();
+            (l.desired(Instant::now()), settled)
+        });
+        // Runners with no hosts at all are settled too: nothing justifies
+        // learned entries for them.
+        let mut settled = settled;
+        settled.extend(
+            self.ids
+                .values()
+                .copied()
+                .filter(|id| self.learning(|l| !l.tracked.iter().any(|t| t.runner == *id))),
+        );
+        let changed = self.datapath.sync_learned(&settled, &desired)?;
+        tracing::debug!(changed, entries = desired.len(), "learned entries synced");
+        Ok(())
+    }
+
+    async fn refresh(&mut self) -> Result<(), DatapathError> {
+        self.resolve_due().await;
+        self.sync_learned()
+    }
+}
+
+/// Tells systemd (Type=notify) that enforcement is in place.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+}

@@ -1,0 +1,248 @@
+//! Drains the kernel's event ring buffer, attributes each record (runner,
+//! job cgroup, hostname) and writes it as one JSON object per line.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use egret_common::{
+    addr,
+    event::{Event, action, hook, reason},
+    rules::proto,
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::{resolver::Learning, runners};
+
+/// What the enricher needs to know about the runners, shared with the agent
+/// loop that keeps it current.
+#[derive(Default)]
+pub struct Attribution {
+    pub cgroup_root: PathBuf,
+    /// Runner id → (name, cgroup directory).
+    pub runners: HashMap<u32, (String, PathBuf)>,
+    pub learning: Learning,
+    cgroup_paths: HashMap<u64, String>,
+}
+
+impl Attribution {
+    pub fn new(cgroup_root: PathBuf) -> Self {
+        Self {
+            cgroup_root,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub runner: String,
+    /// The job's cgroup, relative to the cgroup2 root; the runner's cgroup or
+    /// one below it (a container).
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub family: &'static str,
+    pub proto: String,
+    pub dst: String,
+    pub port: u16,
+    /// The name this runner resolved to `dst`, if any.
+    pub host: Option<String>,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub hook: &'static str,
+}
+
+/// Decodes one ring-buffer record. `None` for a record of the wrong size,
+/// which can only come from a mismatched object and is skipped.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is Pod (repr(C), explicit padding); the length is checked
+    // and read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+pub fn destination(ev: &Event) -> IpAddr {
+    if ev.family == 4 && addr::is_mapped_v4(&ev.addr) {
+        IpAddr::V4(Ipv4Addr::new(
+            ev.addr[12],
+            ev.addr[13],
+            ev.addr[14],
+            ev.addr[15],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(ev.addr))
+    }
+}
+
+/// The address policy was judged on, which `host` attribution is keyed by.
+fn judged(ev: &Event) -> IpAddr {
+    let norm = addr::normalize(ev.addr);
+    if addr::is_mapped_v4(&norm) {
+        IpAddr::V4(Ipv4Addr::new(norm[12], norm[13], norm[14], norm[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(norm))
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        proto::IPPROTO_TCP => "tcp".into(),
+        proto::IPPROTO_UDP => "udp".into(),
+        proto::IPPROTO_ICMP => "icmp".into(),
+        proto::IPPROTO_ICMPV6 => "icmpv6".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn enrich(
+    ev: &Event,
+    attribution: &mut Attribution,
+    wall_now: SystemTime,
+    mono_now: u64,
+) -> EventRecord {
+    let age = Duration::from_nanos(mono_now.saturating_sub(ev.time_ns));
+    let time =
+        humantime::format_rfc3339_millis(wall_now.checked_sub(age).unwrap_or(wall_now)).to_string();
+    let (runner, runner_dir) = attribution
+        .runners
+        .get(&ev.runner)
+        .cloned()
+        .unwrap_or_else(|| (format!("#{}", ev.runner), PathBuf::new()));
+    let cgroup = match attribution.cgroup_paths.get(&ev.cgroup_id) {
+        Some(p) => Some(p.clone()),
+        None => {
+            let found = runners::find_by_id(&attribution.cgroup_root, &runner_dir, ev.cgroup_id);
+            if let Some(p) = &found {
+                attribution.cgroup_paths.insert(ev.cgroup_id, p.clone());
+            }
+            found
+        }
+    };
+    let comm_end = ev
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(ev.comm.len());
+    EventRecord {
+        time,
+        runner,
+        cgroup,
+        cgroup_id: ev.cgroup_id,
+        pid: ev.pid,
+        comm: String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned(),
+        family: if ev.family == 4 { "ipv4" } else { "ipv6" },
+        proto: proto_name(ev.proto),
+        dst: destination(ev).to_string(),
+        port: ev.port,
+        host: attribution.learning.hosts_for(ev.runner, judged(ev)),
+        reason: reason::name(ev.reason),
+        action: action::name(ev.action),
+        hook: hook::name(ev.hook),
+    }
+}
+
+/// Reads events until the task is dropped. Writes go to stdout, one line per
+/// event, flushed at once so a pipeline sees denials as they happen.
+pub async fn pump(
+    ring: RingBuf<MapData>,
+    attribution: Arc<Mutex<Attribution>>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+    // for as long as the AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut lines = Vec::new();
+        {
+            let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
+            let wall = SystemTime::now();
+            let mono = crate::resolver::monotonic_ns();
+            while let Some(item) = ring.next() {
+                if let Some(ev) = decode(&item) {
+                    let record = enrich(&ev, &mut attr, wall, mono);
+                    if let Ok(line) = serde_json::to_string(&record) {
+                        lines.push(line);
+                    }
+                }
+            }
+        }
+        guard.clear_ready();
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Event {
+            time_ns: 1_000,
+            cgroup_id: 77,
+            pid: 4242,
+            runner: 1,
+            port: 80,
+            family: 6,
+            proto: proto::IPPROTO_TCP,
+            reason: reason::METADATA,
+            action: action::DENY,
+            hook: hook::CONNECT6,
+            _pad: 0,
+            addr: addr::mapped_v4([169, 254, 169, 254]),
+            comm,
+        }
+    }
+
+    #[test]
+    fn a_mapped_destination_on_a_v6_socket_is_shown_as_given() {
+        let mut attr = Attribution::default();
+        attr.runners
+            .insert(1, ("ci".into(), PathBuf::from("/nonexistent")));
+        let r = enrich(
+            &event(),
+            &mut attr,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(10),
+            1_000,
+        );
+        assert_eq!(r.dst, "::ffff:169.254.169.254");
+        assert_eq!(r.family, "ipv6");
+        assert_eq!(r.runner, "ci");
+        assert_eq!(r.comm, "curl");
+        assert_eq!(r.reason, "metadata");
+        assert_eq!(r.action, "deny");
+        assert_eq!(r.time, "1970-01-01T00:00:10.000Z");
+    }
+
+    #[test]
+    fn v4_events_show_dotted_quads() {
+        let mut ev = event();
+        ev.family = 4;
+        ev.hook = hook::CONNECT4;
+        assert_eq!(destination(&ev).to_string(), "169.254.169.254");
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(decode(&[0u8; 10]).is_none());
+    }
+}

@@ -1,0 +1,22 @@
+//! egret: an eBPF egress firewall for self-hosted CI runners.
+//!
+//! One module per concern: `policy` reads YAML, `baseline` holds what no
+//! policy can open, `runners` maps runners to cgroups, `datapath` owns the
+//! pinned programs and maps, `resolver` turns hostnames into addresses,
+//! `events` streams denials, `daemon` ties them together for `egret agent`.
+
+pub mod baseline;
+pub mod daemon;
+pub mod datapath;
+pub mod events;
+pub mod policy;
+pub mod resolver;
+pub mod runners;
+
+/// Default locations; every one can be overridden on the command line so
+/// several agents (or tests) can run side by side.
+pub mod paths {
+    pub const BPFFS: &str = "/sys/fs/bpf/egret";
+    pub const SOCKET: &str = "/run/egret/egret.sock";
+    pub const STATE_DIR: &str = "/var/lib/egret";
+}

@@ -1,0 +1,169 @@
+//! cgroup2 discovery and the mapping between runners and their cgroups.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] std::io::Error),
+    #[error(
+        "no cgroup2 filesystem is mounted; egret needs cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1, \
+         or mount it: mount -t cgroup2 none /sys/fs/cgroup)"
+    )]
+    NoCgroup2,
+    #[error(
+        "runner '{runner}': cgroup {path} does not exist. Create it before the runner starts jobs \
+         (for example with a systemd slice), or start the agent with --create-cgroups"
+    )]
+    Missing { runner: String, path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The mount point of the cgroup2 hierarchy, read from /proc/self/mountinfo
+/// (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    find_cgroup2(&info).ok_or(CgroupError::NoCgroup2)
+}
+
+fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        let mount_point = pre.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
+fn unescape_mount_path(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Absolute filesystem path of a policy cgroup (`/egret.slice/ci`).
+pub fn cgroup_dir(root: &Path, cgroup: &str) -> PathBuf {
+    root.join(cgroup.trim_start_matches('/'))
+}
+
+/// The cgroup v2 id, which is the inode number of its directory.
+pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io {
+            op: "stat",
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Makes sure a runner's cgroup exists, creating it when asked to.
+pub fn ensure_cgroup(runner: &str, dir: &Path, create: bool) -> Result<(), CgroupError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if !create {
+        return Err(CgroupError::Missing {
+            runner: runner.to_owned(),
+            path: dir.to_owned(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
+        op: "create cgroup",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Finds the cgroup with `id` at or below `dir` and returns its path relative
+/// to the cgroup2 root. Used to name the job cgroup in events; bounded so a
+/// huge tree cannot stall event delivery.
+pub fn find_by_id(root: &Path, dir: &Path, id: u64) -> Option<String> {
+    const MAX_VISITS: usize = 10_000;
+    let mut stack = vec![dir.to_owned()];
+    let mut visits = 0;
+    while let Some(d) = stack.pop() {
+        visits += 1;
+        if visits > MAX_VISITS {
+            return None;
+        }
+        let Ok(meta) = std::fs::metadata(&d) else {
+            continue;
+        };
+        if meta.ino() == id {
+            let rel = d.strip_prefix(root).ok()?;
+            return Some(format!("/{}", rel.display()));
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            find_cgroup2(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_in_unified_layout_with_optional_fields() {
+        let info =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn no_cgroup2() {
+        assert_eq!(
+            find_cgroup2("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        assert_eq!(unescape_mount_path(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+}
