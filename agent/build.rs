@@ -16,7 +16,7 @@ const STUB_VAR: &str = "EGRET_EBPF_STUB";
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed={STUB_VAR}");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out_dir.join("egret");
+    let object = out_dir.join("egret-programs");
 
     if env::var(STUB_VAR).is_ok_and(|v| v == "1") {
         println!(

@@ -33,7 +33,7 @@ use egret_common::{
 use ipnet::IpNet;
 
 /// The kernel programs, built by build.rs. Empty in a stub build.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
 pub const PROGRAMS: [&str; 4] = [

@@ -1,1 +1,51 @@
+//! The test world of `../shared/design.md` §5, shared by the end-to-end tests,
+//! `cargo xtask demo` and the benchmarks.
+//!
+//! Nothing here sends a packet from the caller's network namespace: every
+//! process that talks to the network is started inside a namespace the world
+//! created, and the spawn itself refuses to run a child that would still be in
+//! the namespace the test process started in.
 
+pub mod agent;
+pub mod cgroup;
+pub mod job;
+pub mod netns;
+pub mod scenario;
+pub mod world;
+
+/// Whether privileged tests run. They do, always, unless
+/// `EGRET_SKIP_PRIVILEGED=1` says otherwise; then the skip is printed.
+/// Running without root is a failure, not a skip.
+pub fn privileged(test: &str) -> bool {
+    if std::env::var("EGRET_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED (EGRET_SKIP_PRIVILEGED=1): {test}");
+        return false;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root (cgroups, BPF, network namespaces); run it through `cargo xtask test`, \
+         or set EGRET_SKIP_PRIVILEGED=1 to skip privileged tests"
+    );
+    true
+}
+
+/// Path of a binary of this workspace, next to the running test binary
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`), unless
+/// `EGRET_BIN_DIR` points elsewhere.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("EGRET_BIN_DIR") {
+        return std::path::PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --release --workspace --bins` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,219 @@
+//! Running `egret agent` in the host namespace of a world, as it would run on
+//! a runner host, with private bpffs and state paths.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::world::World;
+
+#[derive(Default)]
+struct Output {
+    events: Vec<Value>,
+    logs: Vec<String>,
+    ready: bool,
+    exited: bool,
+}
+
+/// A running agent. Dropping it kills the process; the pins stay (use
+/// [`Agent::teardown`] or [`Pins`] to remove them).
+pub struct Agent {
+    child: Option<Child>,
+    out: Arc<(Mutex<Output>, Condvar)>,
+    pub policy: PathBuf,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// The bpffs directory a world's agents share; torn down on drop so no test
+/// leaves programs attached.
+pub struct Pins {
+    pub bpffs: PathBuf,
+}
+
+impl Pins {
+    pub fn new(world: &World) -> Self {
+        Self {
+            bpffs: world.path("bpffs"),
+        }
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::workspace_bin("egret"))
+            .args(["teardown", "--bpffs"])
+            .arg(&self.bpffs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Agent {
+    /// Starts the agent and waits until it reports enforcement in place.
+    pub fn start(world: &World, pins: &Pins, policy: &Path, extra: &[&str]) -> Self {
+        let mut agent = Self::spawn(world, pins, policy, extra);
+        if let Err(logs) = agent.wait_ready(Duration::from_secs(30)) {
+            panic!("agent did not become ready:\n{logs}");
+        }
+        agent
+    }
+
+    /// Starts the agent without waiting (to test failures).
+    pub fn spawn(world: &World, pins: &Pins, policy: &Path, extra: &[&str]) -> Self {
+        let state_dir = world.path("state");
+        let mut cmd = Command::new(crate::workspace_bin("egret"));
+        cmd.arg("agent")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--bpffs")
+            .arg(&pins.bpffs)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--ttl-floor", "1s", "--grace", "2s"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = world.host.spawn(&mut cmd, None);
+        let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent stdout line is not JSON ({e}): {line}"));
+                let (lock, cv) = &*o;
+                lock.lock().unwrap().events.push(value);
+                cv.notify_all();
+            }
+        });
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (lock, cv) = &*o;
+                let mut g = lock.lock().unwrap();
+                if line.contains("egret agent ready") {
+                    g.ready = true;
+                }
+                g.logs.push(line);
+                cv.notify_all();
+            }
+            let (lock, cv) = &*o;
+            lock.lock().unwrap().exited = true;
+            cv.notify_all();
+        });
+        Self {
+            child: Some(child),
+            out,
+            policy: policy.to_owned(),
+            bpffs: pins.bpffs.clone(),
+            state_dir,
+        }
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + timeout;
+        let mut g = lock.lock().unwrap();
+        while !g.ready && !g.exited && Instant::now() < deadline {
+            g = cv.wait_timeout(g, deadline - Instant::now()).unwrap().0;
+        }
+        if g.ready {
+            Ok(())
+        } else {
+            Err(g.logs.join("\n"))
+        }
+    }
+
+    /// Waits for the process to exit; returns its code and its log.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("agent already reaped");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (lock, cv) = &*self.out;
+        let mut g = lock.lock().unwrap();
+        while !g.exited {
+            g = cv.wait_timeout(g, Duration::from_secs(2)).unwrap().0;
+        }
+        (status.code(), g.logs.join("\n"))
+    }
+
+    pub fn logs(&self) -> String {
+        self.out.0.lock().unwrap().logs.join("\n")
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.out.0.lock().unwrap().events.clone()
+    }
+
+    /// Waits until an event satisfying `pred` arrives.
+    pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + timeout;
+        let mut g = lock.lock().unwrap();
+        loop {
+            if let Some(e) = g.events.iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// SIGKILL: the harshest way an agent can go away.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `egret teardown` against these pins; returns its exit code and output.
+pub fn teardown(pins: &Pins) -> (i32, String) {
+    let out = Command::new(crate::workspace_bin("egret"))
+        .args(["teardown", "--bpffs"])
+        .arg(&pins.bpffs)
+        .output()
+        .expect("run egret teardown");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -1,0 +1,351 @@
+//! Helper processes of the test world:
+//! - `serve tcp:ADDR udp:ADDR ...`: fixture servers; TCP answers with a banner
+//!   line naming the address, UDP echoes.
+//! - `dns ADDR ZONE LOG`: an authoritative DNS fixture for the test zone that
+//!   appends every query it sees to LOG and re-reads ZONE on each query.
+//! - `job ACTION...`: what a CI job does; one JSON outcome per action.
+//!
+//! Every mode first checks it is not in the test's initial network namespace.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{Name, RData, Record, RecordType, rdata},
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(why) = assert_isolated() {
+        eprintln!("egret-testkit: {why}");
+        return ExitCode::from(3);
+    }
+    let Some((mode, rest)) = args.split_first() else {
+        eprintln!("usage: egret-testkit serve|dns|job ...");
+        return ExitCode::from(2);
+    };
+    match mode.as_str() {
+        "serve" => serve(rest),
+        "dns" => dns(rest),
+        "job" => job(rest),
+        other => {
+            eprintln!("unknown mode {other}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn assert_isolated() -> Result<(), String> {
+    let initial: u64 = std::env::var("EGRET_TEST_INITIAL_NETNS")
+        .map_err(|_| {
+            "EGRET_TEST_INITIAL_NETNS not set; run me through the test harness".to_owned()
+        })?
+        .parse()
+        .map_err(|_| "EGRET_TEST_INITIAL_NETNS is not a number".to_owned())?;
+    let here = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| e.to_string())?
+        .ino();
+    if here == initial {
+        return Err("refusing to touch the network from the initial network namespace".into());
+    }
+    Ok(())
+}
+
+fn serve(specs: &[String]) -> ExitCode {
+    for spec in specs {
+        let (kind, addr) = spec.split_once(':').expect("kind:addr");
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        match kind {
+            "tcp" => {
+                let listener =
+                    TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+                std::thread::spawn(move || {
+                    for mut stream in listener.incoming().flatten() {
+                        std::thread::spawn(move || {
+                            let _ = stream.write_all(format!("fixture {addr}\n").as_bytes());
+                            // Keep the connection open until the client closes,
+                            // so long-lived connections can be tested.
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = stream.read(&mut buf) {
+                                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+            "udp" => {
+                let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], peer);
+                    }
+                });
+            }
+            other => panic!("unknown listener kind {other}"),
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::park();
+    }
+}
+
+struct ZoneRecord {
+    name: Name,
+    rtype: RecordType,
+    value: String,
+    ttl: u32,
+}
+
+fn read_zone(path: &PathBuf) -> Vec<ZoneRecord> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [name, rtype, value, ttl] = f[..] else {
+                return None;
+            };
+            Some(ZoneRecord {
+                name: Name::from_ascii(format!("{name}.")).ok()?,
+                rtype: match rtype {
+                    "A" => RecordType::A,
+                    "AAAA" => RecordType::AAAA,
+                    "CNAME" => RecordType::CNAME,
+                    _ => return None,
+                },
+                value: value.to_owned(),
+                ttl: ttl.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    let q = request.queries.first()?.clone();
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(
+            f,
+            "{} {}",
+            q.name().to_ascii().trim_end_matches('.'),
+            q.query_type()
+        );
+    }
+    let zone = read_zone(zone_path);
+    let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_query(q.clone());
+    let mut name = q.name().clone();
+    let mut found_name = false;
+    // Follow CNAMEs inside the zone, as a recursive resolver would hand back.
+    for _ in 0..8 {
+        let mut next = None;
+        for r in zone.iter().filter(|r| r.name == name) {
+            found_name = true;
+            let rdata = match r.rtype {
+                RecordType::A if q.query_type() == RecordType::A => {
+                    RData::A(rdata::A(r.value.parse().ok()?))
+                }
+                RecordType::AAAA if q.query_type() == RecordType::AAAA => {
+                    RData::AAAA(rdata::AAAA(r.value.parse().ok()?))
+                }
+                RecordType::CNAME => {
+                    let target = Name::from_ascii(format!("{}.", r.value)).ok()?;
+                    next = Some(target.clone());
+                    RData::CNAME(rdata::CNAME(target))
+                }
+                _ => continue,
+            };
+            response.add_answer(Record::from_rdata(r.name.clone(), r.ttl, rdata));
+        }
+        match next {
+            Some(n) => name = n,
+            None => break,
+        }
+    }
+    if !found_name {
+        response.metadata.response_code = ResponseCode::NXDomain;
+    }
+    response.to_vec().ok()
+}
+
+fn dns(args: &[String]) -> ExitCode {
+    let [addr, zone, log] = args else {
+        eprintln!("usage: egret-testkit dns ADDR ZONE LOG");
+        return ExitCode::from(2);
+    };
+    let addr: SocketAddr = addr.parse().expect("dns listen address");
+    let (zone, log) = (PathBuf::from(zone), PathBuf::from(log));
+    let udp = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+    let tcp = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+    {
+        let (zone, log) = (zone.clone(), log.clone());
+        std::thread::spawn(move || {
+            for mut stream in tcp.incoming().flatten() {
+                let (zone, log) = (zone.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut len = [0u8; 2];
+                    while stream.read_exact(&mut len).is_ok() {
+                        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if stream.read_exact(&mut q).is_err() {
+                            break;
+                        }
+                        let Some(r) = answer(&q, &zone, &log) else {
+                            break;
+                        };
+                        let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&r);
+                        if stream.write_all(&framed).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut buf = [0u8; 4096];
+    while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+        if let Some(r) = answer(&buf[..n], &zone, &log) {
+            let _ = udp.send_to(&r, peer);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(serde::Serialize, Default)]
+struct Outcome {
+    action: String,
+    result: &'static str,
+    errno: Option<i32>,
+    error: Option<String>,
+    banner: Option<String>,
+    pid: u32,
+    elapsed_ns: Option<u64>,
+    count: Option<u64>,
+}
+
+fn failure(action: &str, e: &std::io::Error) -> Outcome {
+    Outcome {
+        action: action.to_owned(),
+        result: "error",
+        errno: e.raw_os_error(),
+        error: Some(e.to_string()),
+        pid: std::process::id(),
+        ..Default::default()
+    }
+}
+
+fn success(action: &str) -> Outcome {
+    Outcome {
+        action: action.to_owned(),
+        result: "ok",
+        pid: std::process::id(),
+        ..Default::default()
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn unspecified_for(dst: &SocketAddr) -> SocketAddr {
+    if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("v4")
+    } else {
+        "[::]:0".parse().expect("v6")
+    }
+}
+
+fn run_action(action: &str) -> Outcome {
+    let (kind, rest) = action.split_once(':').unwrap_or((action, ""));
+    let parse =
+        |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|e| panic!("address {s}: {e}")) };
+    match kind {
+        // Connect, read the server's banner line.
+        "tcp" => match TcpStream::connect_timeout(&parse(rest), TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(TIMEOUT));
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+                let mut o = success(action);
+                o.banner = Some(line.trim().to_owned());
+                o
+            }
+            Err(e) => failure(action, &e),
+        },
+        // Unconnected UDP: sendto without connect().
+        "udp-sendto" => {
+            let dst = parse(rest);
+            let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
+            match sock.send_to(b"egret-probe", dst) {
+                Ok(_) => {
+                    let _ = sock.set_read_timeout(Some(TIMEOUT));
+                    let mut buf = [0u8; 64];
+                    let mut o = success(action);
+                    if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                        o.banner = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                    o
+                }
+                Err(e) => failure(action, &e),
+            }
+        }
+        // Connected UDP: connect(), then send().
+        "udp-connect" => {
+            let dst = parse(rest);
+            let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
+            match sock.connect(dst).and_then(|()| sock.send(b"egret-probe")) {
+                Ok(_) => success(action),
+                Err(e) => failure(action, &e),
+            }
+        }
+        // N connects in a loop: connect-loop:ADDR:PORT:N (v6 in brackets).
+        "connect-loop" => {
+            let (addr, n) = rest.rsplit_once(':').expect("connect-loop:ADDR:N");
+            let dst = parse(addr);
+            let n: u64 = n.parse().expect("count");
+            let start = Instant::now();
+            for i in 0..n {
+                if let Err(e) = TcpStream::connect_timeout(&dst, TIMEOUT) {
+                    let mut o = failure(action, &e);
+                    o.count = Some(i);
+                    return o;
+                }
+            }
+            let mut o = success(action);
+            o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
+            o.count = Some(n);
+            o
+        }
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
+            success(action)
+        }
+        other => panic!("unknown action {other}"),
+    }
+}
+
+fn job(actions: &[String]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    for a in actions {
+        let o = run_action(a);
+        let _ = writeln!(out, "{}", serde_json::to_string(&o).expect("json"));
+        let _ = out.flush();
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,64 @@
+//! Jobs: real processes placed in a runner's cgroup before they create any
+//! socket, performing scripted network actions and reporting each outcome.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde::Deserialize;
+
+use crate::netns::Netns;
+
+/// Result of one action, as `egret-testkit job` reports it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: String,
+    /// `ok` or `error`.
+    pub result: String,
+    pub errno: Option<i32>,
+    pub error: Option<String>,
+    /// First line the server sent, when it sent one.
+    pub banner: Option<String>,
+    pub pid: u32,
+    /// Extra numbers some actions report (loops: elapsed ns, count).
+    pub elapsed_ns: Option<u64>,
+    pub count: Option<u64>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.result == "ok"
+    }
+    pub fn eperm(&self) -> bool {
+        self.errno == Some(libc::EPERM)
+    }
+}
+
+/// Runs `egret-testkit job ACTIONS...` in `ns`, in the cgroup whose
+/// `cgroup.procs` is given (None: outside any runner).
+pub fn run(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Vec<Outcome> {
+    let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
+    cmd.arg("job")
+        .args(actions)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = ns.spawn(&mut cmd, cgroup_procs);
+    let out = child.wait_with_output().expect("job output");
+    assert!(
+        out.status.success(),
+        "job {actions:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("job output {l}: {e}")))
+        .collect();
+    assert_eq!(outcomes.len(), actions.len(), "one outcome per action");
+    outcomes
+}
+
+pub fn one(ns: &Netns, cgroup_procs: Option<&Path>, action: &str) -> Outcome {
+    run(ns, cgroup_procs, &[action]).remove(0)
+}

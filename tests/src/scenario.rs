@@ -1,0 +1,106 @@
+//! A world with one runner cgroup and an agent enforcing a policy on it: the
+//! starting point of most end-to-end tests and of the demo.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    agent::{Agent, Pins},
+    cgroup::TestCgroup,
+    job::{self, Outcome},
+    world::{self, World},
+};
+
+pub const RUNNER: &str = "ci";
+
+/// Fields drop in order: the agent stops, the pins are torn down, the cgroup
+/// is emptied and removed, then the namespaces go.
+pub struct Scenario {
+    pub agent: Option<Agent>,
+    pub pins: Pins,
+    pub cgroup: TestCgroup,
+    pub world: World,
+    pub policy: PathBuf,
+    /// The runner's cgroup as the policy names it.
+    pub runner_cgroup: String,
+}
+
+/// A policy with one runner `ci`, resolving through the world's DNS fixture.
+pub fn policy(cgroup: &str, mode: &str, allow: &str) -> String {
+    let mut text = format!(
+        "version: 1\nrunners:\n  - name: {RUNNER}\n    cgroup: {cgroup}\n    mode: {mode}\n    dns:\n      upstream: [{}]\n    allow:\n",
+        world::DNS
+    );
+    if allow.trim().is_empty() {
+        text.push_str("      []\n");
+    }
+    for line in allow.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("      ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+impl Scenario {
+    /// World, cgroup and policy, no agent yet.
+    pub fn prepare(mode: &str, allow: &str) -> Self {
+        let world = World::new();
+        let mut cgroup = TestCgroup::new("egret-test");
+        let runner_cgroup = cgroup.child("ci");
+        let policy = world.path("policy.yaml");
+        world::write_file(&policy, &self::policy(&runner_cgroup, mode, allow));
+        let pins = Pins::new(&world);
+        Self {
+            agent: None,
+            pins,
+            cgroup,
+            world,
+            policy,
+            runner_cgroup,
+        }
+    }
+
+    /// World, cgroup, policy and a ready agent.
+    pub fn start(mode: &str, allow: &str) -> Self {
+        let mut s = Self::prepare(mode, allow);
+        s.start_agent();
+        s
+    }
+
+    pub fn start_agent(&mut self) -> &mut Agent {
+        let agent = Agent::start(&self.world, &self.pins, &self.policy, &[]);
+        self.agent.insert(agent)
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+    }
+
+    /// A job in the runner's cgroup.
+    pub fn job(&self, actions: &[&str]) -> Vec<Outcome> {
+        job::run(&self.world.host, Some(&self.cgroup.procs("ci")), actions)
+    }
+
+    /// A job in a cgroup below the runner's (a container, say).
+    pub fn job_in(&self, rel: &str, actions: &[&str]) -> Vec<Outcome> {
+        job::run(&self.world.host, Some(&self.cgroup.procs(rel)), actions)
+    }
+
+    /// The same actions from a process on the host outside any runner.
+    pub fn outsider(&self, actions: &[&str]) -> Vec<Outcome> {
+        job::run(&self.world.host, None, actions)
+    }
+
+    pub fn wait_event(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        self.agent().wait_event(Duration::from_secs(5), pred)
+    }
+}

@@ -1,0 +1,266 @@
+//! The namespaces, links, addresses and fixture servers of the test world.
+//!
+//! ```text
+//!  host (agent, jobs)                internet (fixtures on lo)
+//!  192.0.2.2/24  2001:db8:ffff::2 ─── 192.0.2.1  2001:db8:ffff::1
+//!  10.0.0.1/24 ─── neighbour 10.0.0.5
+//! ```
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::netns::{self, Netns};
+
+pub const GITLAB: &str = "203.0.113.10";
+pub const REGISTRY: &str = "203.0.113.20";
+pub const DNS: &str = "203.0.113.53";
+pub const ATTACKER: &str = "198.51.100.66";
+pub const METADATA: &str = "169.254.169.254";
+pub const METADATA6: &str = "fd00:ec2::254";
+pub const GITLAB6: &str = "2001:db8::10";
+pub const NEIGHBOUR: &str = "10.0.0.5";
+
+/// Addresses the internet namespace carries on its loopback.
+const INTERNET_V4: &[&str] = &[
+    GITLAB,
+    "203.0.113.11",
+    REGISTRY,
+    "203.0.113.21",
+    "203.0.113.22",
+    DNS,
+    ATTACKER,
+    METADATA,
+];
+const INTERNET_V6: &[&str] = &[METADATA6, GITLAB6, "2001:db8::20", "2001:db8::66"];
+
+/// TCP listeners in the internet namespace; each answers with a banner line
+/// naming itself, so a test knows which server it reached.
+const INTERNET_TCP: &[&str] = &[
+    "203.0.113.10:443",
+    "203.0.113.10:22",
+    "203.0.113.10:80",
+    "203.0.113.11:443",
+    "203.0.113.20:443",
+    "203.0.113.21:443",
+    "203.0.113.22:443",
+    "198.51.100.66:443",
+    "198.51.100.66:80",
+    "169.254.169.254:80",
+    "[fd00:ec2::254]:80",
+    "[2001:db8::10]:443",
+    "[2001:db8::20]:443",
+    "[2001:db8::66]:443",
+];
+const INTERNET_UDP: &[&str] = &["198.51.100.66:53", "198.51.100.66:443", "203.0.113.10:443"];
+const NEIGHBOUR_TCP: &[&str] = &["10.0.0.5:22", "10.0.0.5:80"];
+
+pub struct World {
+    pub host: Netns,
+    pub internet: Netns,
+    pub neighbour: Netns,
+    pub dir: PathBuf,
+    pub dns_log: PathBuf,
+    pub dns_zone: PathBuf,
+    fixtures: Vec<Child>,
+}
+
+/// Default zone served by the DNS fixture: `name type value ttl`.
+pub const ZONE: &str = "\
+gitlab.test A 203.0.113.10 60
+gitlab.test AAAA 2001:db8::10 60
+registry.test A 203.0.113.20 60
+registry.test A 203.0.113.21 60
+attacker.test A 198.51.100.66 60
+";
+
+impl World {
+    /// Builds the world. The calling thread is moved into a fresh namespace
+    /// of its own first.
+    pub fn new() -> Self {
+        netns::isolate_this_thread();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "egt{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("egret-{tag}"));
+        std::fs::create_dir_all(&dir).expect("world temp dir");
+
+        let host = Netns::create(&format!("{tag}-host"));
+        let internet = Netns::create(&format!("{tag}-inet"));
+        let neighbour = Netns::create(&format!("{tag}-nbr"));
+
+        // Each veth end is created directly inside its namespace, so fixed
+        // names never clash between worlds.
+        let (h_i, i_h) = ("to-inet".to_owned(), "to-host".to_owned());
+        let (h_n, n_h) = ("to-nbr".to_owned(), "to-host".to_owned());
+        netns::run_ip(&[
+            "link",
+            "add",
+            &h_i,
+            "netns",
+            &host.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &i_h,
+            "netns",
+            &internet.name,
+        ]);
+        netns::run_ip(&[
+            "link",
+            "add",
+            &h_n,
+            "netns",
+            &host.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &n_h,
+            "netns",
+            &neighbour.name,
+        ]);
+
+        host.ip(&["addr", "add", "192.0.2.2/24", "dev", &h_i]);
+        host.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ffff::2/64",
+            "dev",
+            &h_i,
+            "nodad",
+        ]);
+        host.ip(&["addr", "add", "10.0.0.1/24", "dev", &h_n]);
+        host.ip(&["link", "set", &h_i, "up"]);
+        host.ip(&["link", "set", &h_n, "up"]);
+        internet.ip(&["addr", "add", "192.0.2.1/24", "dev", &i_h]);
+        internet.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ffff::1/64",
+            "dev",
+            &i_h,
+            "nodad",
+        ]);
+        internet.ip(&["link", "set", &i_h, "up"]);
+        neighbour.ip(&["addr", "add", "10.0.0.5/24", "dev", &n_h]);
+        neighbour.ip(&["link", "set", &n_h, "up"]);
+        host.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        host.ip(&["-6", "route", "add", "default", "via", "2001:db8:ffff::1"]);
+        for a in INTERNET_V4 {
+            internet.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        for a in INTERNET_V6 {
+            internet.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo"]);
+        }
+
+        let dns_log = dir.join("dns-queries.log");
+        let dns_zone = dir.join("zone.txt");
+        std::fs::write(&dns_zone, ZONE).expect("write zone");
+        std::fs::write(&dns_log, "").expect("create dns log");
+
+        let mut world = Self {
+            host,
+            internet,
+            neighbour,
+            dir,
+            dns_log,
+            dns_zone,
+            fixtures: Vec::new(),
+        };
+        // Fixtures start only now that every address is in place.
+        let mut serve = vec!["serve".to_owned()];
+        serve.extend(INTERNET_TCP.iter().map(|a| format!("tcp:{a}")));
+        serve.extend(INTERNET_UDP.iter().map(|a| format!("udp:{a}")));
+        world.start_fixture(Side::Internet, &serve);
+        let mut serve = vec!["serve".to_owned()];
+        serve.extend(NEIGHBOUR_TCP.iter().map(|a| format!("tcp:{a}")));
+        world.start_fixture(Side::Neighbour, &serve);
+        let dns = vec![
+            "dns".to_owned(),
+            format!("{DNS}:53"),
+            world.dns_zone.display().to_string(),
+            world.dns_log.display().to_string(),
+        ];
+        world.start_fixture(Side::Internet, &dns);
+        world
+    }
+
+    fn start_fixture(&mut self, side: Side, args: &[String]) {
+        let ns = match side {
+            Side::Internet => &self.internet,
+            Side::Neighbour => &self.neighbour,
+        };
+        let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = ns.spawn(&mut cmd, None);
+        wait_ready(child.stdout.take().expect("piped stdout"), args);
+        self.fixtures.push(child);
+    }
+
+    /// Names the DNS fixture saw queries for, in order.
+    pub fn dns_queries(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.dns_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn write_zone(&self, zone: &str) {
+        let tmp = self.dns_zone.with_extension("new");
+        std::fs::write(&tmp, zone).expect("write zone");
+        std::fs::rename(&tmp, &self.dns_zone).expect("replace zone");
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+enum Side {
+    Internet,
+    Neighbour,
+}
+
+fn wait_ready(stdout: ChildStdout, what: &[String]) {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line).expect("fixture stdout");
+    assert_eq!(line.trim(), "ready", "fixture {what:?} did not come up");
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.fixtures {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // Namespaces are deleted by their own Drop.
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename {}: {e}", path.display()));
+}
