@@ -3,7 +3,7 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use serde::Deserialize;
@@ -24,6 +24,9 @@ pub struct Outcome {
     /// Extra numbers some actions report (loops: elapsed ns, count).
     pub elapsed_ns: Option<u64>,
     pub count: Option<u64>,
+    pub oks: Option<u64>,
+    pub eperms: Option<u64>,
+    pub others: Option<u64>,
 }
 
 impl Outcome {
@@ -38,25 +41,44 @@ impl Outcome {
 /// Runs `egret-testkit job ACTIONS...` in `ns`, in the cgroup whose
 /// `cgroup.procs` is given (None: outside any runner).
 pub fn run(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Vec<Outcome> {
+    start(ns, cgroup_procs, actions).wait()
+}
+
+/// A job running in the background.
+pub struct Running {
+    child: Child,
+    actions: Vec<String>,
+}
+
+pub fn start(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Running {
     let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
     cmd.arg("job")
         .args(actions)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = ns.spawn(&mut cmd, cgroup_procs);
-    let out = child.wait_with_output().expect("job output");
-    assert!(
-        out.status.success(),
-        "job {actions:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("job output {l}: {e}")))
-        .collect();
-    assert_eq!(outcomes.len(), actions.len(), "one outcome per action");
-    outcomes
+    Running {
+        child: ns.spawn(&mut cmd, cgroup_procs),
+        actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+    }
+}
+
+impl Running {
+    pub fn wait(self) -> Vec<Outcome> {
+        let actions = self.actions;
+        let out = self.child.wait_with_output().expect("job output");
+        assert!(
+            out.status.success(),
+            "job {actions:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("job output {l}: {e}")))
+            .collect();
+        assert_eq!(outcomes.len(), actions.len(), "one outcome per action");
+        outcomes
+    }
 }
 
 pub fn one(ns: &Netns, cgroup_procs: Option<&Path>, action: &str) -> Outcome {

@@ -87,6 +87,11 @@ impl Scenario {
         job::run(&self.world.host, Some(&self.cgroup.procs("ci")), actions)
     }
 
+    /// A job in the runner's cgroup, left running in the background.
+    pub fn start_job(&self, actions: &[&str]) -> job::Running {
+        job::start(&self.world.host, Some(&self.cgroup.procs("ci")), actions)
+    }
+
     /// A job in a cgroup below the runner's (a container, say).
     pub fn job_in(&self, rel: &str, actions: &[&str]) -> Vec<Outcome> {
         job::run(&self.world.host, Some(&self.cgroup.procs(rel)), actions)

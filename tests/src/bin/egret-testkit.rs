@@ -239,6 +239,9 @@ struct Outcome {
     pid: u32,
     elapsed_ns: Option<u64>,
     count: Option<u64>,
+    oks: Option<u64>,
+    eperms: Option<u64>,
+    others: Option<u64>,
 }
 
 fn failure(action: &str, e: &std::io::Error) -> Outcome {
@@ -330,6 +333,25 @@ fn run_action(action: &str) -> Outcome {
             let mut o = success(action);
             o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
             o.count = Some(n);
+            o
+        }
+        // Connect over and over for a while: hammer:ADDR:PORT:MS. Counts how
+        // many attempts succeeded, got EPERM, or failed otherwise.
+        "hammer" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("hammer:ADDR:MS");
+            let dst = parse(addr);
+            let until = Instant::now() + Duration::from_millis(ms.parse().expect("ms"));
+            let (mut oks, mut eperms, mut others) = (0, 0, 0);
+            while Instant::now() < until {
+                match TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
+                    Ok(_) => oks += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperms += 1,
+                    Err(_) => others += 1,
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let mut o = success(action);
+            (o.oks, o.eperms, o.others) = (Some(oks), Some(eperms), Some(others));
             o
         }
         "sleep" => {
