@@ -167,12 +167,21 @@ impl Agent {
 
     /// Waits until an event satisfying `pred` arrives.
     pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.wait_events(timeout, |events| events.iter().find(|e| pred(e)).cloned())
+    }
+
+    /// Waits until `check` finds what it wants in the events so far.
+    pub fn wait_events<T>(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> Option<T>,
+    ) -> Option<T> {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + timeout;
         let mut g = lock.lock().unwrap();
         loop {
-            if let Some(e) = g.events.iter().find(|e| pred(e)) {
-                return Some(e.clone());
+            if let Some(found) = check(&g.events) {
+                return Some(found);
             }
             let now = Instant::now();
             if now >= deadline {

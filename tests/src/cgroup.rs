@@ -6,11 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A top-level cgroup `egret-test-<pid>-<n>` and the children made in it.
+/// A top-level cgroup `egret-test-<pid>-<n>`, removed with everything below it.
 pub struct TestCgroup {
     pub root: PathBuf,
     pub top: PathBuf,
-    children: Vec<PathBuf>,
 }
 
 impl TestCgroup {
@@ -25,11 +24,26 @@ impl TestCgroup {
         );
         let top = root.join(&name);
         std::fs::create_dir(&top).unwrap_or_else(|e| panic!("mkdir {}: {e}", top.display()));
-        Self {
-            root,
-            top,
-            children: Vec::new(),
+        Self { root, top }
+    }
+
+    /// A top-level cgroup with a fixed name (the demo's policy names it).
+    /// Refuses to take over one that already exists.
+    pub fn named(name: &str) -> Result<Self, String> {
+        let root = egret::runners::cgroup2_root().map_err(|e| e.to_string())?;
+        let top = root.join(name);
+        if top.exists() {
+            if populated(&top) {
+                return Err(format!(
+                    "{} exists and has processes in it (is another demo running?)",
+                    top.display()
+                ));
+            }
+            // Left over from an interrupted run.
+            remove_tree(&top);
         }
+        std::fs::create_dir(&top).map_err(|e| format!("mkdir {}: {e}", top.display()))?;
+        Ok(Self { root, top })
     }
 
     /// Creates `rel` below the top cgroup; returns its path as a policy
@@ -37,7 +51,6 @@ impl TestCgroup {
     pub fn child(&mut self, rel: &str) -> String {
         let dir = self.top.join(rel);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        self.children.push(dir.clone());
         self.policy_path(rel)
     }
 
@@ -53,6 +66,13 @@ impl TestCgroup {
     pub fn procs(&self, rel: &str) -> PathBuf {
         self.dir(rel).join("cgroup.procs")
     }
+}
+
+/// Whether any process lives at or below `dir`.
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|events| events.lines().any(|l| l == "populated 1"))
+        .unwrap_or(true)
 }
 
 fn empty(dir: &Path) {

@@ -23,6 +23,8 @@ pub const METADATA: &str = "169.254.169.254";
 pub const METADATA6: &str = "fd00:ec2::254";
 pub const GITLAB6: &str = "2001:db8::10";
 pub const NEIGHBOUR: &str = "10.0.0.5";
+/// A listener that accepts and closes at once, for connect benchmarks.
+pub const BENCH_SINK: &str = "203.0.113.10:9000";
 
 /// Addresses the internet namespace carries on its loopback.
 const INTERNET_V4: &[&str] = &[
@@ -81,6 +83,7 @@ impl World {
     /// Builds the world. The calling thread is moved into a fresh namespace
     /// of its own first.
     pub fn new() -> Self {
+        sweep_stale();
         netns::isolate_this_thread();
         static N: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
@@ -181,6 +184,7 @@ impl World {
         let mut serve = vec!["serve".to_owned()];
         serve.extend(INTERNET_TCP.iter().map(|a| format!("tcp:{a}")));
         serve.extend(INTERNET_UDP.iter().map(|a| format!("udp:{a}")));
+        serve.push(format!("sink:{BENCH_SINK}"));
         world.start_fixture(Side::Internet, &serve);
         let mut serve = vec!["serve".to_owned()];
         serve.extend(NEIGHBOUR_TCP.iter().map(|a| format!("tcp:{a}")));
@@ -227,6 +231,50 @@ impl World {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+}
+
+/// Removes what an interrupted earlier run left behind: namespaces, bpffs
+/// mounts and temp dirs of worlds whose process is gone.
+fn sweep_stale() {
+    let dead = |pid: &str| {
+        pid.parse::<i32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+    };
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    for line in out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if let Some(pid) = name.strip_prefix("egt").and_then(|r| r.split('x').next()) {
+            if dead(pid) {
+                netns::run_ip(&["netns", "del", name]);
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("egret-egt")
+            .and_then(|r| r.split('x').next())
+        else {
+            continue;
+        };
+        if dead(pid) {
+            let bpffs = e.path().join("bpffs");
+            let _ = Command::new(crate::workspace_bin("egret"))
+                .args(["teardown", "--bpffs"])
+                .arg(&bpffs)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -82,6 +82,15 @@ fn serve(specs: &[String]) -> ExitCode {
                     }
                 });
             }
+            // Accept and close at once, no thread: for connect benchmarks.
+            "sink" => {
+                let listener = deep_listener(addr);
+                std::thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        drop(stream);
+                    }
+                });
+            }
             "udp" => {
                 let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
                 std::thread::spawn(move || {
@@ -99,6 +108,24 @@ fn serve(specs: &[String]) -> ExitCode {
     loop {
         std::thread::park();
     }
+}
+
+/// A listener with a deep accept queue: with the default of 128, bursts of
+/// short connections see SYNs dropped and 1 s retransmits, which would turn a
+/// connect benchmark into a timer benchmark.
+fn deep_listener(addr: SocketAddr) -> TcpListener {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket
+        .bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+    socket.listen(4096).expect("listen");
+    socket.into()
 }
 
 struct ZoneRecord {
@@ -324,10 +351,13 @@ fn run_action(action: &str) -> Outcome {
             let n: u64 = n.parse().expect("count");
             let start = Instant::now();
             for i in 0..n {
-                if let Err(e) = TcpStream::connect_timeout(&dst, TIMEOUT) {
-                    let mut o = failure(action, &e);
-                    o.count = Some(i);
-                    return o;
+                match TcpStream::connect_timeout(&dst, TIMEOUT) {
+                    Ok(s) => close_without_time_wait(&s),
+                    Err(e) => {
+                        let mut o = failure(action, &e);
+                        o.count = Some(i);
+                        return o;
+                    }
                 }
             }
             let mut o = success(action);
@@ -359,6 +389,26 @@ fn run_action(action: &str) -> Outcome {
             success(action)
         }
         other => panic!("unknown action {other}"),
+    }
+}
+
+/// SO_LINGER 0: close with RST, so thousands of connects do not exhaust the
+/// ephemeral ports with TIME_WAIT sockets.
+fn close_without_time_wait(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

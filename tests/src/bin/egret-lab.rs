@@ -1,0 +1,296 @@
+//! `cargo xtask demo` and `cargo xtask bench`: the demo job and the
+//! benchmarks, run in the test world (fresh network namespaces).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use egret_common::{
+    maps::{ExactKey, Learned},
+    rules::{PortRule, PortRules, proto},
+};
+use egret_tests::{
+    agent::{Agent, Pins},
+    cgroup::TestCgroup,
+    job,
+    world::{self, World},
+};
+
+#[derive(Parser)]
+#[command(about = "egret demo and benchmarks, inside network namespaces of their own")]
+struct Lab {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A scripted job against the demo policy: one allowed connection and
+    /// each kind of denial, then the events the agent emitted.
+    Demo {
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// TCP connects/s from a job cgroup without egret and with egret holding
+    /// 10,000 CIDRs and 10,000 exact IPs, measured side by side.
+    BenchConnect {
+        /// Alternating rounds per side.
+        #[arg(long, default_value_t = 12)]
+        rounds: u32,
+        /// Connects per round.
+        #[arg(long, default_value_t = 2000)]
+        connects: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "egret-lab needs root: it creates network namespaces and cgroups and loads BPF programs"
+        );
+        return ExitCode::from(2);
+    }
+    match Lab::parse().command {
+        Command::Demo { policy } => demo(&policy),
+        Command::BenchConnect { rounds, connects } => bench_connect(rounds, connects),
+    }
+}
+
+struct Step {
+    action: &'static str,
+    what: &'static str,
+    allowed: bool,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        action: "tcp:203.0.113.10:443",
+        what: "the forge, gitlab.test, on 443 (allowed by CIDR)",
+        allowed: true,
+    },
+    Step {
+        action: "tcp:203.0.113.20:443",
+        what: "registry.test on 443 (allowed by name)",
+        allowed: true,
+    },
+    Step {
+        action: "tcp:203.0.113.10:80",
+        what: "the forge on port 80 (wrong port)",
+        allowed: false,
+    },
+    Step {
+        action: "tcp:198.51.100.66:443",
+        what: "an attacker's server (not in the policy)",
+        allowed: false,
+    },
+    Step {
+        action: "udp-sendto:198.51.100.66:53",
+        what: "unconnected UDP to the attacker (exfiltration)",
+        allowed: false,
+    },
+    Step {
+        action: "tcp:169.254.169.254:80",
+        what: "cloud metadata over IPv4",
+        allowed: false,
+    },
+    Step {
+        action: "tcp:[fd00:ec2::254]:80",
+        what: "cloud metadata over IPv6",
+        allowed: false,
+    },
+    Step {
+        action: "tcp:[::ffff:169.254.169.254]:80",
+        what: "cloud metadata, IPv4-mapped on an IPv6 socket",
+        allowed: false,
+    },
+    Step {
+        action: "tcp:10.0.0.5:22",
+        what: "a neighbour VM on the runner's network (lateral)",
+        allowed: false,
+    },
+];
+
+fn demo(policy: &std::path::Path) -> ExitCode {
+    println!("egret demo: building the test world in fresh network namespaces");
+    let world = World::new();
+    println!(
+        "  host 192.0.2.2 -> internet: gitlab.test {}, registry.test {}, attacker {}, metadata {} / {}; neighbour VM {}",
+        world::GITLAB,
+        world::REGISTRY,
+        world::ATTACKER,
+        world::METADATA,
+        world::METADATA6,
+        world::NEIGHBOUR
+    );
+    let mut cgroup = match TestCgroup::named("egret-demo") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("egret demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cgroup.child("ci");
+    let pins = Pins::new(&world);
+    let agent = Agent::start(&world, &pins, policy, &[]);
+    println!(
+        "agent: enforcing {} (runner ci, cgroup /egret-demo/ci)",
+        policy.display()
+    );
+
+    let actions: Vec<&str> = STEPS.iter().map(|s| s.action).collect();
+    let outcomes = job::run(&world.host, Some(&cgroup.procs("ci")), &actions);
+    println!("job (pid {}) in /egret-demo/ci:", outcomes[0].pid);
+    let mut unexpected = 0;
+    for (step, o) in STEPS.iter().zip(&outcomes) {
+        let (verdict, detail) = match (o.ok(), o.eperm()) {
+            (true, _) => (
+                "ALLOWED",
+                format!("reached \"{}\"", o.banner.as_deref().unwrap_or("")),
+            ),
+            (_, true) => (
+                "DENIED ",
+                "EPERM at connect()/sendto(), nothing sent".to_owned(),
+            ),
+            _ => ("ERROR  ", o.error.clone().unwrap_or_default()),
+        };
+        let expected = if step.allowed { o.ok() } else { o.eperm() };
+        if !expected {
+            unexpected += 1;
+        }
+        println!(
+            "  {verdict} {:<34} {:<52} {detail}{}",
+            step.action,
+            step.what,
+            if expected { "" } else { "   <-- UNEXPECTED" }
+        );
+    }
+
+    let denials = STEPS.iter().filter(|s| !s.allowed).count();
+    let pid = outcomes[0].pid;
+    agent.wait_events(Duration::from_secs(5), |events| {
+        (events.iter().filter(|e| e["pid"] == pid).count() >= denials).then_some(())
+    });
+    println!("events the agent emitted (stdout, one JSON object per line):");
+    let events = agent.events();
+    for e in &events {
+        println!("  {e}");
+    }
+    if events.len() != denials {
+        println!(
+            "  expected {denials} events, got {}   <-- UNEXPECTED",
+            events.len()
+        );
+        unexpected += 1;
+    }
+    drop(agent);
+    drop(pins);
+    drop(cgroup);
+    drop(world);
+    println!("cleaned up: agent stopped, programs detached, cgroup and namespaces removed");
+    if unexpected == 0 {
+        println!("egret demo: every outcome as expected");
+        ExitCode::SUCCESS
+    } else {
+        println!("egret demo: {unexpected} unexpected outcome(s)");
+        ExitCode::from(1)
+    }
+}
+
+fn bench_connect(rounds: u32, connects: u32) -> ExitCode {
+    const CIDRS: u32 = 10_000;
+    const EXACT: u32 = 10_000;
+    let world = World::new();
+    // Benchmarks open many short connections; give the host namespace the
+    // whole ephemeral range.
+    world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
+    let mut cgroup = TestCgroup::new("egret-bench");
+    let bare = cgroup.child("bare");
+    let guarded = cgroup.child("egret");
+
+    let mut allow =
+        String::from("      - cidr: 203.0.113.0/24\n        ports: [9000]\n        proto: tcp\n");
+    for i in 0..CIDRS {
+        allow.push_str(&format!(
+            "      - cidr: 11.{}.{}.0/24\n        ports: [443]\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let policy = world.path("bench.yaml");
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    allow:\n{allow}"
+        ),
+    );
+    let pins = Pins::new(&world);
+    let _agent = Agent::start(&world, &pins, &policy, &[]);
+    let loaded = load_exact_ips(&pins, EXACT);
+    println!(
+        "egret bench connect: {CIDRS} CIDRs in the policy, {loaded} exact IPs in the learned map"
+    );
+    println!(
+        "target {} (a listener that accepts and closes), {rounds} alternating rounds of {connects} connects",
+        world::BENCH_SINK
+    );
+    let _ = bare;
+
+    let action = format!("connect-loop:{}:{connects}", world::BENCH_SINK);
+    let (mut bare_rates, mut egret_rates) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (rel, rates) in [("bare", &mut bare_rates), ("egret", &mut egret_rates)] {
+            let o = job::one(&world.host, Some(&cgroup.procs(rel)), &action);
+            assert!(o.ok(), "{rel}: {o:?}");
+            rates.push(f64::from(connects) / (o.elapsed_ns.expect("elapsed") as f64 / 1e9));
+        }
+    }
+    let (b, e) = (median(&mut bare_rates), median(&mut egret_rates));
+    println!("  without egret: {b:>9.0} connects/s (median of {rounds})");
+    println!("  with egret:    {e:>9.0} connects/s (median of {rounds})");
+    println!(
+        "  ratio:         {:>9.1}% of the bare rate (target >= 95%)",
+        100.0 * e / b
+    );
+    ExitCode::SUCCESS
+}
+
+fn world_sysctl(world: &World, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &format!("echo '{value}' > {path}")]);
+    let status = world.host.spawn(&mut cmd, None).wait().expect("sysctl");
+    assert!(status.success(), "setting {key} in the host namespace");
+}
+
+/// Fills the pinned learned-IP map the way the agent would, so the kernel
+/// programs run against 10,000 exact entries.
+fn load_exact_ips(pins: &Pins, count: u32) -> usize {
+    let mut maps = egret::datapath::Maps::from_pins(&egret::datapath::Pins::new(&pins.bpffs))
+        .expect("open pinned maps");
+    let (_, record) = maps
+        .runner_records()
+        .into_iter()
+        .find(|(n, _)| n == "bench")
+        .expect("bench runner is pinned");
+    let mut rules = PortRules {
+        count: 1,
+        ..Default::default()
+    };
+    rules.rules[0] = PortRule::new(443, 443, proto::TCP);
+    let expires_ns = egret::resolver::monotonic_ns() + Duration::from_secs(3600).as_nanos() as u64;
+    for i in 0..count {
+        let ip = std::net::Ipv4Addr::new(12, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        let key = ExactKey {
+            runner: record.id,
+            addr: egret::datapath::addr_of(ip.into()),
+        };
+        maps.learned
+            .insert(key, Learned { expires_ns, rules }, 0)
+            .expect("insert learned");
+    }
+    maps.count_learned(record.id)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
