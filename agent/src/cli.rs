@@ -59,7 +59,8 @@ pub struct AgentArgs {
     /// there when none is.
     #[arg(long, value_name = "DIR", default_value = paths::BPFFS)]
     pub bpffs: PathBuf,
-    /// Directory for the agent's persistent state.
+    /// Directory for the agent's persistent state: agent.json records which
+    /// policy files were last applied to which runners, by which agent.
     #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
     pub state_dir: PathBuf,
     /// Create runner cgroups that do not exist yet, instead of failing.

@@ -98,6 +98,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         ids: HashMap::new(),
     };
     agent.apply(&loaded.policy).await?;
+    agent.record_applied(&loaded.files);
 
     let mut pump = tokio::spawn(events::pump(ring, attribution));
     tracing::info!(
@@ -162,7 +163,10 @@ impl Agent {
                     tracing::warn!("{w}");
                 }
                 match self.apply(&loaded.policy).await {
-                    Ok(()) => tracing::info!("policy reloaded"),
+                    Ok(()) => {
+                        self.record_applied(&loaded.files);
+                        tracing::info!("policy reloaded");
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "applying the new policy failed; the maps may hold a mix")
                     }
@@ -278,6 +282,35 @@ impl Agent {
         drop(attr);
         self.ids = ids;
         Ok(())
+    }
+
+    /// Writes `<state-dir>/agent.json`: which agent applied which policy to
+    /// which runners, and when. Best effort: enforcement never depends on it.
+    fn record_applied(&self, files: &[PathBuf]) {
+        let mut runners: Vec<_> = self
+            .ids
+            .iter()
+            .map(|(name, id)| serde_json::json!({ "name": name, "id": id }))
+            .collect();
+        runners.sort_by_key(|r| r["id"].as_u64());
+        let record = serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "applied_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "policy": self.opts.policy,
+            "files": files,
+            "bpffs": self.opts.pins.root,
+            "runners": runners,
+        });
+        let path = self.opts.state_dir.join("agent.json");
+        let tmp = self.opts.state_dir.join("agent.json.tmp");
+        let written = serde_json::to_vec_pretty(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the applied policy");
+        }
     }
 
     /// Looks up every host whose refresh is due, all at once.

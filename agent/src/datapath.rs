@@ -147,7 +147,7 @@ impl Pins {
 fn statfs_type(path: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
 }
 
 /// Makes `root` a directory on a bpffs: fine as it is when it already is one
@@ -205,7 +205,7 @@ impl Maps {
         }
         let open = |name: &'static str| -> Result<aya::maps::Map> {
             let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
-            Ok(aya::maps::Map::from_map_data(data).map_err(map_err(name))?)
+            aya::maps::Map::from_map_data(data).map_err(map_err(name))
         };
         Ok(Self {
             state: Array::try_from(open(names::STATE)?).map_err(map_err(names::STATE))?,
@@ -657,10 +657,10 @@ pub fn compile_cidrs(
         for (net, (rules, lateral_ok)) in &own {
             let mut merged = rules.clone();
             for ancestor in ancestors(net) {
-                if let Some((more, ancestor_lateral_ok)) = own.get(&ancestor) {
-                    if !*lateral_ok || *ancestor_lateral_ok {
-                        merged.extend(more.iter().copied());
-                    }
+                if let Some((more, ancestor_lateral_ok)) = own.get(&ancestor)
+                    && (!*lateral_ok || *ancestor_lateral_ok)
+                {
+                    merged.extend(more.iter().copied());
                 }
             }
             let merged = merge_rules(merged);

@@ -259,12 +259,13 @@ impl Learning {
         }
         rules
             .into_iter()
-            .filter_map(|(key, (ports, until))| {
+            .map(|(key, (ports, until))| {
                 let merged = datapath::merge_rules(ports);
                 if merged.len() > egret_common::rules::MAX_PORT_RULES {
+                    // Fails closed: the ports that do not fit stay denied.
                     tracing::warn!(
                         runner = key.runner,
-                        "an address collects more port ranges than fit; keeping the first ones"
+                        "an address shared by several hosts collects more port ranges than fit; the extra ones stay denied"
                     );
                 }
                 let n = merged.len().min(egret_common::rules::MAX_PORT_RULES);
@@ -274,7 +275,7 @@ impl Learning {
                 };
                 value.rules.count = n as u32;
                 value.rules.rules[..n].copy_from_slice(&merged[..n]);
-                Some((key, value))
+                (key, value)
             })
             .collect()
     }

@@ -34,7 +34,13 @@ pub fn privileged(test: &str) -> bool {
 /// `EGRET_BIN_DIR` points elsewhere.
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("EGRET_BIN_DIR") {
-        return std::path::PathBuf::from(dir).join(name);
+        let dir = std::path::PathBuf::from(dir);
+        assert!(
+            dir.is_absolute(),
+            "EGRET_BIN_DIR must be an absolute path, got {}",
+            dir.display()
+        );
+        return dir.join(name);
     }
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();

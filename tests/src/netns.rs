@@ -119,10 +119,10 @@ impl Netns {
                         "refusing to run in the initial network namespace",
                     ));
                 }
-                if let Some(fd) = procs_fd {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                if let Some(fd) = procs_fd
+                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });

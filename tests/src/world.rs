@@ -248,10 +248,10 @@ fn sweep_stale() {
         .lines()
     {
         let name = line.split_whitespace().next().unwrap_or("");
-        if let Some(pid) = name.strip_prefix("egt").and_then(|r| r.split('x').next()) {
-            if dead(pid) {
-                netns::run_ip(&["netns", "del", name]);
-            }
+        if let Some(pid) = name.strip_prefix("egt").and_then(|r| r.split('x').next())
+            && dead(pid)
+        {
+            netns::run_ip(&["netns", "del", name]);
         }
     }
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {

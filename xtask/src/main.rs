@@ -1,1 +1,292 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test, demo and benchmarks.
+//!
+//! Every command first runs `setup`, which installs what is missing (Debian
+//! packages, the nightly rust-src component, bpf-linker built against
+//! LLVM 22) and does nothing when everything is present.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test world.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(about = "egret's build, test and benchmark orchestration")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the kernel programs and running the tests need,
+    /// only what is missing.
+    Setup,
+    /// Set up, then build every binary (release).
+    Build,
+    /// Set up, build, then run every test: unit tests and the privileged
+    /// end-to-end tests in network namespaces (root, cgroup v2, BPF).
+    /// EGRET_SKIP_PRIVILEGED=1 skips the privileged ones, saying so.
+    Test,
+    /// Set up, build, and run the demo: the test world, the agent with
+    /// policy-examples/demo.yaml, and a job showing what is allowed and denied.
+    Demo,
+    /// Benchmarks, measured side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+    /// cargo fmt --check and clippy with warnings as errors.
+    Lint,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// connect() rate from a job cgroup with and without egret attached.
+    Connect,
+}
+
+fn main() -> ExitCode {
+    match run(Xtask::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            cargo(&["build", "--release", "--bins"])
+        }
+        Cmd::Test => {
+            setup()?;
+            test()
+        }
+        Cmd::Demo => {
+            setup()?;
+            cargo(&["build", "--release", "--bins"])?;
+            let policy = root()?.join("policy-examples/demo.yaml");
+            run_cmd(
+                Command::new(bin("egret-lab")?)
+                    .arg("demo")
+                    .arg("--policy")
+                    .arg(policy),
+            )
+        }
+        Cmd::Bench {
+            which: Bench::Connect,
+        } => {
+            setup()?;
+            cargo(&["build", "--release", "--bins"])?;
+            run_cmd(Command::new(bin("egret-lab")?).arg("bench-connect"))
+        }
+        Cmd::Lint => {
+            setup()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The kernel programs build only for the BPF target, with nightly.
+            run_cmd(
+                Command::new("rustup")
+                    .current_dir(root()?.join("ebpf/programs"))
+                    .args([
+                        "run",
+                        NIGHTLY,
+                        "cargo",
+                        "clippy",
+                        "--release",
+                        "--target",
+                        "bpfel-unknown-none",
+                    ])
+                    .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
+            )
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    let root = root()?;
+    // The end-to-end tests drive the binaries, so build them first.
+    cargo(&["build", "--release", "--bins"])?;
+    let privileged = std::env::var("EGRET_SKIP_PRIVILEGED").map_or(true, |v| v != "1");
+    if privileged && !is_root() {
+        bail!(
+            "the privileged tests need root (cgroups, BPF, network namespaces); run as root or set EGRET_SKIP_PRIVILEGED=1"
+        );
+    }
+    if !privileged {
+        eprintln!("xtask: EGRET_SKIP_PRIVILEGED=1: privileged end-to-end tests will be skipped");
+    }
+    // Tests share kernel state (cgroups, namespaces), so one at a time.
+    let status = Command::new(cargo_bin())
+        .current_dir(&root)
+        .args(["test", "--release", "--", "--test-threads=1"])
+        .env("EGRET_BIN_DIR", root.join("target/release"))
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    let mut did = Vec::new();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {missing:?}; install them as root: apt-get install {}",
+                missing.join(" ")
+            );
+        }
+        run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        did.push(format!("installed {}", missing.join(" ")));
+    }
+
+    if !output_ok(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+        did.push("installed the nightly toolchain".into());
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("rustup component list")?;
+    if !String::from_utf8_lossy(&components.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+        did.push("added rust-src to nightly".into());
+    }
+
+    if !bpf_linker_ok() {
+        let path = prepend_path(Path::new(LLVM_PREFIX).join("bin"));
+        run_cmd(
+            Command::new(cargo_bin())
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--force",
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", LLVM_PREFIX)
+                .env("PATH", path),
+        )?;
+        did.push(format!(
+            "built bpf-linker {BPF_LINKER_VERSION} against LLVM 22"
+        ));
+    }
+
+    if did.is_empty() {
+        eprintln!("xtask setup: everything present");
+    } else {
+        eprintln!("xtask setup: {}", did.join("; "));
+    }
+    Ok(())
+}
+
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+fn output_ok(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn prepend_path(dir: PathBuf) -> OsString {
+    let mut paths = vec![dir];
+    if let Some(old) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&old));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cargo_bin() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn bin(name: &str) -> Result<PathBuf> {
+    Ok(root()?.join("target/release").join(name))
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run_cmd(Command::new(cargo_bin()).current_dir(root()?).args(args))
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}

@@ -185,30 +185,30 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
 
     let target = addr::normalize(dst.given);
 
-    if let Some(entry) = METADATA.get(Key::new(ADDR_BITS, target)) {
-        if entry.exempt_port == 0 || entry.exempt_port != dst.port {
-            return Outcome::Deny(reason::METADATA);
-        }
+    if let Some(entry) = METADATA.get(Key::new(ADDR_BITS, target))
+        && (entry.exempt_port == 0 || entry.exempt_port != dst.port)
+    {
+        return Outcome::Deny(reason::METADATA);
     }
 
+    let exact = ExactKey {
+        runner,
+        addr: target,
+    };
     // SAFETY: the agent may rewrite the entry while we read it; a torn read
     // can only mix two values the agent wrote for this same key, both valid.
-    if let Some(learned) = unsafe {
-        LEARNED.get(ExactKey {
-            runner,
-            addr: target,
-        })
-    } {
-        if now < learned.expires_ns && learned.rules.permits(dst.port, dst.proto) {
-            return Outcome::Allow;
-        }
+    if let Some(learned) = unsafe { LEARNED.get(exact) }
+        && now < learned.expires_ns
+        && learned.rules.permits(dst.port, dst.proto)
+    {
+        return Outcome::Allow;
     }
     let lateral = LATERAL.get(Key::new(ADDR_BITS, target)).is_some();
-    if let Some(rules) = CIDRS.get(Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target))) {
-        let names_it = !lateral || rules.flags & rules_flags::LATERAL_OK != 0;
-        if names_it && rules.permits(dst.port, dst.proto) {
-            return Outcome::Allow;
-        }
+    if let Some(rules) = CIDRS.get(Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target)))
+        && (!lateral || rules.flags & rules_flags::LATERAL_OK != 0)
+        && rules.permits(dst.port, dst.proto)
+    {
+        return Outcome::Allow;
     }
 
     if addr::is_loopback(&target) {
