@@ -384,6 +384,33 @@ fn run_action(action: &str) -> Outcome {
             (o.oks, o.eperms, o.others) = (Some(oks), Some(eperms), Some(others));
             o
         }
+        // Connect, wait, then prove the connection still carries data:
+        // tcp-hold:ADDR:PORT:MS.
+        "tcp-hold" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("tcp-hold:ADDR:MS");
+            let mut stream = match TcpStream::connect_timeout(&parse(addr), TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return failure(action, &e),
+            };
+            let _ = stream.set_read_timeout(Some(TIMEOUT));
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut banner = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut banner);
+            std::thread::sleep(Duration::from_millis(ms.parse().expect("ms")));
+            let mut echo = String::new();
+            match stream
+                .write_all(b"still here\n")
+                .and_then(|()| std::io::BufRead::read_line(&mut reader, &mut echo))
+            {
+                Ok(n) if n > 0 => {
+                    let mut o = success(action);
+                    o.banner = Some(echo.trim().to_owned());
+                    o
+                }
+                Ok(_) => failure(action, &std::io::Error::other("connection closed")),
+                Err(e) => failure(action, &e),
+            }
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
             success(action)

@@ -1,0 +1,81 @@
+//! Hostnames in the policy follow DNS: re-resolved when the TTL runs out,
+//! with a grace period for addresses that drop out of the answers.
+//! The agent runs with --ttl-floor 1s and --grace 2s (see the harness).
+
+use std::time::{Duration, Instant};
+
+use egret_tests::{privileged, scenario::Scenario};
+
+const ALLOW: &str = "- host: registry.test\n  ports: [443]\n";
+
+fn poll(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} did not happen within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_changed_answer_is_followed_and_the_old_address_lapses_after_grace() {
+    if !privileged("a_changed_answer_is_followed_and_the_old_address_lapses_after_grace") {
+        return;
+    }
+    let mut s = Scenario::prepare("enforce", ALLOW);
+    s.world.write_zone("registry.test A 203.0.113.20 1\n");
+    s.start_agent();
+    assert!(s.job(&["tcp:203.0.113.20:443"])[0].ok());
+    assert!(s.job(&["tcp:203.0.113.22:443"])[0].eperm());
+
+    // A connection opened now must survive the address lapsing.
+    let held = s.start_job(&["tcp-hold:203.0.113.20:443:5000"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    s.world.write_zone("registry.test A 203.0.113.22 1\n");
+    poll(
+        "the new address becoming reachable",
+        Duration::from_secs(6),
+        || s.job(&["tcp:203.0.113.22:443"])[0].ok(),
+    );
+    // Still allowed during the grace period right after the change...
+    assert!(
+        s.job(&["tcp:203.0.113.20:443"])[0].ok(),
+        "old address cut before its grace period"
+    );
+    // ...and refused once TTL + grace have passed.
+    poll("the old address lapsing", Duration::from_secs(8), || {
+        s.job(&["tcp:203.0.113.20:443"])[0].eperm()
+    });
+    let held = &held.wait()[0];
+    assert!(
+        held.ok(),
+        "a connection opened before the address lapsed stays up: {held:?}"
+    );
+    assert_eq!(held.banner.as_deref(), Some("still here"));
+}
+
+#[test]
+fn an_unresolvable_name_fails_closed_without_stopping_the_agent() {
+    if !privileged("an_unresolvable_name_fails_closed_without_stopping_the_agent") {
+        return;
+    }
+    let s = Scenario::start(
+        "enforce",
+        "- host: nowhere.test\n  ports: [443]\n- cidr: 203.0.113.10/32\n",
+    );
+    assert!(
+        s.job(&["tcp:203.0.113.10:443"])[0].ok(),
+        "the rest of the policy is in force"
+    );
+    assert!(s.job(&["tcp:203.0.113.11:443"])[0].eperm());
+    assert!(
+        s.world
+            .dns_queries()
+            .iter()
+            .any(|q| q.starts_with("nowhere.test"))
+    );
+}
