@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use egret::{
+    control::{self, ControlError},
     daemon::{self, AgentOptions},
     datapath::{self, Pins},
     paths,
@@ -45,9 +46,104 @@ pub enum Command {
     /// Run it in the policy repository's CI so a bad change never reaches a
     /// runner host.
     Check(CheckArgs),
+    /// Show the agent, the policy, each runner's state, map sizes and
+    /// counters. Without a running agent, reports what the pins hold.
+    Status(StatusArgs),
+    /// Print denial events: the recent ones the agent remembers, or, with
+    /// --follow, live ones as they happen.
+    Events(EventsArgs),
+    /// Re-read the policy (the same as sending the agent SIGHUP). A policy
+    /// that fails validation is rejected and the running one stays.
+    Reload(SocketArgs),
+    /// Incident mode: deny all egress from the named runners (every runner
+    /// when none is named) at once.
+    ///
+    /// Flips pinned state the kernel programs read on every connect, so it
+    /// works with no agent running, needs no program reload, and cannot be
+    /// undone by the job. A newly started agent keeps it. Each lockdown is
+    /// appended to the audit log in the state directory.
+    Lockdown(LockdownArgs),
+    /// End lockdown for the named runners, or every lockdown when none is
+    /// named; thaws cgroups a lockdown froze.
+    Unlock(UnlockArgs),
     /// Remove every egret program, link, map and pin. Jobs become
     /// unrestricted: this is the one way enforcement ends.
     Teardown(TeardownArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SocketArgs {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = paths::SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct PinArgs {
+    /// The bpffs directory the agent uses.
+    #[arg(long, value_name = "DIR", default_value = paths::BPFFS)]
+    pub bpffs: PathBuf,
+    /// The agent's state directory (audit log, applied policy record).
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// One JSON object per line, as the agent emits them.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this runner's events.
+    #[arg(long, value_name = "NAME")]
+    pub runner: Option<String>,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+#[derive(clap::Args)]
+pub struct LockdownArgs {
+    /// A runner to lock down; repeat for several. None: every runner.
+    #[arg(long = "runner", value_name = "NAME")]
+    pub runners: Vec<String>,
+    /// Keep the forge reachable (allow entries marked `forge: true`), so the
+    /// runner can still report to GitLab or GitHub.
+    #[arg(long)]
+    pub keep_forge: bool,
+    /// Also freeze the runners' cgroups (cgroup.freeze), stopping the job's
+    /// processes in place for forensics. Unlock thaws them.
+    #[arg(long)]
+    pub freeze: bool,
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// End the lockdown by itself after this long (e.g. 30m, 2h).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(clap::Args)]
+pub struct UnlockArgs {
+    /// A runner to unlock; repeat for several. None: end every lockdown.
+    #[arg(long = "runner", value_name = "NAME")]
+    pub runners: Vec<String>,
+    #[command(flatten)]
+    pub pins: PinArgs,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +159,12 @@ pub struct AgentArgs {
     /// policy files were last applied to which runners, by which agent.
     #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
     pub state_dir: PathBuf,
+    /// The control socket `egret status`, `events` and `reload` talk to.
+    #[arg(long, value_name = "PATH", default_value = paths::SOCKET)]
+    pub socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Create runner cgroups that do not exist yet, instead of failing.
     /// Attaching to the cgroup before the runner places jobs in it means no
     /// job ever runs unguarded.
@@ -113,15 +215,37 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent(args),
         Command::Check(args) => check(&args),
+        Command::Status(args) => status(&args),
+        Command::Events(args) => events(&args),
+        Command::Reload(args) => reload(&args),
+        Command::Lockdown(args) => lockdown(&args),
+        Command::Unlock(args) => unlock(&args),
         Command::Teardown(args) => teardown(&args),
     }
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
+    let socket_group = match args
+        .socket_group
+        .as_deref()
+        .map(|g| nix::unistd::Group::from_name(g))
+    {
+        None => None,
+        Some(Ok(Some(group))) => Some(group.gid.as_raw()),
+        Some(_) => {
+            eprintln!(
+                "egret agent: --socket-group {}: no such group",
+                args.socket_group.unwrap_or_default()
+            );
+            return ExitCode::from(1);
+        }
+    };
     let opts = AgentOptions {
         policy: args.policy,
         pins: Pins::new(args.bpffs),
         state_dir: args.state_dir,
+        socket: args.socket,
+        socket_group,
         create_cgroups: args.create_cgroups,
         ttl: TtlSettings {
             floor: args.ttl_floor,
@@ -226,6 +350,216 @@ fn plural(n: usize, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+fn status(args: &StatusArgs) -> ExitCode {
+    let request = serde_json::json!({ "v": control::PROTOCOL_VERSION, "cmd": "status" });
+    let status: egret::status::Status = match control::request(&args.socket.socket, &request) {
+        Ok((reply, _)) => match serde_json::from_value(reply["status"].clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("egret status: unexpected reply: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(ControlError::NoAgent(_)) => {
+            // No agent: enforcement may still be in place. Report the pins.
+            let pins = Pins::new(&args.pins.bpffs);
+            match egret::datapath::Maps::from_pins(&pins) {
+                Ok(maps) => {
+                    let cgroups = recorded_cgroups(&args.pins.state_dir);
+                    egret::status::from_pins(&maps, &pins, &cgroups, &args.pins.state_dir)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "egret status: no agent on {} and {}",
+                        args.socket.socket.display(),
+                        chain(&e)
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("egret status: {}", chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", egret::status::render(&status));
+    }
+    ExitCode::SUCCESS
+}
+
+fn recorded_cgroups(state_dir: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let Ok(bytes) = std::fs::read(state_dir.join(egret::lockdown::APPLIED)) else {
+        return Default::default();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    v["runners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["name"].as_str()?.to_owned(),
+                r["cgroup"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn events(args: &EventsArgs) -> ExitCode {
+    use std::io::{BufRead as _, Write as _};
+    let request = serde_json::json!({
+        "v": control::PROTOCOL_VERSION,
+        "cmd": "events",
+        "follow": args.follow,
+        "runner": args.runner,
+    });
+    let reader = match control::request(&args.socket.socket, &request) {
+        Ok((_, reader)) => reader,
+        Err(e) => {
+            eprintln!("egret events: {}", chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let text = if args.json { line } else { human_event(&line) };
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn human_event(line: &str) -> String {
+    let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    if let Some(notice) = e["notice"].as_str() {
+        return format!("egret: {notice} (missed {} events)", e["missed"]);
+    }
+    let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+    let dst = if s("family") == "ipv6" {
+        format!("[{}]", s("dst"))
+    } else {
+        s("dst")
+    };
+    format!(
+        "{} {:<6} {} runner={} cgroup={} pid={} comm={} {} {}:{}{} reason={}",
+        s("time"),
+        s("action").to_uppercase(),
+        s("hook"),
+        s("runner"),
+        s("cgroup"),
+        e["pid"],
+        s("comm"),
+        s("proto"),
+        dst,
+        e["port"],
+        e["host"]
+            .as_str()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default(),
+        s("reason"),
+    )
+}
+
+fn reload(args: &SocketArgs) -> ExitCode {
+    let request = serde_json::json!({ "v": control::PROTOCOL_VERSION, "cmd": "reload" });
+    match control::request(&args.socket, &request) {
+        Ok((reply, _)) => {
+            println!("egret: {}", reply["message"].as_str().unwrap_or("reloaded"));
+            ExitCode::SUCCESS
+        }
+        Err(ControlError::Refused(why)) => {
+            eprintln!("egret reload: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("egret reload: {}", chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn lockdown(args: &LockdownArgs) -> ExitCode {
+    let request = egret::lockdown::Request {
+        runners: args.runners.clone(),
+        keep_forge: args.keep_forge,
+        freeze: args.freeze,
+        reason: args.reason.clone(),
+        duration: args.duration,
+    };
+    match egret::lockdown::lockdown(&Pins::new(&args.pins.bpffs), &args.pins.state_dir, &request) {
+        Ok(report) => {
+            let who = if args.runners.is_empty() {
+                "every runner".to_owned()
+            } else {
+                report.runners.join(", ")
+            };
+            let mut what = String::from("all egress denied");
+            if args.keep_forge {
+                what = "all egress denied except the forge".into();
+            }
+            println!(
+                "egret: LOCKDOWN of {who}: {what}{}; in force {} after the command started",
+                args.duration
+                    .map(|d| format!(" for {}", humantime::format_duration(d)))
+                    .unwrap_or_default(),
+                format_took(report.took)
+            );
+            for dir in &report.frozen {
+                println!("egret: froze {dir}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egret lockdown: {}", chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn unlock(args: &UnlockArgs) -> ExitCode {
+    match egret::lockdown::unlock(
+        &Pins::new(&args.pins.bpffs),
+        &args.pins.state_dir,
+        &args.runners,
+    ) {
+        Ok(report) => {
+            let who = if args.runners.is_empty() {
+                "every lockdown".to_owned()
+            } else {
+                report.runners.join(", ")
+            };
+            println!("egret: unlocked {who} in {}", format_took(report.took));
+            for dir in &report.thawed {
+                println!("egret: thawed {dir}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egret unlock: {}", chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn format_took(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
     }
 }
 

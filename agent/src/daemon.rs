@@ -15,17 +15,23 @@ use tokio::{signal::unix::SignalKind, task::JoinSet};
 
 use crate::{
     baseline,
+    control::{self, AgentRequest},
     datapath::{self, Datapath, DatapathError, Pins, RunnerCidrs},
     events::{self, Attribution},
+    lockdown,
     policy::{self, Mode, Policy, PolicyError},
     resolver::{self, Answer, Learning, Resolvers, TtlSettings},
     runners::{self, CgroupError},
+    status::{self, AgentInfo, ReloadResult},
 };
 
 pub struct AgentOptions {
     pub policy: PathBuf,
     pub pins: Pins,
     pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Members of this group may use the control socket besides root.
+    pub socket_group: Option<u32>,
     pub create_cgroups: bool,
     pub ttl: TtlSettings,
 }
@@ -38,6 +44,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("egret agent must run as root: it loads BPF programs and attaches them to cgroups")]
     NotRoot,
     #[error("{op} {path}: {source}")]
@@ -67,6 +75,11 @@ struct Agent {
     attribution: Arc<Mutex<Attribution>>,
     /// Runner name → id, for the runners of the applied policy.
     ids: HashMap<String, u32>,
+    /// Runner name → cgroup as the policy names it.
+    cgroups: HashMap<String, String>,
+    started: Instant,
+    digest: String,
+    last_reload: Option<ReloadResult>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -96,11 +109,25 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         resolvers: Resolvers::default(),
         attribution: attribution.clone(),
         ids: HashMap::new(),
+        cgroups: HashMap::new(),
+        started: Instant::now(),
+        digest: loaded.digest.clone(),
+        last_reload: None,
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
 
-    let mut pump = tokio::spawn(events::pump(ring, attribution));
+    let listener = control::bind(&agent.opts.socket, agent.opts.socket_group)?;
+    let hub = Arc::new(control::Hub::default());
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(control::serve(
+        listener,
+        hub.clone(),
+        control_tx,
+        agent.opts.socket_group,
+    ));
+    let mut pump = tokio::spawn(events::pump(ring, attribution, hub));
+    let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(1));
     tracing::info!(
         runners = agent.ids.len(),
         bpffs = %agent.opts.pins.root.display(),
@@ -126,7 +153,18 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     tracing::error!(error = %e, "refreshing learned addresses failed");
                 }
             }
-            _ = hup.recv() => agent.reload().await,
+            _ = hup.recv() => {
+                let _ = agent.reload().await;
+            }
+            Some(request) = control_rx.recv() => match request {
+                AgentRequest::Status(reply) => {
+                    let _ = reply.send(agent.status());
+                }
+                AgentRequest::Reload(reply) => {
+                    let _ = reply.send(agent.reload().await);
+                }
+            },
+            _ = housekeeping.tick() => agent.expire_lockdowns(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             res = &mut pump => {
@@ -140,6 +178,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     }
     tracing::info!("stopping; programs and maps stay pinned, so enforcement continues");
+    let _ = std::fs::remove_file(&agent.opts.socket);
     Ok(())
 }
 
@@ -155,9 +194,11 @@ impl Agent {
             .map_or(cap, |d| d.min(cap))
     }
 
-    async fn reload(&mut self) {
+    /// Re-reads the policy. A policy that fails validation is rejected
+    /// whole and the running one stays in force.
+    async fn reload(&mut self) -> Result<String, String> {
         tracing::info!(policy = %self.opts.policy.display(), "reloading policy");
-        match policy::load(&self.opts.policy) {
+        let result = match policy::load(&self.opts.policy) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
@@ -165,16 +206,54 @@ impl Agent {
                 match self.apply(&loaded.policy).await {
                     Ok(()) => {
                         self.record_applied(&loaded.files);
+                        self.digest = loaded.digest;
                         tracing::info!("policy reloaded");
+                        Ok(format!("policy reloaded ({} runners)", self.ids.len()))
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "applying the new policy failed; the maps may hold a mix")
+                        tracing::error!(error = %e, "applying the new policy failed part way");
+                        Err(format!("applying the new policy failed part way: {e}"))
                     }
                 }
             }
             Err(e) => {
-                tracing::error!("new policy rejected, the running policy stays in force:\n{e}")
+                tracing::error!("new policy rejected, the running policy stays in force:\n{e}");
+                Err(format!(
+                    "new policy rejected, the running policy stays in force:\n{e}"
+                ))
             }
+        };
+        self.last_reload = Some(ReloadResult {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+        });
+        result
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut s = status::from_pins(
+            &self.datapath.maps,
+            &self.opts.pins,
+            &self.cgroups,
+            &self.opts.state_dir,
+        );
+        s.agent = Some(AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            policy: self.opts.policy.display().to_string(),
+            policy_digest: self.digest.clone(),
+            last_reload: self.last_reload.clone(),
+        });
+        serde_json::to_value(s).unwrap_or_default()
+    }
+
+    fn expire_lockdowns(&mut self) {
+        match lockdown::expire(&mut self.datapath.maps, &self.opts.state_dir) {
+            Ok(expired) if !expired.is_empty() => tracing::warn!(?expired, "lockdown expired"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "checking lockdown deadlines failed"),
         }
     }
 
@@ -236,8 +315,7 @@ impl Agent {
             let id = ids[&runner.name];
             let old = self.datapath.maps.runner_state(id).unwrap_or_default();
             let mut state = RunnerState {
-                flags: flags::CONFIGURED | (old.flags & flags::LOCKDOWN),
-                lockdown_until_ns: old.lockdown_until_ns,
+                flags: flags::CONFIGURED,
                 ..old
             };
             if runner.mode == Mode::Audit {
@@ -281,6 +359,11 @@ impl Agent {
             .collect();
         drop(attr);
         self.ids = ids;
+        self.cgroups = policy
+            .runners
+            .iter()
+            .map(|r| (r.name.clone(), r.cgroup.clone()))
+            .collect();
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use egret_common::{
     addr::{Addr, MAPPED_PREFIX_LEN, mapped_v4},
     maps::{self as names, BaselineEntry, CIDR_KEY_BITS, CidrKey, ExactKey, Learned},
     rules::{MAX_PORT_RULES, PortRule, PortRules, rules_flags},
-    state::{MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
+    state::{Lockdown, MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
 use ipnet::IpNet;
 
@@ -188,6 +188,7 @@ pub type CidrEntryKey = (u32, CidrKey);
 /// Handles on every pinned map.
 pub struct Maps {
     pub state: Array<MapData, RunnerState>,
+    pub lockdown: Array<MapData, Lockdown>,
     pub runners: BpfHashMap<MapData, RunnerName, RunnerRecord>,
     pub cidrs: LpmTrie<MapData, CidrKey, PortRules>,
     pub learned: BpfHashMap<MapData, ExactKey, Learned>,
@@ -209,6 +210,7 @@ impl Maps {
         };
         Ok(Self {
             state: Array::try_from(open(names::STATE)?).map_err(map_err(names::STATE))?,
+            lockdown: Array::try_from(open(names::LOCKDOWN)?).map_err(map_err(names::LOCKDOWN))?,
             runners: BpfHashMap::try_from(open(names::RUNNERS)?)
                 .map_err(map_err(names::RUNNERS))?,
             cidrs: LpmTrie::try_from(open(names::CIDRS)?).map_err(map_err(names::CIDRS))?,
@@ -227,6 +229,7 @@ impl Maps {
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let maps = Self {
             state: Array::try_from(take(names::STATE)?).map_err(map_err(names::STATE))?,
+            lockdown: Array::try_from(take(names::LOCKDOWN)?).map_err(map_err(names::LOCKDOWN))?,
             runners: runner_table(pins)?,
             cidrs: LpmTrie::try_from(take(names::CIDRS)?).map_err(map_err(names::CIDRS))?,
             learned: BpfHashMap::try_from(take(names::LEARNED)?)
@@ -255,6 +258,16 @@ impl Maps {
 
     pub fn set_runner_state(&mut self, id: u32, state: RunnerState) -> Result<()> {
         self.state.set(id, state, 0).map_err(map_err(names::STATE))
+    }
+
+    pub fn lockdown_of(&self, id: u32) -> Result<Lockdown> {
+        self.lockdown.get(&id, 0).map_err(map_err(names::LOCKDOWN))
+    }
+
+    pub fn set_lockdown(&mut self, id: u32, lockdown: Lockdown) -> Result<()> {
+        self.lockdown
+            .set(id, lockdown, 0)
+            .map_err(map_err(names::LOCKDOWN))
     }
 
     /// Sum over CPUs of one counter slot.

@@ -159,6 +159,7 @@ pub fn enrich(
 pub async fn pump(
     ring: RingBuf<MapData>,
     attribution: Arc<Mutex<Attribution>>,
+    hub: Arc<crate::control::Hub>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -175,15 +176,16 @@ pub async fn pump(
                 if let Some(ev) = decode(&item) {
                     let record = enrich(&ev, &mut attr, wall, mono);
                     if let Ok(line) = serde_json::to_string(&record) {
-                        lines.push(line);
+                        lines.push((record.runner, line));
                     }
                 }
             }
         }
         guard.clear_ready();
         let mut out = std::io::stdout().lock();
-        for line in lines {
-            writeln!(out, "{line}")?;
+        for (runner, json) in lines {
+            writeln!(out, "{json}")?;
+            hub.publish(crate::control::EventLine { runner, json });
         }
         out.flush()?;
     }

@@ -6,12 +6,15 @@
 //! `events` streams denials, `daemon` ties them together for `egret agent`.
 
 pub mod baseline;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod lockdown;
 pub mod policy;
 pub mod resolver;
 pub mod runners;
+pub mod status;
 
 /// Default locations; every one can be overridden on the command line so
 /// several agents (or tests) can run side by side.

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use egret_common::rules::{MAX_PORT_RULES, PortRule, proto};
+use egret_common::rules::{MAX_PORT_RULES, PortRule, proto, rule_flags};
 use ipnet::IpNet;
 use serde::{Deserialize, de};
 use serde_saphyr::{Location, Spanned};
@@ -149,6 +149,8 @@ pub struct Loaded {
     pub policy: Policy,
     pub warnings: Vec<Diagnostic>,
     pub files: Vec<PathBuf>,
+    /// `sha256:<hex>` over every file's name and bytes, in order.
+    pub digest: String,
 }
 
 /// Loads a policy file, or every `*.yaml`/`*.yml` file of a directory.
@@ -178,6 +180,7 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
         })?;
         sources.push((file.clone(), bytes));
     }
+    let digest = digest(&sources);
     let (policy, diagnostics) = compile(&sources);
     let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
         .into_iter()
@@ -187,9 +190,23 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
             policy,
             warnings,
             files,
+            digest,
         }),
         _ => Err(PolicyError::Invalid(errors)),
     }
+}
+
+fn digest(sources: &[(PathBuf, Vec<u8>)]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    for (file, bytes) in sources {
+        hash.update(file.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    }
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
@@ -347,6 +364,10 @@ struct RawAllow {
     ports: Option<Spanned<Vec<Spanned<PortSpec>>>>,
     #[serde(default)]
     proto: Option<Spanned<Proto>>,
+    /// This entry reaches the runner's forge (GitLab/GitHub instance) and
+    /// stays open under `egret lockdown --keep-forge`.
+    #[serde(default)]
+    forge: Option<Spanned<bool>>,
 }
 
 /// A port as written: `443` or `"8000-8100"`.
@@ -543,6 +564,11 @@ fn validate_allow(
     let at = entry.referenced;
     let raw = entry.value;
     let protos = raw.proto.map_or(proto::ANY, |p| p.value.bits());
+    let flags = if raw.forge.is_some_and(|f| f.value) {
+        rule_flags::FORGE
+    } else {
+        0
+    };
     let ports = match &raw.ports {
         None => vec![PortRule::all_ports(protos)],
         Some(list) => match validate_ports(list, protos, diags) {
@@ -550,6 +576,7 @@ fn validate_allow(
             None => return,
         },
     };
+    let ports: Vec<PortRule> = ports.into_iter().map(|r| r.with_flags(flags)).collect();
     match (raw.cidr, raw.host) {
         (Some(_), Some(host)) => diags.error(
             host.referenced,

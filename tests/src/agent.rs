@@ -77,6 +77,8 @@ impl Agent {
             .arg(&pins.bpffs)
             .arg("--state-dir")
             .arg(&state_dir)
+            .arg("--socket")
+            .arg(world.path("egret.sock"))
             .args(["--ttl-floor", "1s", "--grace", "2s"])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -207,6 +209,45 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Output of one `egret` CLI command.
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `egret <args>` against a world's pins, state directory and socket
+/// (the right flags are appended for each subcommand).
+pub fn cli(world: &World, args: &[&str]) -> Cli {
+    let bpffs = world.path("bpffs").display().to_string();
+    let state = world.path("state").display().to_string();
+    let socket = world.path("egret.sock").display().to_string();
+    let mut full: Vec<&str> = args.to_vec();
+    match args.first().copied() {
+        Some("lockdown" | "unlock") => full.extend(["--bpffs", &bpffs, "--state-dir", &state]),
+        Some("status") => full.extend([
+            "--bpffs",
+            &bpffs,
+            "--state-dir",
+            &state,
+            "--socket",
+            &socket,
+        ]),
+        Some("events" | "reload") => full.extend(["--socket", &socket]),
+        _ => {}
+    }
+    let out = Command::new(crate::workspace_bin("egret"))
+        .args(&full)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run egret");
+    Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

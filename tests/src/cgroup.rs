@@ -76,6 +76,8 @@ fn populated(dir: &Path) -> bool {
 }
 
 fn empty(dir: &Path) {
+    // A lockdown test may have left it frozen.
+    let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
     let kill = dir.join("cgroup.kill");
     if kill.exists() {
         let _ = std::fs::write(&kill, "1");

@@ -7,6 +7,9 @@ use crate::{addr::Addr, rules::PortRules, state::MAX_RUNNERS};
 
 /// `Array<RunnerState>` indexed by runner id.
 pub const STATE: &str = "EGRET_STATE";
+/// `Array<Lockdown>` indexed by runner id (0: every runner). Written only by
+/// `egret lockdown` and `egret unlock`, with or without an agent.
+pub const LOCKDOWN: &str = "EGRET_LOCKDOWN";
 /// `HashMap<RunnerName, RunnerRecord>`.
 pub const RUNNERS: &str = "EGRET_RUNNERS";
 /// `LpmTrie<CidrKey, PortRules>`: static CIDRs of every runner.

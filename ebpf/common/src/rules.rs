@@ -31,14 +31,22 @@ pub mod proto {
     }
 }
 
+pub mod rule_flags {
+    /// The rule reaches the runner's forge (GitLab or GitHub instance): it
+    /// stays open during a `lockdown --keep-forge`.
+    pub const FORGE: u8 = 1 << 0;
+}
+
 /// An inclusive port range for a set of protocols.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRule {
     pub first: u16,
     pub last: u16,
     pub protos: u8,
-    pub _pad: [u8; 3],
+    /// [`rule_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 
@@ -48,8 +56,13 @@ impl PortRule {
             first,
             last,
             protos,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         }
+    }
+
+    pub const fn with_flags(self, flags: u8) -> Self {
+        Self { flags, ..self }
     }
 
     pub const fn all_ports(protos: u8) -> Self {
@@ -89,19 +102,28 @@ pub struct PortRules {
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8 + 8 * MAX_PORT_RULES);
 
 impl PortRules {
+    /// Whether a rule admits the port and protocol; with `forge_only`, only a
+    /// rule marked [`rule_flags::FORGE`] counts.
     #[inline(always)]
-    pub fn permits(&self, port: u16, ip_proto: u8) -> bool {
+    pub fn permits_with(&self, port: u16, ip_proto: u8, forge_only: bool) -> bool {
         let mut i = 0;
         while i < MAX_PORT_RULES {
             if i as u32 >= self.count {
                 return false;
             }
-            if self.rules[i].permits(port, ip_proto) {
+            let rule = &self.rules[i];
+            if (!forge_only || rule.flags & rule_flags::FORGE != 0) && rule.permits(port, ip_proto)
+            {
                 return true;
             }
             i += 1;
         }
         false
+    }
+
+    #[inline(always)]
+    pub fn permits(&self, port: u16, ip_proto: u8) -> bool {
+        self.permits_with(port, ip_proto, false)
     }
 }
 
@@ -145,6 +167,17 @@ mod tests {
         let mut r = rules(&[PortRule::new(1, 1, proto::TCP)]);
         r.rules[1] = PortRule::all_ports(proto::ANY);
         assert!(!r.permits(80, proto::IPPROTO_TCP));
+    }
+
+    #[test]
+    fn forge_only_sees_forge_rules() {
+        let r = rules(&[
+            PortRule::new(443, 443, proto::TCP),
+            PortRule::new(22, 22, proto::TCP).with_flags(rule_flags::FORGE),
+        ]);
+        assert!(r.permits_with(22, proto::IPPROTO_TCP, true));
+        assert!(!r.permits_with(443, proto::IPPROTO_TCP, true));
+        assert!(r.permits(443, proto::IPPROTO_TCP));
     }
 
     #[test]

@@ -13,10 +13,11 @@ pub mod flags {
     pub const CONFIGURED: u32 = 1 << 0;
     /// Denials at the lateral and default steps become audited allows.
     pub const AUDIT: u32 = 1 << 1;
-    /// Incident mode: deny everything.
-    pub const LOCKDOWN: u32 = 1 << 2;
 }
 
+/// What the agent configures for a runner. Lockdown lives in a map of its
+/// own ([`Lockdown`]) that only `egret lockdown`/`unlock` write, so an agent
+/// rewriting a runner's state can never clear a lockdown by accident.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunnerState {
@@ -24,21 +25,46 @@ pub struct RunnerState {
     /// Port of this runner's DNS proxy on loopback, 0 while it has none.
     pub dns_proxy_port: u16,
     pub _pad: u16,
-    /// CLOCK_MONOTONIC ns after which a lockdown lapses by itself; 0 = never.
-    pub lockdown_until_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<RunnerState>() == 16);
+const _: () = assert!(core::mem::size_of::<RunnerState>() == 8);
 
 impl RunnerState {
     #[inline(always)]
     pub const fn has(&self, flag: u32) -> bool {
         self.flags & flag != 0
     }
+}
+
+pub mod lockdown_flags {
+    pub const ACTIVE: u32 = 1 << 0;
+    /// Keep only allow rules marked `forge` reachable.
+    pub const KEEP_FORGE: u32 = 1 << 1;
+    /// The lockdown froze the runner's cgroup; ending it thaws.
+    pub const FROZE: u32 = 1 << 2;
+}
+
+/// Incident mode for one runner (or, at [`GLOBAL_RUNNER`], for all).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lockdown {
+    pub flags: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns when it began.
+    pub since_ns: u64,
+    /// CLOCK_MONOTONIC ns after which it lapses by itself; 0 = never.
+    pub until_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Lockdown>() == 24);
+
+impl Lockdown {
+    #[inline(always)]
+    pub const fn in_force(&self, now_ns: u64) -> bool {
+        self.flags & lockdown_flags::ACTIVE != 0 && (self.until_ns == 0 || now_ns < self.until_ns)
+    }
 
     #[inline(always)]
-    pub const fn locked_down(&self, now_ns: u64) -> bool {
-        self.has(flags::LOCKDOWN)
-            && (self.lockdown_until_ns == 0 || now_ns < self.lockdown_until_ns)
+    pub const fn keeps_forge(&self) -> bool {
+        self.flags & lockdown_flags::KEEP_FORGE != 0
     }
 }
 
@@ -90,14 +116,15 @@ mod tests {
 
     #[test]
     fn lockdown_lapses_at_its_deadline() {
-        let mut s = RunnerState {
-            flags: flags::CONFIGURED | flags::LOCKDOWN,
+        let mut l = Lockdown {
+            flags: lockdown_flags::ACTIVE,
             ..Default::default()
         };
-        assert!(s.locked_down(5));
-        s.lockdown_until_ns = 10;
-        assert!(s.locked_down(9));
-        assert!(!s.locked_down(10));
+        assert!(l.in_force(5));
+        l.until_ns = 10;
+        assert!(l.in_force(9));
+        assert!(!l.in_force(10));
+        assert!(!Lockdown::default().in_force(0));
     }
 
     #[test]

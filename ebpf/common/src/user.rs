@@ -4,7 +4,7 @@ use crate::{
     event::Event,
     maps::{BaselineEntry, CidrKey, ExactKey, Learned},
     rules::{PortRule, PortRules},
-    state::{RunnerName, RunnerRecord, RunnerState},
+    state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
 };
 
 // SAFETY: each type is #[repr(C)], Copy, and has explicit padding fields, so
@@ -12,6 +12,7 @@ use crate::{
 unsafe impl aya::Pod for PortRule {}
 unsafe impl aya::Pod for PortRules {}
 unsafe impl aya::Pod for RunnerState {}
+unsafe impl aya::Pod for Lockdown {}
 unsafe impl aya::Pod for RunnerName {}
 unsafe impl aya::Pod for RunnerRecord {}
 unsafe impl aya::Pod for CidrKey {}

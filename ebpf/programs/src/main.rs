@@ -25,7 +25,7 @@ use egret_common::{
         CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, counter, counter_index,
     },
     rules::{PortRules, rules_flags},
-    state::{GLOBAL_RUNNER, MAX_RUNNERS, RunnerState, flags},
+    state::{GLOBAL_RUNNER, Lockdown, MAX_RUNNERS, RunnerState, flags},
     verdict::{ALLOW, DENY},
 };
 
@@ -35,6 +35,9 @@ static RUNNER_ID: u32 = 0;
 
 #[map(name = "EGRET_STATE")]
 static STATE: Array<RunnerState> = Array::pinned(MAX_RUNNERS, 0);
+
+#[map(name = "EGRET_LOCKDOWN")]
+static LOCKDOWN: Array<Lockdown> = Array::pinned(MAX_RUNNERS, 0);
 
 #[map(name = "EGRET_CIDRS")]
 static CIDRS: LpmTrie<CidrKey, PortRules> = LpmTrie::pinned(CIDRS_CAPACITY, 0);
@@ -171,16 +174,19 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
     if !state.has(flags::CONFIGURED) {
         return Outcome::Deny(reason::NOT_ALLOWED);
     }
-    if state.locked_down(now) {
+    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
+        count(runner, counter::ERRORS);
+        return Outcome::Deny(reason::NOT_ALLOWED);
+    };
+    let own_in_force = own.in_force(now);
+    let global_in_force = global.in_force(now);
+    // Under lockdown only rules marked `forge` can still match, and only if
+    // every lockdown in force keeps the forge.
+    let forge_only = own_in_force || global_in_force;
+    if forge_only
+        && !((!own_in_force || own.keeps_forge()) && (!global_in_force || global.keeps_forge()))
+    {
         return Outcome::Deny(reason::LOCKDOWN);
-    }
-    match STATE.get(GLOBAL_RUNNER) {
-        Some(global) if global.locked_down(now) => return Outcome::Deny(reason::LOCKDOWN),
-        Some(_) => {}
-        None => {
-            count(runner, counter::ERRORS);
-            return Outcome::Deny(reason::NOT_ALLOWED);
-        }
     }
 
     let target = addr::normalize(dst.given);
@@ -199,16 +205,19 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
     // can only mix two values the agent wrote for this same key, both valid.
     if let Some(learned) = unsafe { LEARNED.get(exact) }
         && now < learned.expires_ns
-        && learned.rules.permits(dst.port, dst.proto)
+        && learned.rules.permits_with(dst.port, dst.proto, forge_only)
     {
         return Outcome::Allow;
     }
     let lateral = LATERAL.get(Key::new(ADDR_BITS, target)).is_some();
     if let Some(rules) = CIDRS.get(Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target)))
         && (!lateral || rules.flags & rules_flags::LATERAL_OK != 0)
-        && rules.permits(dst.port, dst.proto)
+        && rules.permits_with(dst.port, dst.proto, forge_only)
     {
         return Outcome::Allow;
+    }
+    if forge_only {
+        return Outcome::Deny(reason::LOCKDOWN);
     }
 
     if addr::is_loopback(&target) {
