@@ -707,25 +707,26 @@ fn ancestors(net: &IpNet) -> impl Iterator<Item = IpNet> + '_ {
     (0..net.prefix_len()).filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
 }
 
-/// Joins rules with the same protocols whose ranges touch, and drops exact
-/// duplicates, so unions stay within the per-entry limit where possible.
+/// Joins rules with the same protocols and flags whose ranges touch, and
+/// drops exact duplicates, so unions stay within the per-entry limit where
+/// possible.
 pub fn merge_rules(rules: Vec<PortRule>) -> Vec<PortRule> {
-    let mut by_proto: HashMap<u8, Vec<(u16, u16)>> = HashMap::new();
+    let mut groups: HashMap<(u8, u8), Vec<(u16, u16)>> = HashMap::new();
     for r in rules {
-        by_proto
-            .entry(r.protos)
+        groups
+            .entry((r.protos, r.flags))
             .or_default()
             .push((r.first, r.last));
     }
-    let mut out: Vec<PortRule> = by_proto
+    let mut out: Vec<PortRule> = groups
         .into_iter()
-        .flat_map(|(protos, ranges)| {
+        .flat_map(|((protos, flags), ranges)| {
             crate::policy::merge_ranges(ranges)
                 .into_iter()
-                .map(move |(a, b)| PortRule::new(a, b, protos))
+                .map(move |(a, b)| PortRule::new(a, b, protos).with_flags(flags))
         })
         .collect();
-    out.sort_unstable_by_key(|r| (r.first, r.last, r.protos));
+    out.sort_unstable();
     out
 }
 

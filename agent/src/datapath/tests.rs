@@ -142,3 +142,19 @@ fn merge_rules_keeps_protocols_apart() {
         ]
     );
 }
+
+#[test]
+fn merge_rules_keeps_the_forge_mark_apart() {
+    use egret_common::rules::rule_flags::FORGE;
+    let merged = merge_rules(vec![
+        PortRule::new(443, 443, proto::TCP).with_flags(FORGE),
+        PortRule::new(444, 444, proto::TCP),
+    ]);
+    assert_eq!(
+        merged,
+        vec![
+            PortRule::new(443, 443, proto::TCP).with_flags(FORGE),
+            PortRule::new(444, 444, proto::TCP)
+        ]
+    );
+}

@@ -1,0 +1,198 @@
+//! Incident lockdown: instant, agent-independent, recorded.
+
+use std::time::{Duration, Instant};
+
+use egret_tests::{agent::cli, privileged, scenario::Scenario};
+
+const ALLOW: &str = "\
+- cidr: 203.0.113.10/32
+  ports: [443]
+  proto: tcp
+  forge: true
+- host: registry.test
+  ports: [443]
+";
+
+#[test]
+fn lockdown_denies_at_once_and_unlock_restores() {
+    if !privileged("lockdown_denies_at_once_and_unlock_restores") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    assert!(s.job(&["tcp:203.0.113.20:443"])[0].ok());
+
+    let out = cli(
+        &s.world,
+        &[
+            "lockdown",
+            "--runner",
+            "ci",
+            "--reason",
+            "suspected compromise",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let returned = Instant::now();
+    // The very first connect after the command returns is refused: the map
+    // write completed before it returned.
+    let first = &s.job(&["tcp:203.0.113.20:443"])[0];
+    let elapsed = returned.elapsed();
+    assert!(first.eperm(), "first connect after lockdown: {first:?}");
+    eprintln!(
+        "first EPERM observed {elapsed:?} after the command returned (includes spawning the job)"
+    );
+    assert!(out.stdout.contains("LOCKDOWN of ci"), "{}", out.stdout);
+
+    let o = s.job(&[
+        "tcp:203.0.113.10:443",
+        "tcp:127.0.0.1:9",
+        "udp-sendto:198.51.100.66:53",
+    ]);
+    assert!(
+        o.iter().all(|o| o.eperm()),
+        "everything is denied, loopback included: {o:?}"
+    );
+    let ev = s
+        .wait_event(|e| e["reason"] == "lockdown")
+        .expect("lockdown event");
+    assert_eq!(ev["runner"], "ci");
+
+    let out = cli(&s.world, &["unlock", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let o = s.job(&["tcp:203.0.113.20:443", "tcp:203.0.113.10:443"]);
+    assert!(o.iter().all(|o| o.ok()), "after unlock: {o:?}");
+
+    let status = cli(&s.world, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    let log = v["recent_lockdowns"].as_array().expect("audit entries");
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["action"], "lockdown");
+    assert_eq!(log[0]["reason"], "suspected compromise");
+    assert_eq!(log[0]["user"], "root");
+    assert_eq!(log[1]["action"], "unlock");
+}
+
+#[test]
+fn keep_forge_leaves_only_the_forge() {
+    if !privileged("keep_forge_leaves_only_the_forge") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let out = cli(&s.world, &["lockdown", "--keep-forge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let o = s.job(&[
+        "tcp:203.0.113.10:443",
+        "tcp:203.0.113.20:443",
+        "tcp:169.254.169.254:80",
+        "tcp:10.0.0.5:22",
+    ]);
+    assert!(o[0].ok(), "the forge stays reachable: {:?}", o[0]);
+    assert!(o[1].eperm() && o[2].eperm() && o[3].eperm(), "{o:?}");
+    assert_eq!(cli(&s.world, &["unlock"]).code, 0);
+    assert!(s.job(&["tcp:203.0.113.20:443"])[0].ok());
+}
+
+#[test]
+fn lockdown_works_without_an_agent_and_a_new_agent_keeps_it() {
+    if !privileged("lockdown_works_without_an_agent_and_a_new_agent_keeps_it") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    s.kill_agent();
+    let out = cli(&s.world, &["lockdown", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(s.job(&["tcp:203.0.113.10:443"])[0].eperm());
+
+    let status = cli(&s.world, &["status", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    assert!(v["agent"].is_null(), "no agent: {v}");
+    assert!(v["runners"][0]["lockdown"].is_object(), "{v}");
+
+    s.start_agent();
+    assert!(
+        s.job(&["tcp:203.0.113.10:443"])[0].eperm(),
+        "a new agent keeps the lockdown"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&cli(&s.world, &["status", "--json"]).stdout).expect("json");
+    assert!(v["agent"].is_object());
+    assert!(v["runners"][0]["lockdown"].is_object(), "{v}");
+    assert_eq!(cli(&s.world, &["unlock"]).code, 0);
+    assert!(s.job(&["tcp:203.0.113.10:443"])[0].ok());
+}
+
+#[test]
+fn freeze_stops_the_job_in_place_and_unlock_thaws_it() {
+    if !privileged("freeze_stops_the_job_in_place_and_unlock_thaws_it") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let job = s.start_job(&["sleep:200", "tcp:203.0.113.10:443"]);
+    let out = cli(&s.world, &["lockdown", "--runner", "ci", "--freeze"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("froze"), "{}", out.stdout);
+    let events =
+        std::fs::read_to_string(s.cgroup.dir("ci").join("cgroup.events")).expect("cgroup.events");
+    let frozen_deadline = Instant::now() + Duration::from_secs(5);
+    let mut frozen = events.contains("frozen 1");
+    while !frozen && Instant::now() < frozen_deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        frozen = std::fs::read_to_string(s.cgroup.dir("ci").join("cgroup.events"))
+            .unwrap_or_default()
+            .contains("frozen 1");
+    }
+    assert!(frozen, "the runner cgroup is frozen");
+    let out = cli(&s.world, &["unlock", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("thawed"), "{}", out.stdout);
+    let o = job.wait();
+    assert!(
+        o[1].ok(),
+        "after thaw the job goes on, and is unlocked: {o:?}"
+    );
+}
+
+#[test]
+fn a_lockdown_with_a_deadline_lapses_by_itself() {
+    if !privileged("a_lockdown_with_a_deadline_lapses_by_itself") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    assert_eq!(cli(&s.world, &["lockdown", "--for", "2s"]).code, 0);
+    assert!(s.job(&["tcp:203.0.113.10:443"])[0].eperm());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !s.job(&["tcp:203.0.113.10:443"])[0].ok() {
+        assert!(Instant::now() < deadline, "lockdown --for 2s did not lapse");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The agent notices and records the expiry.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&cli(&s.world, &["status", "--json"]).stdout).expect("json");
+        if v["recent_lockdowns"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["action"] == "expired"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expiry not recorded: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn unknown_runner_is_a_user_error() {
+    if !privileged("unknown_runner_is_a_user_error") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let out = cli(&s.world, &["lockdown", "--runner", "nope"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no runner named 'nope'") && out.stderr.contains("known: ci"),
+        "{}",
+        out.stderr
+    );
+}
