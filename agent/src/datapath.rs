@@ -179,7 +179,24 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         source: e.into(),
     })?;
     tracing::info!(path = %root.display(), "mounted a bpffs for egret's pins");
+    if private_mount_namespace() {
+        tracing::warn!(
+            path = %root.display(),
+            "this bpffs was mounted inside a private mount namespace (a sandboxed service?); \
+             if that namespace goes away, so do the pins and enforcement. Mount bpffs on the host \
+             (mount -t bpf bpf /sys/fs/bpf) before starting the agent"
+        );
+    }
     Ok(())
+}
+
+/// Whether this process runs in another mount namespace than PID 1.
+fn private_mount_namespace() -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    match (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt")) {
+        (Some(mine), Some(init)) => mine != init,
+        _ => false,
+    }
 }
 
 /// A CIDR trie key: prefix length plus (runner, address).
