@@ -59,6 +59,8 @@ enum Cmd {
 enum Bench {
     /// connect() rate from a job cgroup with and without egret attached.
     Connect,
+    /// Time from `egret lockdown` starting to the first EPERM in a job.
+    Lockdown,
 }
 
 fn main() -> ExitCode {
@@ -93,12 +95,14 @@ fn run(cmd: Cmd) -> Result<()> {
                     .arg(policy),
             )
         }
-        Cmd::Bench {
-            which: Bench::Connect,
-        } => {
+        Cmd::Bench { which } => {
             setup()?;
             cargo(&["build", "--release", "--bins"])?;
-            run_cmd(Command::new(bin("egret-lab")?).arg("bench-connect"))
+            let sub = match which {
+                Bench::Connect => "bench-connect",
+                Bench::Lockdown => "bench-lockdown",
+            };
+            run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }
         Cmd::Lint => {
             setup()?;

@@ -32,6 +32,12 @@ enum Command {
     },
     /// TCP connects/s from a job cgroup without egret and with egret holding
     /// 10,000 CIDRs and 10,000 exact IPs, measured side by side.
+    /// Time from the start of `egret lockdown` to the first EPERM seen by a
+    /// job that connects in a tight loop.
+    BenchLockdown {
+        #[arg(long, default_value_t = 50)]
+        runs: u32,
+    },
     BenchConnect {
         /// Alternating rounds per side.
         #[arg(long, default_value_t = 12)]
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
     match Lab::parse().command {
         Command::Demo { policy } => demo(&policy),
         Command::BenchConnect { rounds, connects } => bench_connect(rounds, connects),
+        Command::BenchLockdown { runs } => bench_lockdown(runs),
     }
 }
 
@@ -249,6 +256,52 @@ fn bench_connect(rounds: u32, connects: u32) -> ExitCode {
     println!(
         "  ratio:         {:>9.1}% of the bare rate (target >= 95%)",
         100.0 * e / b
+    );
+    ExitCode::SUCCESS
+}
+
+fn bench_lockdown(runs: u32) -> ExitCode {
+    let world = World::new();
+    world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
+    let mut cgroup = TestCgroup::new("egret-bench");
+    let guarded = cgroup.child("ci");
+    let policy = world.path("bench.yaml");
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n  - name: ci\n    cgroup: {guarded}\n    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9000]\n"
+        ),
+    );
+    let pins = Pins::new(&world);
+    let _agent = Agent::start(&world, &pins, &policy, &[]);
+    let action = format!("until-eperm:{}:5000", world::BENCH_SINK);
+    let mut latencies = Vec::new();
+    for _ in 0..runs {
+        let running = job::start(&world.host, Some(&cgroup.procs("ci")), &[&action]);
+        // Let the job get into its loop first.
+        std::thread::sleep(Duration::from_millis(30));
+        let start = egret::resolver::monotonic_ns();
+        let out = egret_tests::agent::cli(&world, &["lockdown", "--runner", "ci"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let o = running.wait().remove(0);
+        assert!(o.ok(), "{o:?}");
+        latencies.push(
+            o.elapsed_ns
+                .expect("first EPERM time")
+                .saturating_sub(start),
+        );
+        assert_eq!(egret_tests::agent::cli(&world, &["unlock"]).code, 0);
+    }
+    latencies.sort_unstable();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!(
+        "egret bench lockdown: {runs} runs, from `egret lockdown` starting to the job's first EPERM"
+    );
+    println!(
+        "  median {:.2} ms, p90 {:.2} ms, worst {:.2} ms (target: median < 10 ms)",
+        ms(latencies[latencies.len() / 2]),
+        ms(latencies[latencies.len() * 9 / 10]),
+        ms(*latencies.last().expect("runs > 0"))
     );
     ExitCode::SUCCESS
 }

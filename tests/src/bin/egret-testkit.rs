@@ -411,6 +411,28 @@ fn run_action(action: &str) -> Outcome {
                 Err(e) => failure(action, &e),
             }
         }
+        // Connect in a tight loop until refused: until-eperm:ADDR:PORT:MS.
+        // Reports the CLOCK_MONOTONIC time of the first EPERM.
+        "until-eperm" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("until-eperm:ADDR:MS");
+            let dst = parse(addr);
+            let until = Instant::now() + Duration::from_millis(ms.parse().expect("ms"));
+            let mut attempts = 0;
+            while Instant::now() < until {
+                attempts += 1;
+                match TcpStream::connect_timeout(&dst, TIMEOUT) {
+                    Ok(s) => close_without_time_wait(&s),
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        let mut o = success(action);
+                        o.elapsed_ns = Some(monotonic_ns());
+                        o.count = Some(attempts);
+                        return o;
+                    }
+                    Err(e) => return failure(action, &e),
+                }
+            }
+            failure(action, &std::io::Error::other("never refused"))
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
             success(action)
@@ -437,6 +459,16 @@ fn close_without_time_wait(s: &TcpStream) {
             size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn job(actions: &[String]) -> ExitCode {
