@@ -137,6 +137,18 @@ fn protocol_abuse_gets_errors_and_the_agent_stays_healthy() {
     let idle = UnixStream::connect(s.world.path("egret.sock")).expect("connect");
     healthy(&s);
     drop(idle);
+    // Many clients at once: past the limit they are turned away at once,
+    // and once the idle ones time out the agent serves again.
+    let crowd: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(s.world.path("egret.sock")).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let turned_away = raw(&s, b"{\"v\":1,\"cmd\":\"status\"}\n");
+    assert!(turned_away.contains("too many clients"), "{turned_away}");
+    assert!(s.job(&["tcp:169.254.169.254:80"])[0].eperm(), "the datapath does not care");
+    std::thread::sleep(Duration::from_secs(6));
+    healthy(&s);
+    drop(crowd);
     // A peer that is not root is refused.
     let out = Command::new(egret_tests::workspace_bin("egret"))
         .args(["status", "--socket"])
