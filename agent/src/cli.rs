@@ -228,7 +228,7 @@ fn agent(args: AgentArgs) -> ExitCode {
     let socket_group = match args
         .socket_group
         .as_deref()
-        .map(|g| nix::unistd::Group::from_name(g))
+        .map(nix::unistd::Group::from_name)
     {
         None => None,
         Some(Ok(Some(group))) => Some(group.gid.as_raw()),

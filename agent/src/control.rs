@@ -204,14 +204,13 @@ fn authorized(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
     if cred.uid() == 0 {
         return Ok(());
     }
-    if let Some(gid) = group {
-        if cred.gid() == gid
+    if let Some(gid) = group
+        && (cred.gid() == gid
             || cred
                 .pid()
-                .is_some_and(|pid| supplementary_groups(pid).contains(&gid))
-        {
-            return Ok(());
-        }
+                .is_some_and(|pid| supplementary_groups(pid).contains(&gid)))
+    {
+        return Ok(());
     }
     Err(format!(
         "permission denied: uid {} may not use the egret socket",

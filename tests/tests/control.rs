@@ -145,7 +145,10 @@ fn protocol_abuse_gets_errors_and_the_agent_stays_healthy() {
     std::thread::sleep(Duration::from_millis(300));
     let turned_away = raw(&s, b"{\"v\":1,\"cmd\":\"status\"}\n");
     assert!(turned_away.contains("too many clients"), "{turned_away}");
-    assert!(s.job(&["tcp:169.254.169.254:80"])[0].eperm(), "the datapath does not care");
+    assert!(
+        s.job(&["tcp:169.254.169.254:80"])[0].eperm(),
+        "the datapath does not care"
+    );
     std::thread::sleep(Duration::from_secs(6));
     healthy(&s);
     drop(crowd);
