@@ -5,7 +5,7 @@
 //! file, line and column of the problem.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -17,6 +17,8 @@ use serde::{Deserialize, de};
 use serde_saphyr::{Location, Spanned};
 
 use crate::baseline;
+
+pub mod presets;
 
 /// Larger policy files are refused before parsing: a policy is a reviewed
 /// text file, and this bounds the parser's memory.
@@ -33,7 +35,7 @@ pub enum Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Proto {
+pub(crate) enum Proto {
     Tcp,
     Udp,
     Any,
@@ -65,7 +67,12 @@ pub struct Runner {
     /// resolver configuration.
     pub dns_upstream: Vec<IpAddr>,
     pub cidrs: Vec<CidrRule>,
+    /// Exact names, resolved by the agent.
     pub hosts: Vec<HostRule>,
+    /// `*.example.com` patterns: one or more labels in front of the suffix.
+    /// They can only be enforced through the DNS proxy, which learns the
+    /// addresses as the job resolves matching names.
+    pub patterns: Vec<HostRule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +83,7 @@ pub struct CidrRule {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostRule {
-    /// Lower case, no trailing dot.
+    /// Lower case, no trailing dot; `*.suffix` for a pattern.
     pub name: String,
     pub ports: Vec<PortRule>,
 }
@@ -237,16 +244,27 @@ fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 
 /// Validates and merges the given files. Returns every diagnostic found; the
 /// policy is `Some` only when no file failed to parse.
+///
+/// Files named `*.preset.yaml` define presets; every other file holds
+/// runners. Variables (`vars:`) are shared by all files.
 pub fn compile(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnostic>) {
     let mut diags = Diagnostics::default();
-    let mut runners = Vec::new();
-    let mut seen_names: HashMap<String, (PathBuf, Location)> = HashMap::new();
-    let mut seen_cgroups: Vec<(String, PathBuf, Location)> = Vec::new();
     let mut parsed_all = true;
 
-    for (file, bytes) in sources {
+    let mut catalog = Catalog::embedded(&mut diags);
+    for (file, bytes) in sources.iter().filter(|(f, _)| presets::is_preset_file(f)) {
         diags.file = file.clone();
-        let Some(raw) = parse(file, bytes, &mut diags) else {
+        match parse::<RawPreset>(file, bytes, &mut diags) {
+            Some(raw) => catalog.add_user(file, raw, &mut diags),
+            None => parsed_all = false,
+        }
+    }
+
+    let mut documents = Vec::new();
+    let mut vars: HashMap<String, (String, PathBuf, Location)> = HashMap::new();
+    for (file, bytes) in sources.iter().filter(|(f, _)| !presets::is_preset_file(f)) {
+        diags.file = file.clone();
+        let Some(raw) = parse::<RawPolicy>(file, bytes, &mut diags) else {
             parsed_all = false;
             continue;
         };
@@ -259,8 +277,47 @@ pub fn compile(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnosti
                 ),
             );
         }
+        for (name, value) in &raw.vars {
+            if !valid_var_name(name) {
+                diags.error(
+                    value.referenced,
+                    format!("variable name '{name}' is invalid: use letters, digits and '_', not starting with a digit"),
+                );
+                continue;
+            }
+            match vars.get(name) {
+                Some((other, other_file, other_at)) if *other != value.value => diags.error(
+                    value.referenced,
+                    format!(
+                        "variable {name} is already set to '{other}' at {}:{}",
+                        other_file.display(),
+                        other_at.line()
+                    ),
+                ),
+                _ => {
+                    vars.insert(
+                        name.clone(),
+                        (value.value.clone(), file.clone(), value.referenced),
+                    );
+                }
+            }
+        }
+        documents.push((file.clone(), raw));
+    }
+    let vars: HashMap<String, String> = vars.into_iter().map(|(k, (v, _, _))| (k, v)).collect();
+
+    let mut runners = Vec::new();
+    let mut seen_names: HashMap<String, (PathBuf, Location)> = HashMap::new();
+    let mut seen_cgroups: Vec<(String, PathBuf, Location)> = Vec::new();
+    for (file, raw) in documents {
         for raw_runner in raw.runners {
-            let Some(runner) = validate_runner(raw_runner, &mut diags) else {
+            diags.file = file.clone();
+            let ctx = Ctx {
+                vars: &vars,
+                params: None,
+                catalog: &catalog,
+            };
+            let Some(runner) = validate_runner(raw_runner, &ctx, &mut diags) else {
                 continue;
             };
             let (runner, name_at, cgroup_at) = runner;
@@ -292,6 +349,15 @@ pub fn compile(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnosti
                 );
                 continue;
             }
+            if runner.mode == Mode::Audit {
+                diags.warning(
+                    name_at,
+                    format!(
+                        "runner '{}' is in audit mode: denials are reported, not enforced",
+                        runner.name
+                    ),
+                );
+            }
             seen_names.insert(runner.name.clone(), (file.clone(), name_at));
             seen_cgroups.push((runner.cgroup.clone(), file.clone(), cgroup_at));
             runners.push(runner);
@@ -299,6 +365,145 @@ pub fn compile(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnosti
     }
     let policy = parsed_all.then_some(Policy { runners });
     (policy, diags.list)
+}
+
+fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What validation of an entry needs to know.
+struct Ctx<'a> {
+    vars: &'a HashMap<String, String>,
+    /// A preset's parameters, while expanding one.
+    params: Option<&'a HashMap<String, String>>,
+    catalog: &'a Catalog,
+}
+
+impl Ctx<'_> {
+    /// Expands `${NAME}`: a preset parameter first, then a policy variable.
+    fn expand(&self, text: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
+            let name = &after[..end];
+            let value = self
+                .params
+                .and_then(|p| p.get(name))
+                .or_else(|| self.vars.get(name))
+                .ok_or_else(|| {
+                    let mut known: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+                    if let Some(p) = self.params {
+                        known.extend(p.keys().map(String::as_str));
+                    }
+                    known.sort_unstable();
+                    let hint = did_you_mean(name, &known)
+                        .map(|k| format!("; did you mean ${{{k}}}?"))
+                        .unwrap_or_default();
+                    format!("undefined variable ${{{name}}}{hint}")
+                })?;
+            out.push_str(value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// Every preset a policy can use: the embedded ones, replaced or extended
+/// by the policy directory's own.
+struct Catalog {
+    presets: HashMap<String, Preset>,
+}
+
+struct Preset {
+    file: PathBuf,
+    user: bool,
+    params: Vec<String>,
+    allow: Vec<Spanned<RawAllow>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreset {
+    preset: Spanned<String>,
+    version: Spanned<u32>,
+    #[serde(default)]
+    #[expect(dead_code, reason = "shown by `egret presets`, not needed to validate")]
+    description: Option<String>,
+    #[serde(default)]
+    params: Vec<Spanned<String>>,
+    allow: Vec<Spanned<RawAllow>>,
+}
+
+impl Catalog {
+    fn embedded(diags: &mut Diagnostics) -> Self {
+        let mut catalog = Self {
+            presets: HashMap::new(),
+        };
+        for (name, source) in presets::EMBEDDED {
+            let file = presets::embedded_path(name);
+            if let Some(raw) = parse::<RawPreset>(&file, source.as_bytes(), diags) {
+                catalog.insert(file, raw, false);
+            }
+        }
+        catalog
+    }
+
+    fn insert(&mut self, file: PathBuf, raw: RawPreset, user: bool) {
+        self.presets.insert(
+            raw.preset.value.clone(),
+            Preset {
+                file,
+                user,
+                params: raw.params.into_iter().map(|p| p.value).collect(),
+                allow: raw.allow,
+            },
+        );
+    }
+
+    fn add_user(&mut self, file: &Path, raw: RawPreset, diags: &mut Diagnostics) {
+        let name = raw.preset.value.clone();
+        if !valid_runner_name(&name) {
+            diags.error(
+                raw.preset.referenced,
+                format!("preset name '{name}' is invalid"),
+            );
+            return;
+        }
+        if raw.version.value == 0 {
+            diags.error(
+                raw.version.referenced,
+                "preset version must be 1 or more".into(),
+            );
+            return;
+        }
+        if let Some(other) = self.presets.get(&name).filter(|p| p.user) {
+            diags.error(
+                raw.preset.referenced,
+                format!(
+                    "preset '{name}' is already defined in {}",
+                    other.file.display()
+                ),
+            );
+            return;
+        }
+        self.insert(file.to_owned(), raw, true);
+    }
+
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.presets.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 #[derive(Default)]
@@ -329,6 +534,10 @@ impl Diagnostics {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     version: Spanned<u32>,
+    /// `${NAME}` values for hosts, CIDRs, cgroups, upstreams and preset
+    /// parameters, so one policy repository serves several sites.
+    #[serde(default)]
+    vars: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     runners: Vec<RawRunner>,
 }
@@ -353,13 +562,21 @@ struct RawDns {
     upstream: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAllow {
     #[serde(default)]
     cidr: Option<Spanned<String>>,
     #[serde(default)]
     host: Option<Spanned<String>>,
+    #[serde(default)]
+    preset: Option<Spanned<String>>,
+    /// Parameters of the preset, e.g. `{host: gitlab.example.com}`.
+    #[serde(default)]
+    with: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Accept a wildcard on a suffix where anyone can register a name.
+    #[serde(default)]
+    i_understand_multitenant: Option<Spanned<bool>>,
     #[serde(default)]
     ports: Option<Spanned<Vec<Spanned<PortSpec>>>>,
     #[serde(default)]
@@ -416,7 +633,11 @@ impl<'de> Deserialize<'de> for PortSpec {
     }
 }
 
-fn parse(file: &Path, bytes: &[u8], diags: &mut Diagnostics) -> Option<RawPolicy> {
+fn parse<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    bytes: &[u8],
+    diags: &mut Diagnostics,
+) -> Option<T> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         let valid = std::str::from_utf8(bytes)
             .map_err(|e| e.valid_up_to())
@@ -452,7 +673,7 @@ fn parse(file: &Path, bytes: &[u8], diags: &mut Diagnostics) -> Option<RawPolicy
         });
         return None;
     }
-    match serde_saphyr::from_str::<RawPolicy>(text) {
+    match serde_saphyr::from_str::<T>(text) {
         Ok(raw) => Some(raw),
         Err(err) => {
             let at = err.location().unwrap_or(Location::UNKNOWN);
@@ -475,7 +696,43 @@ fn yaml_message(err: &serde_saphyr::Error) -> String {
     options.snippets = serde_saphyr::SnippetMode::Off;
     let text = err.render_with_options(options);
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
-    strip_location_suffix(first).to_owned()
+    friendlier(strip_location_suffix(first))
+}
+
+/// Adds a "did you mean" to unknown fields and values, and says in plain
+/// words what the parser's type names mean.
+fn friendlier(message: &str) -> String {
+    for (prefix, kind) in [("unknown field `", "field"), ("unknown variant `", "value")] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((word, tail)) = rest.split_once('`') else {
+            continue;
+        };
+        let expected: Vec<&str> = tail
+            .split_once("expected one of ")
+            .map(|(_, list)| list.split(", ").map(|s| s.trim_matches('`')).collect())
+            .or_else(|| {
+                tail.split_once("expected ")
+                    .map(|(_, one)| vec![one.trim_matches('`')])
+            })
+            .unwrap_or_default();
+        let hint = did_you_mean(word, &expected)
+            .map(|c| format!("; did you mean `{c}`?"))
+            .unwrap_or_default();
+        return format!(
+            "unknown {kind} `{word}` (expected one of: {}){hint}",
+            expected.join(", ")
+        );
+    }
+    match message {
+        "invalid u32" | "invalid u16" | "invalid i64" => "expected a whole number".into(),
+        "expected sequence start" => {
+            "expected a list (`[a, b]` or lines starting with `- `)".into()
+        }
+        "expected mapping start" => "expected a mapping (`key: value` lines)".into(),
+        other => other.to_owned(),
+    }
 }
 
 fn strip_location_suffix(message: &str) -> &str {
@@ -497,6 +754,7 @@ fn first_tab_indent(text: &str) -> Option<(u64, u64)> {
 
 fn validate_runner(
     raw: RawRunner,
+    ctx: &Ctx<'_>,
     diags: &mut Diagnostics,
 ) -> Option<(Runner, Location, Location)> {
     let errors_before = error_count(diags);
@@ -510,7 +768,10 @@ fn validate_runner(
             ),
         );
     }
-    let cgroup = match normalize_cgroup(&raw.cgroup.value) {
+    let cgroup = match ctx
+        .expand(&raw.cgroup.value)
+        .and_then(|c| normalize_cgroup(&c))
+    {
         Ok(c) => c,
         Err(why) => {
             diags.error(raw.cgroup.referenced, why);
@@ -520,18 +781,18 @@ fn validate_runner(
     let mode = raw.mode.map_or(Mode::Enforce, |m| m.value);
     let mut dns_upstream = Vec::new();
     for up in raw.dns.map(|d| d.upstream).unwrap_or_default() {
-        match up.value.trim().parse::<IpAddr>() {
-            Ok(ip) => dns_upstream.push(ip),
-            Err(_) => diags.error(
+        match ctx.expand(&up.value).map(|v| v.trim().parse::<IpAddr>()) {
+            Ok(Ok(ip)) => dns_upstream.push(ip),
+            Ok(Err(_)) => diags.error(
                 up.referenced,
                 format!("dns.upstream '{}' is not an IP address", up.value),
             ),
+            Err(why) => diags.error(up.referenced, why),
         }
     }
-    let mut cidrs = Vec::new();
-    let mut hosts = Vec::new();
+    let mut entries = Entries::default();
     for entry in raw.allow {
-        validate_allow(entry, diags, &mut cidrs, &mut hosts);
+        validate_allow(entry, ctx, diags, &mut entries);
     }
     if error_count(diags) > errors_before {
         return None;
@@ -541,8 +802,9 @@ fn validate_runner(
         cgroup,
         mode,
         dns_upstream,
-        cidrs,
-        hosts,
+        cidrs: entries.cidrs,
+        hosts: entries.hosts,
+        patterns: entries.patterns,
     };
     Some((runner, raw.name.referenced, raw.cgroup.referenced))
 }
@@ -555,14 +817,52 @@ fn error_count(diags: &Diagnostics) -> usize {
         .count()
 }
 
+#[derive(Default)]
+struct Entries {
+    cidrs: Vec<CidrRule>,
+    hosts: Vec<HostRule>,
+    patterns: Vec<HostRule>,
+}
+
 fn validate_allow(
     entry: Spanned<RawAllow>,
+    ctx: &Ctx<'_>,
     diags: &mut Diagnostics,
-    cidrs: &mut Vec<CidrRule>,
-    hosts: &mut Vec<HostRule>,
+    out: &mut Entries,
 ) {
     let at = entry.referenced;
     let raw = entry.value;
+    if let Some(preset) = &raw.preset {
+        if let Some(other) = raw.cidr.as_ref().or(raw.host.as_ref()) {
+            diags.error(
+                other.referenced,
+                "an allow entry takes one of `cidr`, `host` or `preset`".into(),
+            );
+            return;
+        }
+        if let Some(p) = raw
+            .ports
+            .as_ref()
+            .map(|p| p.referenced)
+            .or(raw.proto.as_ref().map(|p| p.referenced))
+        {
+            diags.error(
+                p,
+                "a preset brings its own ports and protocols; list extra ports as a separate entry"
+                    .into(),
+            );
+            return;
+        }
+        expand_preset(preset, raw.with.as_ref(), ctx, diags, out);
+        return;
+    }
+    if let Some(with) = &raw.with {
+        diags.error(
+            with.referenced,
+            "`with` gives parameters to a `preset`".into(),
+        );
+        return;
+    }
     let protos = raw.proto.map_or(proto::ANY, |p| p.value.bits());
     let flags = if raw.forge.is_some_and(|f| f.value) {
         rule_flags::FORGE
@@ -580,11 +880,15 @@ fn validate_allow(
     match (raw.cidr, raw.host) {
         (Some(_), Some(host)) => diags.error(
             host.referenced,
-            "an allow entry takes either `cidr` or `host`, not both".into(),
+            "an allow entry takes one of `cidr`, `host` or `preset`".into(),
         ),
-        (None, None) => diags.error(at, "allow entry needs `cidr` or `host`".into()),
+        (None, None) => diags.error(at, "allow entry needs `cidr`, `host` or `preset`".into()),
         (Some(cidr), None) => {
-            if let Some(net) = parse_cidr(&cidr, diags) {
+            let text = match ctx.expand(&cidr.value) {
+                Ok(t) => t,
+                Err(why) => return diags.error(cidr.referenced, why),
+            };
+            if let Some(net) = parse_cidr(&text, cidr.referenced, diags) {
                 if let Some(what) = baseline::metadata_overlap(&net) {
                     diags.warning(
                         cidr.referenced,
@@ -593,18 +897,176 @@ fn validate_allow(
                         ),
                     );
                 }
-                cidrs.push(CidrRule { net, ports });
+                out.cidrs.push(CidrRule { net, ports });
             }
         }
         (None, Some(host)) => {
-            let name = host.value.trim().trim_end_matches('.').to_ascii_lowercase();
-            if let Err(why) = validate_hostname(&name) {
-                diags.error(host.referenced, format!("host '{}': {why}", host.value));
+            let expanded = match ctx.expand(&host.value) {
+                Ok(t) => t,
+                Err(why) => return diags.error(host.referenced, why),
+            };
+            let name = expanded.trim().trim_end_matches('.').to_ascii_lowercase();
+            if let Some(suffix) = name.strip_prefix("*.") {
+                match validate_pattern(suffix) {
+                    Err(why) => diags.error(host.referenced, format!("host '{expanded}': {why}")),
+                    Ok(tenancy) => {
+                        let accepted = raw
+                            .i_understand_multitenant
+                            .as_ref()
+                            .is_some_and(|f| f.value);
+                        if let (Some(what), false) = (tenancy, accepted) {
+                            diags.warning(
+                                host.referenced,
+                                format!(
+                                    "'{name}' matches names anyone can register ({what}); allow exact names, \
+                                     or set `i_understand_multitenant: true` on this entry"
+                                ),
+                            );
+                        }
+                        out.patterns.push(HostRule { name, ports });
+                    }
+                }
+            } else if let Err(why) = validate_hostname(&name) {
+                diags.error(host.referenced, format!("host '{expanded}': {why}"));
             } else {
-                hosts.push(HostRule { name, ports });
+                out.hosts.push(HostRule { name, ports });
             }
         }
     }
+}
+
+fn expand_preset(
+    preset: &Spanned<String>,
+    with: Option<&Spanned<BTreeMap<String, Spanned<String>>>>,
+    ctx: &Ctx<'_>,
+    diags: &mut Diagnostics,
+    out: &mut Entries,
+) {
+    let Some(found) = ctx.catalog.presets.get(&preset.value) else {
+        let names = ctx.catalog.names();
+        let hint = did_you_mean(&preset.value, &names)
+            .map(|n| format!("did you mean '{n}'? "))
+            .unwrap_or_default();
+        diags.error(
+            preset.referenced,
+            format!(
+                "unknown preset '{}'; {hint}available: {} (or add a *.preset.yaml file)",
+                preset.value,
+                names.join(", ")
+            ),
+        );
+        return;
+    };
+    let mut params = HashMap::new();
+    let given = with.map(|w| &w.value);
+    for (name, value) in given.into_iter().flatten() {
+        if !found.params.contains(name) {
+            diags.error(
+                value.referenced,
+                format!(
+                    "preset '{}' takes no parameter '{name}' (it takes: {})",
+                    preset.value,
+                    if found.params.is_empty() {
+                        "none".into()
+                    } else {
+                        found.params.join(", ")
+                    }
+                ),
+            );
+            return;
+        }
+        match ctx.expand(&value.value) {
+            Ok(v) => {
+                params.insert(name.clone(), v);
+            }
+            Err(why) => return diags.error(value.referenced, why),
+        }
+    }
+    if let Some(missing) = found.params.iter().find(|p| !params.contains_key(*p)) {
+        diags.error(
+            preset.referenced,
+            format!("preset '{}' needs `with: {{{missing}: ...}}`", preset.value),
+        );
+        return;
+    }
+    // Entries are checked where the preset defines them.
+    let caller_file = std::mem::replace(&mut diags.file, found.file.clone());
+    let inner = Ctx {
+        vars: ctx.vars,
+        params: Some(&params),
+        catalog: ctx.catalog,
+    };
+    for entry in &found.allow {
+        if let Some(nested) = &entry.value.preset {
+            diags.error(
+                nested.referenced,
+                "a preset cannot include another preset".into(),
+            );
+            continue;
+        }
+        validate_allow(entry.clone(), &inner, diags, out);
+    }
+    diags.file = caller_file;
+}
+
+/// Why a `*.suffix` pattern is refused (`Err`), or the multi-tenant suffix
+/// it covers (`Ok(Some)`), which earns a warning.
+fn validate_pattern(suffix: &str) -> Result<Option<String>, String> {
+    if suffix.is_empty() || suffix == "*" {
+        return Err("a bare wildcard matches every name".into());
+    }
+    if suffix.contains('*') {
+        return Err("only a leading '*.' is supported".into());
+    }
+    validate_hostname(suffix)?;
+    if let Some(ps) = psl::suffix(suffix.as_bytes())
+        && ps.is_known()
+        && ps.as_bytes() == suffix.as_bytes()
+    {
+        return match ps.typ() {
+            Some(psl::Type::Private) => Ok(Some(format!("'{suffix}' is a shared hosting suffix"))),
+            _ => Err(format!(
+                "'{suffix}' is a public suffix: the pattern would match every domain registered under it"
+            )),
+        };
+    }
+    Ok(MULTITENANT
+        .iter()
+        .find(|m| **m == suffix || m.ends_with(&format!(".{suffix}")))
+        .map(|m| format!("'{m}' hosts anyone's content")))
+}
+
+/// Suffixes where anyone can get a name, beyond what the public suffix list
+/// marks as private. A wildcard on one, or on a parent of one, warns.
+const MULTITENANT: &[&str] = &[
+    "s3.amazonaws.com",
+    "amazonaws.com",
+    "cloudfront.net",
+    "blob.core.windows.net",
+    "azurewebsites.net",
+    "appspot.com",
+    "herokuapp.com",
+    "github.io",
+    "githubusercontent.com",
+    "gitlab.io",
+    "netlify.app",
+    "vercel.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+    "ngrok.io",
+    "storage.googleapis.com",
+];
+
+/// The closest candidate to `word`, if one is close enough to be a typo.
+fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .min()
+        .map(|(_, c)| c)
 }
 
 fn validate_ports(
@@ -676,15 +1138,15 @@ pub fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     out
 }
 
-fn parse_cidr(cidr: &Spanned<String>, diags: &mut Diagnostics) -> Option<IpNet> {
-    let text = cidr.value.trim();
+fn parse_cidr(text: &str, at: Location, diags: &mut Diagnostics) -> Option<IpNet> {
+    let text = text.trim();
     let net = match text.parse::<IpNet>() {
         Ok(net) => net,
         Err(_) => match text.parse::<IpAddr>() {
             Ok(ip) => IpNet::from(ip),
             Err(_) => {
                 diags.error(
-                    cidr.referenced,
+                    at,
                     format!("'{text}' is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32"),
                 );
                 return None;
@@ -693,7 +1155,7 @@ fn parse_cidr(cidr: &Spanned<String>, diags: &mut Diagnostics) -> Option<IpNet> 
     };
     if net.trunc() != net {
         diags.error(
-            cidr.referenced,
+            at,
             format!("'{text}' has host bits set; did you mean {}?", net.trunc()),
         );
         return None;
@@ -742,7 +1204,7 @@ fn validate_hostname(name: &str) -> Result<(), String> {
         return Err("empty name".into());
     }
     if name.contains('*') {
-        return Err("wildcards are not supported in this version; list exact names".into());
+        return Err("a wildcard must be the whole first label: '*.example.com'".into());
     }
     if name.parse::<IpAddr>().is_ok() {
         return Err("is an IP address; use `cidr` for addresses".into());

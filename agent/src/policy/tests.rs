@@ -162,14 +162,14 @@ fn entry_needs_exactly_one_target() {
     );
     assert_eq!(
         e,
-        vec!["p.yaml:6:9: error: allow entry needs `cidr` or `host`"]
+        vec!["p.yaml:6:9: error: allow entry needs `cidr`, `host` or `preset`"]
     );
     let e = errors(
         "version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - cidr: 10.0.0.0/8\n        host: x.test\n",
     );
     assert_eq!(
         e,
-        vec!["p.yaml:7:15: error: an allow entry takes either `cidr` or `host`, not both"]
+        vec!["p.yaml:7:15: error: an allow entry takes one of `cidr`, `host` or `preset`"]
     );
 }
 
@@ -205,9 +205,9 @@ fn bad_names() {
         "{e:?}"
     );
     let e = errors(
-        "version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - host: \"*.example.com\"\n",
+        "version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - host: \"a*.example.com\"\n",
     );
-    assert!(e[0].contains("wildcards"), "{e:?}");
+    assert!(e[0].contains("whole first label"), "{e:?}");
     let e = errors(
         "version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - host: 203.0.113.1\n",
     );
@@ -295,4 +295,256 @@ fn merge_ranges_joins_touching_ranges() {
         vec![(1, 6), (10, 12)]
     );
     assert_eq!(merge_ranges(vec![(1, 3), (5, 6)]), vec![(1, 3), (5, 6)]);
+}
+
+fn runner(allow: &str) -> String {
+    format!("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n{allow}")
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    let (_, d) = compile(&[(PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
+    d.iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn wildcards_match_below_a_registrable_domain_only() {
+    let p = check(&runner(
+        "      - host: \"*.npmjs.org\"\n        ports: [443]\n",
+    ))
+    .unwrap();
+    assert_eq!(p.runners[0].patterns[0].name, "*.npmjs.org");
+    assert!(p.runners[0].hosts.is_empty());
+    for bad in ["*", "*.com", "*.co.uk", "*.*.example.com"] {
+        let e = errors(&runner(&format!("      - host: \"{bad}\"\n")));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with("p.yaml:6:15: error: host "),
+            "{bad}: {e:?}"
+        );
+    }
+    let e = errors(&runner("      - host: \"*.com\"\n"));
+    assert!(e[0].contains("'com' is a public suffix"), "{e:?}");
+}
+
+#[test]
+fn multitenant_wildcards_warn_unless_acknowledged() {
+    for pattern in [
+        "*.github.io",
+        "*.s3.amazonaws.com",
+        "*.herokuapp.com",
+        "*.amazonaws.com",
+    ] {
+        let w = warnings(&runner(&format!("      - host: \"{pattern}\"\n")));
+        assert_eq!(w.len(), 1, "{pattern}: {w:?}");
+        assert!(
+            w[0].contains("anyone can register") && w[0].contains("i_understand_multitenant"),
+            "{w:?}"
+        );
+        let w = warnings(&runner(&format!(
+            "      - host: \"{pattern}\"\n        i_understand_multitenant: true\n"
+        )));
+        assert!(w.is_empty(), "{pattern}: {w:?}");
+    }
+    assert!(
+        warnings(&runner("      - host: \"*.myname.github.io\"\n")).is_empty(),
+        "one tenant's own names"
+    );
+}
+
+#[test]
+fn presets_expand_to_their_entries() {
+    let p = check(&runner("      - preset: pypi\n      - preset: npm\n")).unwrap();
+    let names: Vec<&str> = p.runners[0].hosts.iter().map(|h| h.name.as_str()).collect();
+    assert!(
+        names.contains(&"pypi.org") && names.contains(&"files.pythonhosted.org"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"registry.npmjs.org"), "{names:?}");
+    assert!(
+        p.runners[0]
+            .hosts
+            .iter()
+            .all(|h| h.ports == vec![PortRule::new(443, 443, proto::ANY)])
+    );
+}
+
+#[test]
+fn the_gitlab_preset_takes_the_instance_and_marks_it_as_the_forge() {
+    let p = check(&runner(
+        "      - preset: gitlab\n        with: {host: git.example.com}\n",
+    ))
+    .unwrap();
+    let h = &p.runners[0].hosts[0];
+    assert_eq!(h.name, "git.example.com");
+    assert!(
+        h.ports.iter().all(|r| r.flags & rule_flags::FORGE != 0),
+        "{h:?}"
+    );
+    let e = errors(&runner("      - preset: gitlab\n"));
+    assert_eq!(
+        e,
+        vec!["p.yaml:6:17: error: preset 'gitlab' needs `with: {host: ...}`"]
+    );
+    let e = errors(&runner(
+        "      - preset: gitlab\n        with: {hots: x.example}\n",
+    ));
+    assert!(
+        e[0].contains("takes no parameter 'hots' (it takes: host)"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_presets_are_named_with_a_suggestion() {
+    let e = errors(&runner("      - preset: pipy\n"));
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("p.yaml:6:17: error: unknown preset 'pipy'; did you mean 'pypi'?"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn presets_bring_their_own_ports() {
+    let e = errors(&runner("      - preset: npm\n        ports: [80]\n"));
+    assert!(e[0].contains("brings its own ports"), "{e:?}");
+}
+
+#[test]
+fn every_embedded_preset_is_valid() {
+    for (name, _) in presets::EMBEDDED {
+        let with = if *name == "gitlab" {
+            "\n        with: {host: gitlab.example.com}"
+        } else {
+            ""
+        };
+        let text = runner(&format!("      - preset: {name}{with}\n"));
+        let (policy, d) = compile(&[(PathBuf::from("p.yaml"), text.into_bytes())]);
+        assert!(policy.is_some() && d.is_empty(), "{name}: {d:?}");
+        let r = &policy.unwrap().runners[0];
+        assert!(
+            !r.hosts.is_empty() || !r.patterns.is_empty(),
+            "{name} allows something"
+        );
+    }
+}
+
+#[test]
+fn user_presets_extend_and_override() {
+    let preset = "preset: internal-mirror\nversion: 2\ndescription: our mirror\nallow:\n  - host: mirror.corp.example\n    ports: [8443]\n";
+    let npm = "preset: npm\nversion: 7\nallow:\n  - host: npm.corp.example\n    ports: [443]\n";
+    let (policy, d) = compile(&[
+        (
+            PathBuf::from("mirror.preset.yaml"),
+            preset.as_bytes().to_vec(),
+        ),
+        (PathBuf::from("npm.preset.yaml"), npm.as_bytes().to_vec()),
+        (
+            PathBuf::from("p.yaml"),
+            runner("      - preset: internal-mirror\n      - preset: npm\n").into_bytes(),
+        ),
+    ]);
+    assert!(d.is_empty(), "{d:?}");
+    let names: Vec<String> = policy.unwrap().runners[0]
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(names, vec!["mirror.corp.example", "npm.corp.example"]);
+}
+
+#[test]
+fn errors_inside_a_user_preset_point_into_it() {
+    let preset = "preset: broken\nversion: 1\nallow:\n  - cidr: 10.0.0.300/32\n";
+    let (_, d) = compile(&[
+        (
+            PathBuf::from("broken.preset.yaml"),
+            preset.as_bytes().to_vec(),
+        ),
+        (
+            PathBuf::from("p.yaml"),
+            runner("      - preset: broken\n").into_bytes(),
+        ),
+    ]);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].to_string()
+            .starts_with("broken.preset.yaml:4:11: error: '10.0.0.300/32'"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn variables_expand_everywhere_a_site_differs() {
+    let text = "version: 1\nvars:\n  SITE_GITLAB: git.site-a.example\n  SITE_NET: 203.0.113.0/24\n  DNS: 203.0.113.53\nrunners:\n  - name: a\n    cgroup: /egret.slice/${SITE_GITLAB}\n    dns:\n      upstream: [\"${DNS}\"]\n    allow:\n      - host: ${SITE_GITLAB}\n      - cidr: ${SITE_NET}\n      - preset: gitlab\n        with: {host: \"${SITE_GITLAB}\"}\n";
+    let p = check(text).unwrap();
+    let r = &p.runners[0];
+    assert_eq!(r.cgroup, "/egret.slice/git.site-a.example");
+    assert_eq!(r.hosts[0].name, "git.site-a.example");
+    assert_eq!(r.hosts[1].name, "git.site-a.example");
+    assert_eq!(r.cidrs[0].net, "203.0.113.0/24".parse::<IpNet>().unwrap());
+    assert_eq!(
+        r.dns_upstream,
+        vec!["203.0.113.53".parse::<IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn undefined_variables_are_located_with_a_suggestion() {
+    let text = "version: 1\nvars:\n  GITLAB_HOST: g.example\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - host: ${GITLAB_HSOT}\n";
+    assert_eq!(
+        errors(text),
+        vec!["p.yaml:8:15: error: undefined variable ${GITLAB_HSOT}; did you mean ${GITLAB_HOST}?"]
+    );
+}
+
+#[test]
+fn conflicting_variables_across_files_are_errors() {
+    let (_, d) = compile(&[
+        (
+            PathBuf::from("a.yaml"),
+            b"version: 1\nvars:\n  X: one\n".to_vec(),
+        ),
+        (
+            PathBuf::from("b.yaml"),
+            b"version: 1\nvars:\n  X: two\n".to_vec(),
+        ),
+    ]);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        d[0].to_string(),
+        "b.yaml:3:6: error: variable X is already set to 'one' at a.yaml:3"
+    );
+}
+
+#[test]
+fn unknown_fields_get_a_did_you_mean() {
+    let e = errors("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    alow: []\n");
+    assert_eq!(
+        e,
+        vec![
+            "p.yaml:5:5: error: unknown field `alow` (expected one of: name, cgroup, mode, dns, allow); did you mean `allow`?"
+        ]
+    );
+    let e = errors("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    mode: enfroce\n");
+    assert_eq!(
+        e,
+        vec![
+            "p.yaml:5:11: error: unknown value `enfroce` (expected one of: enforce, audit); did you mean `enforce`?"
+        ]
+    );
+}
+
+#[test]
+fn audit_mode_warns() {
+    let w = warnings("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    mode: audit\n");
+    assert_eq!(
+        w,
+        vec![
+            "p.yaml:3:11: warning: runner 'a' is in audit mode: denials are reported, not enforced"
+        ]
+    );
 }
