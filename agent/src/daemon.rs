@@ -128,6 +128,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     ));
     let mut pump = tokio::spawn(events::pump(ring, attribution, hub));
     let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut watch = tokio::time::interval(POLICY_POLL);
+    let mut watcher = PolicyWatch::new(&agent.opts.policy);
     tracing::info!(
         runners = agent.ids.len(),
         bpffs = %agent.opts.pins.root.display(),
@@ -165,6 +167,12 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 }
             },
             _ = housekeeping.tick() => agent.expire_lockdowns(),
+            _ = watch.tick() => {
+                if watcher.changed_and_settled() {
+                    tracing::info!("policy files changed");
+                    let _ = agent.reload().await;
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             res = &mut pump => {
@@ -312,6 +320,15 @@ impl Agent {
         self.sync_learned()?;
 
         for runner in &policy.runners {
+            if !runner.patterns.is_empty() {
+                let names: Vec<&str> = runner.patterns.iter().map(|p| p.name.as_str()).collect();
+                tracing::warn!(
+                    runner = %runner.name,
+                    patterns = ?names,
+                    "wildcard entries can only be enforced through the DNS proxy, which this egret does not \
+                     have yet: names matching them stay unreachable (list the exact names you need)"
+                );
+            }
             let id = ids[&runner.name];
             let old = self.datapath.maps.runner_state(id).unwrap_or_default();
             let mut state = RunnerState {
@@ -450,6 +467,67 @@ impl Agent {
     async fn refresh(&mut self) -> Result<(), DatapathError> {
         self.resolve_due().await;
         self.sync_learned()
+    }
+}
+
+/// How often the policy files are checked for changes.
+const POLICY_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Notices edits to the policy file or directory by polling names, sizes,
+/// inodes and modification times, and reports a change once it has stopped
+/// changing (an editor's write-then-rename, `git checkout` of many files).
+struct PolicyWatch {
+    path: PathBuf,
+    applied: Vec<(PathBuf, u64, u64, i64, i64)>,
+    pending: Option<Vec<(PathBuf, u64, u64, i64, i64)>>,
+}
+
+impl PolicyWatch {
+    fn new(path: &std::path::Path) -> Self {
+        let path = path.to_owned();
+        let applied = Self::fingerprint(&path);
+        Self {
+            path,
+            applied,
+            pending: None,
+        }
+    }
+
+    fn fingerprint(path: &std::path::Path) -> Vec<(PathBuf, u64, u64, i64, i64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            v.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
+            v.sort();
+            v
+        } else {
+            vec![path.to_owned()]
+        };
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let m = std::fs::metadata(&f).ok()?;
+                Some((f, m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+            })
+            .collect()
+    }
+
+    /// True once after the files changed and then held still for one poll.
+    fn changed_and_settled(&mut self) -> bool {
+        let now = Self::fingerprint(&self.path);
+        match self.pending.take() {
+            Some(prev) if prev == now => {
+                self.applied = now;
+                true
+            }
+            _ if now != self.applied => {
+                self.pending = Some(now);
+                false
+            }
+            _ => false,
+        }
     }
 }
 

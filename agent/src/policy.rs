@@ -735,11 +735,21 @@ fn friendlier(message: &str) -> String {
     }
 }
 
+/// Drops a trailing location the parser appends (`... at line 3, column 5`
+/// or `... (used at line 3, column 5)`): we print the location first.
 fn strip_location_suffix(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(i) => &message[..i],
-        None => message,
+    for marker in [" (used at line ", " at line "] {
+        if let Some(i) = message.rfind(marker) {
+            let tail = message[i + marker.len()..].trim_end_matches(')');
+            let is_location = tail.split_once(", column ").is_some_and(|(l, c)| {
+                l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+            });
+            if is_location {
+                return &message[..i];
+            }
+        }
     }
+    message
 }
 
 fn first_tab_indent(text: &str) -> Option<(u64, u64)> {

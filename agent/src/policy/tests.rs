@@ -548,3 +548,21 @@ fn audit_mode_warns() {
         ]
     );
 }
+
+#[test]
+fn only_a_trailing_location_is_stripped() {
+    assert_eq!(
+        strip_location_suffix(
+            "invalid type: sequence (defined at line 7, column 20) (used at line 9, column 21)"
+        ),
+        "invalid type: sequence (defined at line 7, column 20)"
+    );
+    assert_eq!(
+        strip_location_suffix("unclosed bracket at line 2, column 10"),
+        "unclosed bracket"
+    );
+    assert_eq!(
+        strip_location_suffix("look at line noise"),
+        "look at line noise"
+    );
+}
