@@ -1,0 +1,166 @@
+//! Hot reload in the test world: file edits take effect on their own, a
+//! broken edit changes nothing, runners come and go.
+
+use std::time::{Duration, Instant};
+
+use egret_tests::{
+    agent::cli,
+    privileged,
+    scenario::{self, Scenario},
+    world,
+};
+
+const BEFORE: &str = "\
+- host: gitlab.test
+  ports: [443]
+- cidr: 203.0.113.11/32
+  ports: [443]
+";
+const AFTER: &str = "\
+- host: registry.test
+  ports: [443]
+- cidr: 203.0.113.11/32
+  ports: [443]
+";
+
+/// Polls until `check` holds; returns how long it took.
+fn until(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what} did not happen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn editing_the_file_applies_it_and_a_broken_edit_changes_nothing() {
+    if !privileged("editing_the_file_applies_it_and_a_broken_edit_changes_nothing") {
+        return;
+    }
+    let s = Scenario::start("enforce", BEFORE);
+    assert!(s.job(&["tcp:203.0.113.10:443"])[0].ok());
+    assert!(s.job(&["tcp:203.0.113.20:443"])[0].eperm());
+    // A destination allowed before and after must never be refused meanwhile.
+    let steady = s.start_job(&["hammer:203.0.113.11:443:4000"]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    world::write_file(
+        &s.policy,
+        &scenario::policy(&s.runner_cgroup, "enforce", AFTER),
+    );
+    let written = Instant::now();
+    let opened = until("the new host becoming reachable", || {
+        s.job(&["tcp:203.0.113.20:443"])[0].ok()
+    });
+    let closed = until("the old host being refused", || {
+        s.job(&["tcp:203.0.113.10:443"])[0].eperm()
+    });
+    eprintln!(
+        "reload by file edit: new host reachable after {opened:?}, old host refused {:?} after the write",
+        written.elapsed().min(opened + closed)
+    );
+
+    world::write_file(
+        &s.policy,
+        "version: 1\nrunners:\n  - name: ci\n    cgroup: [\n",
+    );
+    // Give the watcher time to see it and reject it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.agent().logs().contains("new policy rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "broken policy not noticed:\n{}",
+            s.agent().logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = s.job(&[
+        "tcp:203.0.113.20:443",
+        "tcp:203.0.113.10:443",
+        "tcp:203.0.113.11:443",
+    ]);
+    assert!(
+        o[0].ok() && o[1].eperm() && o[2].ok(),
+        "enforcement exactly as before the broken edit: {o:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&cli(&s.world, &["status", "--json"]).stdout).expect("json");
+    assert_eq!(
+        v["agent"]["last_reload"]["ok"], false,
+        "status shows the rejection: {v}"
+    );
+    assert!(
+        v["agent"]["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("policy.yaml:4:13")),
+        "with the location: {v}"
+    );
+
+    let steady = &steady.wait()[0];
+    assert_eq!(
+        (steady.eperms, steady.others),
+        (Some(0), Some(0)),
+        "{steady:?}"
+    );
+}
+
+#[test]
+fn reload_attaches_new_runners_and_detaches_removed_ones() {
+    if !privileged("reload_attaches_new_runners_and_detaches_removed_ones") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", BEFORE);
+    let second = s.cgroup.child("second");
+    assert!(
+        s.job_in("second", &["tcp:169.254.169.254:80"])[0].ok(),
+        "not a runner yet"
+    );
+
+    let two = format!(
+        "{}  - name: second\n    cgroup: {second}\n    allow:\n      - cidr: 198.51.100.66/32\n",
+        scenario::policy(&s.runner_cgroup, "enforce", BEFORE)
+    );
+    world::write_file(&s.policy, &two);
+    assert_eq!(cli(&s.world, &["reload"]).code, 0);
+    let o = s.job_in(
+        "second",
+        &[
+            "tcp:169.254.169.254:80",
+            "tcp:198.51.100.66:443",
+            "tcp:203.0.113.11:443",
+        ],
+    );
+    assert!(
+        o[0].eperm() && o[1].ok() && o[2].eperm(),
+        "the new runner has its own policy: {o:?}"
+    );
+    assert!(
+        s.job(&["tcp:198.51.100.66:443"])[0].eperm(),
+        "runners do not share allowlists"
+    );
+
+    let only_second = format!(
+        "version: 1\nrunners:\n  - name: second\n    cgroup: {second}\n    allow:\n      - cidr: 198.51.100.66/32\n"
+    );
+    world::write_file(&s.policy, &only_second);
+    let out = cli(&s.world, &["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        s.job(&["tcp:169.254.169.254:80"])[0].ok(),
+        "the removed runner's cgroup is released"
+    );
+    assert!(s.job_in("second", &["tcp:169.254.169.254:80"])[0].eperm());
+    let v: serde_json::Value =
+        serde_json::from_str(&cli(&s.world, &["status", "--json"]).stdout).expect("json");
+    let names: Vec<&str> = v["runners"]
+        .as_array()
+        .expect("runners")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["second"]);
+}
