@@ -91,9 +91,15 @@ fn parse(net: &str) -> IpNet {
 
 /// The metadata endpoint a policy CIDR would include, if any.
 pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
-    METADATA.iter().find_map(|m| {
-        let endpoint = parse(m.net);
-        (m.exempt_port == 0 && net.contains(&endpoint.network())).then_some(m.what)
+    static PARSED: std::sync::LazyLock<Vec<(IpNet, u16, &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            METADATA
+                .iter()
+                .map(|m| (parse(m.net), m.exempt_port, m.what))
+                .collect()
+        });
+    PARSED.iter().find_map(|(endpoint, exempt, what)| {
+        (*exempt == 0 && net.contains(&endpoint.network())).then_some(*what)
     })
 }
 

@@ -188,6 +188,10 @@ pub struct AgentArgs {
     /// A group whose members may use the control socket besides root.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Do not reload when the policy files change; only on SIGHUP or
+    /// `egret reload`.
+    #[arg(long)]
+    pub no_watch: bool,
     /// Create runner cgroups that do not exist yet, instead of failing.
     /// Attaching to the cgroup before the runner places jobs in it means no
     /// job ever runs unguarded.
@@ -322,6 +326,7 @@ fn agent(args: AgentArgs) -> ExitCode {
         socket: args.socket,
         socket_group,
         create_cgroups: args.create_cgroups,
+        watch: !args.no_watch,
         ttl: TtlSettings {
             floor: args.ttl_floor,
             cap: args.ttl_cap,

@@ -33,6 +33,8 @@ pub struct AgentOptions {
     /// Members of this group may use the control socket besides root.
     pub socket_group: Option<u32>,
     pub create_cgroups: bool,
+    /// Reload when the policy files change.
+    pub watch: bool,
     pub ttl: TtlSettings,
 }
 
@@ -168,7 +170,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             },
             _ = housekeeping.tick() => agent.expire_lockdowns(),
             _ = watch.tick() => {
-                if watcher.changed_and_settled() {
+                if agent.opts.watch && watcher.changed_and_settled() {
                     tracing::info!("policy files changed");
                     let _ = agent.reload().await;
                 }
@@ -206,8 +208,10 @@ impl Agent {
     /// whole and the running one stays in force.
     async fn reload(&mut self) -> Result<String, String> {
         tracing::info!(policy = %self.opts.policy.display(), "reloading policy");
+        let started = Instant::now();
         let result = match policy::load(&self.opts.policy) {
             Ok(loaded) => {
+                let loaded_in = started.elapsed();
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
@@ -215,7 +219,11 @@ impl Agent {
                     Ok(()) => {
                         self.record_applied(&loaded.files);
                         self.digest = loaded.digest;
-                        tracing::info!("policy reloaded");
+                        tracing::info!(
+                            load_ms = loaded_in.as_secs_f64() * 1000.0,
+                            apply_ms = (started.elapsed() - loaded_in).as_secs_f64() * 1000.0,
+                            "policy reloaded"
+                        );
                         Ok(format!("policy reloaded ({} runners)", self.ids.len()))
                     }
                     Err(e) => {

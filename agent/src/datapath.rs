@@ -684,9 +684,22 @@ pub fn compile_cidrs(
                 .0
                 .extend(rule.ports.iter().copied());
         }
+        // Only prefix lengths some entry has can hold an ancestor: with the
+        // usual handful of lengths this is a few lookups per entry, not 32.
+        let mut lengths: Vec<(bool, u8)> = own
+            .keys()
+            .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
         for (net, (rules, lateral_ok)) in &own {
             let mut merged = rules.clone();
-            for ancestor in ancestors(net) {
+            let v4 = net.addr().is_ipv4();
+            let candidates = lengths
+                .iter()
+                .filter(|(is_v4, len)| *is_v4 == v4 && *len < net.prefix_len())
+                .filter_map(|(_, len)| IpNet::new(net.addr(), *len).ok().map(|n| n.trunc()));
+            for ancestor in candidates {
                 if let Some((more, ancestor_lateral_ok)) = own.get(&ancestor)
                     && (!*lateral_ok || *ancestor_lateral_ok)
                 {
@@ -717,11 +730,6 @@ pub fn compile_cidrs(
     }
     debug_assert!(out.keys().all(|(p, _)| *p <= CIDR_KEY_BITS));
     Ok(out)
-}
-
-/// Every strictly shorter prefix that contains `net`.
-fn ancestors(net: &IpNet) -> impl Iterator<Item = IpNet> + '_ {
-    (0..net.prefix_len()).filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
 }
 
 /// Joins rules with the same protocols and flags whose ranges touch, and

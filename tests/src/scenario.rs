@@ -68,7 +68,11 @@ impl Scenario {
     }
 
     pub fn start_agent(&mut self) -> &mut Agent {
-        let agent = Agent::start(&self.world, &self.pins, &self.policy, &[]);
+        self.start_agent_with(&[])
+    }
+
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> &mut Agent {
+        let agent = Agent::start(&self.world, &self.pins, &self.policy, extra);
         self.agent.insert(agent)
     }
 

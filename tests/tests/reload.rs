@@ -113,7 +113,9 @@ fn reload_attaches_new_runners_and_detaches_removed_ones() {
     if !privileged("reload_attaches_new_runners_and_detaches_removed_ones") {
         return;
     }
-    let mut s = Scenario::start("enforce", BEFORE);
+    // No file watching: only `egret reload` and SIGHUP may apply edits.
+    let mut s = Scenario::prepare("enforce", BEFORE);
+    s.start_agent_with(&["--no-watch"]);
     let second = s.cgroup.child("second");
     assert!(
         s.job_in("second", &["tcp:169.254.169.254:80"])[0].ok(),
@@ -125,6 +127,11 @@ fn reload_attaches_new_runners_and_detaches_removed_ones() {
         scenario::policy(&s.runner_cgroup, "enforce", BEFORE)
     );
     world::write_file(&s.policy, &two);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        s.job_in("second", &["tcp:169.254.169.254:80"])[0].ok(),
+        "--no-watch: nothing applied yet"
+    );
     assert_eq!(cli(&s.world, &["reload"]).code, 0);
     let o = s.job_in(
         "second",
@@ -142,6 +149,19 @@ fn reload_attaches_new_runners_and_detaches_removed_ones() {
         s.job(&["tcp:198.51.100.66:443"])[0].eperm(),
         "runners do not share allowlists"
     );
+
+    // SIGHUP does the same as `egret reload`.
+    let with_attacker = two.replace(
+        "      - cidr: 203.0.113.11/32\n",
+        "      - cidr: 203.0.113.11/32\n      - cidr: 198.51.100.66/32\n",
+    );
+    assert_ne!(with_attacker, two);
+    world::write_file(&s.policy, &with_attacker);
+    let pid = nix::unistd::Pid::from_raw(s.agent().pid().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    until("SIGHUP applying the edit", || {
+        s.job(&["tcp:198.51.100.66:443"])[0].ok()
+    });
 
     let only_second = format!(
         "version: 1\nrunners:\n  - name: second\n    cgroup: {second}\n    allow:\n      - cidr: 198.51.100.66/32\n"

@@ -61,6 +61,8 @@ enum Bench {
     Connect,
     /// Time from `egret lockdown` starting to the first EPERM in a job.
     Lockdown,
+    /// Time to apply 10,000 CIDRs from scratch and a one-line change.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +103,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let sub = match which {
                 Bench::Connect => "bench-connect",
                 Bench::Lockdown => "bench-lockdown",
+                Bench::Reload => "bench-reload",
             };
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }
