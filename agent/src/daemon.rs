@@ -486,9 +486,12 @@ const POLICY_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// changing (an editor's write-then-rename, `git checkout` of many files).
 struct PolicyWatch {
     path: PathBuf,
-    applied: Vec<(PathBuf, u64, u64, i64, i64)>,
-    pending: Option<Vec<(PathBuf, u64, u64, i64, i64)>>,
+    applied: Fingerprint,
+    pending: Option<Fingerprint>,
 }
+
+/// Per file: path, inode, size, mtime seconds and nanoseconds.
+type Fingerprint = Vec<(PathBuf, u64, u64, i64, i64)>;
 
 impl PolicyWatch {
     fn new(path: &std::path::Path) -> Self {
@@ -501,7 +504,7 @@ impl PolicyWatch {
         }
     }
 
-    fn fingerprint(path: &std::path::Path) -> Vec<(PathBuf, u64, u64, i64, i64)> {
+    fn fingerprint(path: &std::path::Path) -> Fingerprint {
         use std::os::unix::fs::MetadataExt as _;
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(path)
