@@ -188,6 +188,10 @@ pub struct AgentArgs {
     /// A group whose members may use the control socket besides root.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Resolver for runners whose policy names no `dns.upstream`; repeat
+    /// for several. Default: the host's resolver configuration.
+    #[arg(long = "dns-upstream", value_name = "IP")]
+    pub dns_upstream: Vec<std::net::IpAddr>,
     /// Do not reload when the policy files change; only on SIGHUP or
     /// `egret reload`.
     #[arg(long)]
@@ -327,6 +331,7 @@ fn agent(args: AgentArgs) -> ExitCode {
         socket_group,
         create_cgroups: args.create_cgroups,
         watch: !args.no_watch,
+        dns_upstream: args.dns_upstream,
         ttl: TtlSettings {
             floor: args.ttl_floor,
             cap: args.ttl_cap,

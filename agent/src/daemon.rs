@@ -35,6 +35,8 @@ pub struct AgentOptions {
     pub create_cgroups: bool,
     /// Reload when the policy files change.
     pub watch: bool,
+    /// Resolvers for runners whose policy names none.
+    pub dns_upstream: Vec<IpAddr>,
     pub ttl: TtlSettings,
 }
 
@@ -291,10 +293,8 @@ impl Agent {
         for runner in &policy.runners {
             let dir = runners::cgroup_dir(&self.cgroup_root, &runner.cgroup);
             runners::ensure_cgroup(&runner.name, &dir, self.opts.create_cgroups)?;
-            let (id, record) = self.datapath.runner_id(&runner.name)?;
-            if ids.values().any(|other| *other == id) {
-                return Err(DatapathError::TooManyRunners.into());
-            }
+            let taken: HashSet<u32> = ids.values().copied().collect();
+            let (id, record) = self.datapath.runner_id(&runner.name, &taken)?;
             ids.insert(runner.name.clone(), id);
             records.insert(runner.name.clone(), (record, dir));
         }
@@ -304,9 +304,14 @@ impl Agent {
             .iter()
             .flat_map(|r| {
                 let id = ids[&r.name];
+                let upstream = if r.dns_upstream.is_empty() {
+                    self.opts.dns_upstream.clone()
+                } else {
+                    r.dns_upstream.clone()
+                };
                 r.hosts
                     .iter()
-                    .map(move |h| (id, r.name.clone(), r.dns_upstream.clone(), h.clone()))
+                    .map(move |h| (id, r.name.clone(), upstream.clone(), h.clone()))
             })
             .collect();
         self.learning(|l| l.set_hosts(hosts));

@@ -379,18 +379,24 @@ impl Datapath {
     }
 
     /// The id a runner's programs use: the one it had before (from the pinned
-    /// name table), or the lowest free one.
-    pub fn runner_id(&self, name: &str) -> Result<(u32, Option<RunnerRecord>)> {
+    /// name table), or the lowest one neither pinned nor in `taken` (ids just
+    /// handed to other new runners of the same policy).
+    pub fn runner_id(
+        &self,
+        name: &str,
+        taken: &HashSet<u32>,
+    ) -> Result<(u32, Option<RunnerRecord>)> {
         let key = RunnerName::new(name).ok_or_else(|| DatapathError::BadRunnerName(name.into()))?;
         if let Ok(rec) = self.maps.runners.get(&key, 0) {
             return Ok((rec.id, Some(rec)));
         }
-        let used: HashSet<u32> = self
+        let mut used: HashSet<u32> = self
             .maps
             .runner_records()
             .into_iter()
             .map(|(_, r)| r.id)
             .collect();
+        used.extend(taken);
         (1..MAX_RUNNERS)
             .find(|id| !used.contains(id))
             .map(|id| (id, None))
