@@ -1071,10 +1071,16 @@ const MULTITENANT: &[&str] = &[
 
 /// The closest candidate to `word`, if one is close enough to be a typo.
 fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    // One edit always counts; more only when the first letter agrees (typos
+    // rarely hit it), scaled for long names.
+    let close = |d: usize, c: &str| {
+        let same_start = word.chars().next() == c.chars().next();
+        d <= 1 || (same_start && d <= 2.max(c.len() / 4))
+    };
     candidates
         .iter()
         .map(|c| (strsim::levenshtein(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .filter(|(d, c)| close(*d, c) && *d < c.len())
         .min()
         .map(|(_, c)| c)
 }
