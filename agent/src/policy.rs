@@ -88,6 +88,26 @@ pub struct HostRule {
     pub ports: Vec<PortRule>,
 }
 
+impl HostRule {
+    /// Whether a queried name falls under this entry: equal for an exact
+    /// name; for `*.suffix`, one or more labels followed by `.suffix` (never
+    /// `suffix` itself). Case and a trailing dot are ignored.
+    pub fn matches(&self, queried: &str) -> bool {
+        let queried = queried.trim_end_matches('.');
+        match self.name.strip_prefix("*.") {
+            None => queried.eq_ignore_ascii_case(&self.name),
+            Some(suffix) => {
+                queried.len() > suffix.len() + 1
+                    && queried.as_bytes()[queried.len() - suffix.len() - 1] == b'.'
+                    && queried[queried.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && !queried[..queried.len() - suffix.len() - 1]
+                        .split('.')
+                        .any(str::is_empty)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Warning,

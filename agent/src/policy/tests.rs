@@ -566,3 +566,25 @@ fn only_a_trailing_location_is_stripped() {
         "look at line noise"
     );
 }
+
+#[test]
+fn wildcards_match_one_or_more_labels_but_not_the_suffix_itself() {
+    let rule = HostRule {
+        name: "*.npmjs.org".into(),
+        ports: vec![],
+    };
+    assert!(rule.matches("registry.npmjs.org"));
+    assert!(rule.matches("a.b.npmjs.org."));
+    assert!(rule.matches("REGISTRY.NPMJS.ORG"));
+    assert!(!rule.matches("npmjs.org"));
+    assert!(!rule.matches("evilnpmjs.org"));
+    assert!(!rule.matches(".npmjs.org"));
+    assert!(!rule.matches("a..npmjs.org"));
+    assert!(!rule.matches("npmjs.org.evil.example"));
+    let exact = HostRule {
+        name: "gitlab.test".into(),
+        ports: vec![],
+    };
+    assert!(exact.matches("GitLab.test."));
+    assert!(!exact.matches("x.gitlab.test"));
+}
