@@ -504,41 +504,21 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the CIDR trie equal `desired` for the given runners: new and
-    /// changed entries first, removals last.
+    /// Makes the CIDR trie equal `desired` for the given runners.
     pub fn sync_cidrs(
         &mut self,
         runners: &HashSet<u32>,
         desired: &HashMap<CidrEntryKey, PortRules>,
     ) -> Result<usize> {
-        let mut changes = 0;
-        for (k, v) in desired {
-            if self.cidr_mirror.get(k) != Some(v) {
-                self.maps
-                    .cidrs
-                    .insert(&Key::new(k.0, k.1), v, 0)
-                    .map_err(map_err(names::CIDRS))?;
-                self.cidr_mirror.insert(*k, *v);
-                changes += 1;
-            }
-        }
-        let stale: Vec<CidrEntryKey> = self
-            .cidr_mirror
-            .keys()
-            .filter(|k| {
-                runners.contains(&u32::from_be_bytes(k.1.runner_be)) && !desired.contains_key(k)
-            })
-            .copied()
-            .collect();
-        for k in stale {
-            self.maps
-                .cidrs
-                .remove(&Key::new(k.0, k.1))
-                .map_err(map_err(names::CIDRS))?;
-            self.cidr_mirror.remove(&k);
-            changes += 1;
-        }
-        Ok(changes)
+        diff_sync(
+            &mut self.maps.cidrs,
+            &mut self.cidr_mirror,
+            desired,
+            |k| runners.contains(&u32::from_be_bytes(k.1.runner_be)),
+            |trie, k, v| trie.insert(&Key::new(k.0, k.1), v, 0),
+            |trie, k| trie.remove(&Key::new(k.0, k.1)),
+        )
+        .map_err(map_err(names::CIDRS))
     }
 
     /// Makes the learned-IP map equal `desired` for the given runners.
@@ -547,32 +527,19 @@ impl Datapath {
         runners: &HashSet<u32>,
         desired: &HashMap<ExactKey, Learned>,
     ) -> Result<usize> {
-        let mut changes = 0;
-        for (k, v) in desired {
-            if self.learned_mirror.get(k) != Some(v) {
-                self.maps
-                    .learned
-                    .insert(k, v, 0)
-                    .map_err(map_err(names::LEARNED))?;
-                self.learned_mirror.insert(*k, *v);
-                changes += 1;
-            }
-        }
-        let stale: Vec<ExactKey> = self
-            .learned_mirror
-            .keys()
-            .filter(|k| runners.contains(&k.runner) && !desired.contains_key(k))
-            .copied()
-            .collect();
-        for k in stale {
-            match self.maps.learned.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::LEARNED)(e)),
-            }
-            self.learned_mirror.remove(&k);
-            changes += 1;
-        }
-        Ok(changes)
+        diff_sync(
+            &mut self.maps.learned,
+            &mut self.learned_mirror,
+            desired,
+            |k| runners.contains(&k.runner),
+            |map, k, v| map.insert(k, v, 0),
+            // The kernel map may have lost it already (a lapsed entry).
+            |map, k| match map.remove(k) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        )
+        .map_err(map_err(names::LEARNED))
     }
 
     /// Learned entries currently in the kernel for a runner.
@@ -618,6 +585,45 @@ fn runner_table(pins: &Pins) -> Result<BpfHashMap<MapData, RunnerName, RunnerRec
     let data = MapData::from_pin(&path).map_err(map_err(names::RUNNERS))?;
     let map = aya::maps::Map::from_map_data(data).map_err(map_err(names::RUNNERS))?;
     BpfHashMap::try_from(map).map_err(map_err(names::RUNNERS))
+}
+
+/// Brings `map` and its `mirror` to `desired` on the keys `in_scope`
+/// selects: every new or changed entry is written first, and only then are
+/// the entries no longer wanted removed, so an entry wanted before and after
+/// is never missing in between. The mirror changes only after the kernel
+/// accepted the change, so a failure is retried by the next sync. Returns how
+/// many entries changed.
+fn diff_sync<M, K, V>(
+    map: &mut M,
+    mirror: &mut HashMap<K, V>,
+    desired: &HashMap<K, V>,
+    in_scope: impl Fn(&K) -> bool,
+    write: impl Fn(&mut M, &K, &V) -> Result<(), MapError>,
+    remove: impl Fn(&mut M, &K) -> Result<(), MapError>,
+) -> Result<usize, MapError>
+where
+    K: Copy + Eq + std::hash::Hash,
+    V: Copy + PartialEq,
+{
+    let mut changes = 0;
+    for (k, v) in desired {
+        if mirror.get(k) != Some(v) {
+            write(map, k, v)?;
+            mirror.insert(*k, *v);
+            changes += 1;
+        }
+    }
+    let gone: Vec<K> = mirror
+        .keys()
+        .filter(|k| in_scope(k) && !desired.contains_key(k))
+        .copied()
+        .collect();
+    for k in gone {
+        remove(map, &k)?;
+        mirror.remove(&k);
+        changes += 1;
+    }
+    Ok(changes)
 }
 
 fn sync_baseline_trie(

@@ -100,63 +100,37 @@ impl World {
 
         // Each veth end is created directly inside its namespace, so fixed
         // names never clash between worlds.
-        let (h_i, i_h) = ("to-inet".to_owned(), "to-host".to_owned());
-        let (h_n, n_h) = ("to-nbr".to_owned(), "to-host".to_owned());
-        netns::run_ip(&[
-            "link",
-            "add",
-            &h_i,
-            "netns",
-            &host.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &i_h,
-            "netns",
-            &internet.name,
-        ]);
-        netns::run_ip(&[
-            "link",
-            "add",
-            &h_n,
-            "netns",
-            &host.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &n_h,
-            "netns",
-            &neighbour.name,
-        ]);
+        let (h_i, i_h) = ("to-inet", "to-host");
+        let (h_n, n_h) = ("to-nbr", "to-host");
+        veth(h_i, &host, i_h, &internet);
+        veth(h_n, &host, n_h, &neighbour);
 
-        host.ip(&["addr", "add", "192.0.2.2/24", "dev", &h_i]);
+        host.ip(&["addr", "add", "192.0.2.2/24", "dev", h_i]);
         host.ip(&[
             "-6",
             "addr",
             "add",
             "2001:db8:ffff::2/64",
             "dev",
-            &h_i,
+            h_i,
             "nodad",
         ]);
-        host.ip(&["addr", "add", "10.0.0.1/24", "dev", &h_n]);
-        host.ip(&["link", "set", &h_i, "up"]);
-        host.ip(&["link", "set", &h_n, "up"]);
-        internet.ip(&["addr", "add", "192.0.2.1/24", "dev", &i_h]);
+        host.ip(&["addr", "add", "10.0.0.1/24", "dev", h_n]);
+        host.ip(&["link", "set", h_i, "up"]);
+        host.ip(&["link", "set", h_n, "up"]);
+        internet.ip(&["addr", "add", "192.0.2.1/24", "dev", i_h]);
         internet.ip(&[
             "-6",
             "addr",
             "add",
             "2001:db8:ffff::1/64",
             "dev",
-            &i_h,
+            i_h,
             "nodad",
         ]);
-        internet.ip(&["link", "set", &i_h, "up"]);
-        neighbour.ip(&["addr", "add", "10.0.0.5/24", "dev", &n_h]);
-        neighbour.ip(&["link", "set", &n_h, "up"]);
+        internet.ip(&["link", "set", i_h, "up"]);
+        neighbour.ip(&["addr", "add", "10.0.0.5/24", "dev", n_h]);
+        neighbour.ip(&["link", "set", n_h, "up"]);
         host.ip(&["route", "add", "default", "via", "192.0.2.1"]);
         host.ip(&["-6", "route", "add", "default", "via", "2001:db8:ffff::1"]);
         for a in INTERNET_V4 {
@@ -276,6 +250,14 @@ fn sweep_stale() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// A veth pair with one end in each namespace.
+fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) {
+    netns::run_ip(&[
+        "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns",
+        &ns_b.name,
+    ]);
 }
 
 enum Side {

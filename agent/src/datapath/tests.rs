@@ -158,3 +158,64 @@ fn merge_rules_keeps_the_forge_mark_apart() {
         ]
     );
 }
+
+#[test]
+fn diff_sync_writes_before_it_removes_and_retries_failed_removals() {
+    let mut ops: Vec<String> = Vec::new();
+    let mut mirror: HashMap<u32, u32> = [(1, 10), (2, 20), (3, 30)].into();
+    let desired: HashMap<u32, u32> = [(1, 11), (4, 40)].into();
+    let failing_remove = |ops: &mut Vec<String>, k: &u32| {
+        ops.push(format!("remove {k}"));
+        if *k == 3 {
+            Err(MapError::KeyNotFound)
+        } else {
+            Ok(())
+        }
+    };
+    let result = diff_sync(
+        &mut ops,
+        &mut mirror,
+        &desired,
+        |k| *k != 99,
+        |ops, k, v| {
+            ops.push(format!("write {k}={v}"));
+            Ok(())
+        },
+        failing_remove,
+    );
+    assert!(result.is_err(), "the failed removal is reported");
+    let first_remove = ops
+        .iter()
+        .position(|o| o.starts_with("remove"))
+        .expect("removes");
+    assert!(
+        ops[..first_remove].iter().all(|o| o.starts_with("write")),
+        "{ops:?}"
+    );
+    assert_eq!(
+        ops.iter().filter(|o| o.starts_with("write")).count(),
+        2,
+        "{ops:?}"
+    );
+    assert!(
+        mirror.contains_key(&3),
+        "a key the kernel did not drop stays in the mirror: {mirror:?}"
+    );
+
+    let mut ops = Vec::new();
+    let changes = diff_sync(
+        &mut ops,
+        &mut mirror,
+        &desired,
+        |_| true,
+        |_, _, _| Ok(()),
+        |ops: &mut Vec<String>, k| {
+            ops.push(format!("remove {k}"));
+            Ok(())
+        },
+    )
+    .expect("second sync");
+    assert!(ops.contains(&"remove 3".to_owned()), "retried: {ops:?}");
+    assert_eq!(mirror, desired);
+    assert!(changes >= 1);
+}
