@@ -348,6 +348,13 @@ impl Agent {
                 flags: flags::CONFIGURED,
                 ..old
             };
+            for kind in &runner.sockets {
+                state.flags |= match kind {
+                    policy::SocketKind::Raw => flags::SOCK_RAW,
+                    policy::SocketKind::Ping => flags::SOCK_PING,
+                    policy::SocketKind::Sctp => flags::SOCK_SCTP,
+                };
+            }
             if runner.mode == Mode::Audit {
                 state.flags |= flags::AUDIT;
                 tracing::warn!(runner = %runner.name, "runner is in audit mode: denials are reported, not enforced");

@@ -21,7 +21,9 @@ use aya::{
         Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::Key,
     },
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, links::FdLink,
+    },
 };
 use egret_common::{
     ABI_VERSION,
@@ -36,11 +38,12 @@ use ipnet::IpNet;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     "egret_connect4",
     "egret_connect6",
     "egret_sendmsg4",
     "egret_sendmsg6",
+    "egret_sock_create",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -429,19 +432,11 @@ impl Datapath {
                 name: prog_name,
                 source,
             };
-            let prog: &mut CgroupSockAddr = ebpf
+            let program = ebpf
                 .program_mut(prog_name)
-                .ok_or(DatapathError::MissingMap(prog_name))?
-                .try_into()
-                .map_err(prog_err)?;
-            prog.load().map_err(prog_err)?;
-            let link_id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err)?;
-            let link: FdLink = prog
-                .take_link(link_id)
+                .ok_or(DatapathError::MissingMap(prog_name))?;
+            let link = attach_one(program, &cgroup)
                 .map_err(prog_err)?
-                .try_into()
                 .map_err(|source| DatapathError::Link {
                     name: prog_name,
                     source,
@@ -563,6 +558,25 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Loads one program of either cgroup kind and attaches it; the inner result
+/// is the conversion of its link into a pinnable one.
+fn attach_one(
+    program: &mut Program,
+    cgroup: &File,
+) -> std::result::Result<std::result::Result<FdLink, aya::programs::links::LinkError>, ProgramError>
+{
+    if let Program::CgroupSock(prog) = program {
+        let prog: &mut CgroupSock = prog;
+        prog.load()?;
+        let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
+        return Ok(prog.take_link(id)?.try_into());
+    }
+    let prog: &mut CgroupSockAddr = program.try_into()?;
+    prog.load()?;
+    let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
+    Ok(prog.take_link(id)?.try_into())
 }
 
 /// The runner name table is used by userspace only (the programs know their

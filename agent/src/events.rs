@@ -54,8 +54,12 @@ pub struct EventRecord {
     pub comm: String,
     pub family: &'static str,
     pub proto: String,
-    pub dst: String,
+    /// None for a refused `socket()`, which has no destination yet.
+    pub dst: Option<String>,
     pub port: u16,
+    /// For a refused `socket()`: stream, dgram, raw, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<&'static str>,
     /// The name this runner resolved to `dst`, if any.
     pub host: Option<String>,
     pub reason: &'static str,
@@ -97,8 +101,20 @@ fn judged(ev: &Event) -> IpAddr {
     }
 }
 
+fn socket_type_name(t: u8) -> &'static str {
+    match t {
+        1 => "stream",
+        2 => "dgram",
+        3 => "raw",
+        5 => "seqpacket",
+        _ => "other",
+    }
+}
+
 fn proto_name(p: u8) -> String {
     match p {
+        132 => "sctp".into(),
+        255 => "mptcp or other".into(),
         proto::IPPROTO_TCP => "tcp".into(),
         proto::IPPROTO_UDP => "udp".into(),
         proto::IPPROTO_ICMP => "icmp".into(),
@@ -145,8 +161,9 @@ pub fn enrich(
         comm: String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned(),
         family: if ev.family == 4 { "ipv4" } else { "ipv6" },
         proto: proto_name(ev.proto),
-        dst: destination(ev).to_string(),
+        dst: (ev.hook != hook::SOCK_CREATE).then(|| destination(ev).to_string()),
         port: ev.port,
+        socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type)),
         host: attribution.learning.hosts_for(ev.runner, judged(ev)),
         reason: reason::name(ev.reason),
         action: action::name(ev.action),
@@ -209,7 +226,7 @@ mod tests {
             reason: reason::METADATA,
             action: action::DENY,
             hook: hook::CONNECT6,
-            _pad: 0,
+            sock_type: 0,
             addr: addr::mapped_v4([169, 254, 169, 254]),
             comm,
         }
@@ -226,7 +243,7 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(10),
             1_000,
         );
-        assert_eq!(r.dst, "::ffff:169.254.169.254");
+        assert_eq!(r.dst.as_deref(), Some("::ffff:169.254.169.254"));
         assert_eq!(r.family, "ipv6");
         assert_eq!(r.runner, "ci");
         assert_eq!(r.comm, "curl");

@@ -33,6 +33,17 @@ pub enum Mode {
     Audit,
 }
 
+/// Socket kinds a runner can opt back into (`sockets: [ping]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketKind {
+    /// Raw IP sockets (needs CAP_NET_RAW besides).
+    Raw,
+    /// ICMP echo sockets (`ping` without privileges).
+    Ping,
+    Sctp,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Proto {
@@ -63,6 +74,9 @@ pub struct Runner {
     /// Absolute within the cgroup2 hierarchy, e.g. `/egret.slice/ci`.
     pub cgroup: String,
     pub mode: Mode,
+    /// Socket kinds the runner's jobs may create although no hook can judge
+    /// their destinations.
+    pub sockets: Vec<SocketKind>,
     /// Where the agent resolves this runner's hostnames; empty = the host's
     /// resolver configuration.
     pub dns_upstream: Vec<IpAddr>,
@@ -569,6 +583,9 @@ struct RawRunner {
     cgroup: Spanned<String>,
     #[serde(default)]
     mode: Option<Spanned<Mode>>,
+    /// Socket kinds no hook can police, allowed back in: raw, ping, sctp.
+    #[serde(default)]
+    sockets: Vec<Spanned<SocketKind>>,
     #[serde(default)]
     dns: Option<RawDns>,
     #[serde(default)]
@@ -809,6 +826,23 @@ fn validate_runner(
         }
     };
     let mode = raw.mode.map_or(Mode::Enforce, |m| m.value);
+    let mut sockets: Vec<SocketKind> = Vec::new();
+    for kind in &raw.sockets {
+        if !sockets.contains(&kind.value) {
+            sockets.push(kind.value);
+        }
+        diags.warning(
+            kind.referenced,
+            format!(
+                "runner '{name}' may open {} sockets, whose traffic egret cannot judge by destination",
+                match kind.value {
+                    SocketKind::Raw => "raw IP",
+                    SocketKind::Ping => "ICMP echo (ping)",
+                    SocketKind::Sctp => "SCTP",
+                }
+            ),
+        );
+    }
     let mut dns_upstream = Vec::new();
     for up in raw.dns.map(|d| d.upstream).unwrap_or_default() {
         match ctx.expand(&up.value).map(|v| v.trim().parse::<IpAddr>()) {
@@ -831,6 +865,7 @@ fn validate_runner(
         name,
         cgroup,
         mode,
+        sockets,
         dns_upstream,
         cidrs: entries.cidrs,
         hosts: entries.hosts,

@@ -183,18 +183,20 @@ pub fn render(s: &Status) -> String {
         let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  entries: {} cidr, {} learned; allowed {}, denied {} (not_allowed {}, metadata {}, lateral {}, lockdown {}), audited {}, events dropped {}",
+            "  entries: {} cidr, {} learned; allowed {}, denied {} (not_allowed {}, metadata {}, lateral {}, lockdown {}, socket_kind {}), audited {}, events dropped {}",
             r.cidr_entries,
             r.learned_entries,
             c("allowed"),
             c("denied_not_allowed")
                 + c("denied_metadata")
                 + c("denied_lateral")
-                + c("denied_lockdown"),
+                + c("denied_lockdown")
+                + c("denied_socket_kind"),
             c("denied_not_allowed"),
             c("denied_metadata"),
             c("denied_lateral"),
             c("denied_lockdown"),
+            c("denied_socket_kind"),
             c("audited"),
             c("events_dropped"),
         );

@@ -90,6 +90,18 @@ impl Netns {
     /// creates a socket outside it). The child refuses to exec if it finds
     /// itself in the test's initial namespace.
     pub fn spawn(&self, cmd: &mut Command, cgroup_procs: Option<&std::path::Path>) -> Child {
+        self.spawn_as(cmd, cgroup_procs, None)
+    }
+
+    /// As [`Netns::spawn`], then drops to `uid` (and the same gid, no
+    /// supplementary groups) once in the namespace and the cgroup, the way an
+    /// unprivileged job runs.
+    pub fn spawn_as(
+        &self,
+        cmd: &mut Command,
+        cgroup_procs: Option<&std::path::Path>,
+        uid: Option<u32>,
+    ) -> Child {
         let ns_file =
             File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.path()));
         let procs = cgroup_procs.map(|p| {
@@ -121,6 +133,13 @@ impl Netns {
                 }
                 if let Some(fd) = procs_fd
                     && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(id) = uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -132,6 +132,16 @@ impl World {
         neighbour.ip(&["addr", "add", "10.0.0.5/24", "dev", n_h]);
         neighbour.ip(&["link", "set", n_h, "up"]);
         host.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        // As systemd sets it on most distributions: anyone may open ping
+        // sockets. egret must cope with that.
+        netns::run_ip(&[
+            "netns",
+            "exec",
+            &host.name,
+            "sh",
+            "-c",
+            "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range",
+        ]);
         host.ip(&["-6", "route", "add", "default", "via", "2001:db8:ffff::1"]);
         for a in INTERNET_V4 {
             internet.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);

@@ -44,6 +44,7 @@ pub mod hook {
     pub const CONNECT6: u8 = 2;
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
+    pub const SOCK_CREATE: u8 = 5;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -51,6 +52,7 @@ pub mod hook {
             CONNECT6 => "connect6",
             SENDMSG4 => "sendmsg4",
             SENDMSG6 => "sendmsg6",
+            SOCK_CREATE => "sock_create",
             _ => "unknown",
         }
     }
@@ -72,12 +74,14 @@ pub struct Event {
     pub port: u16,
     /// 4 or 6: the family of the socket, as the job used it.
     pub family: u8,
-    /// IP protocol number (6 tcp, 17 udp, 1/58 icmp).
+    /// IP protocol number (6 tcp, 17 udp, 1/58 icmp); 255 for protocols
+    /// above 255 (MPTCP is 262).
     pub proto: u8,
     pub reason: u8,
     pub action: u8,
     pub hook: u8,
-    pub _pad: u8,
+    /// `sock_create` events: the socket type (1 stream, 2 dgram, 3 raw, ...).
+    pub sock_type: u8,
     /// The destination exactly as the job gave it (v4 sockets: mapped form).
     pub addr: Addr,
     pub comm: [u8; COMM_LEN],

@@ -104,7 +104,8 @@ pub mod counter {
     pub const EVENTS_DROPPED: u32 = 6;
     /// Program-internal failures (each one denied).
     pub const ERRORS: u32 = 7;
-    pub const KINDS: u32 = 8;
+    pub const DENIED_SOCKET_KIND: u32 = 8;
+    pub const KINDS: u32 = 9;
     pub const NAMES: [&str; KINDS as usize] = [
         "allowed",
         "denied_not_allowed",
@@ -114,6 +115,7 @@ pub mod counter {
         "audited",
         "events_dropped",
         "errors",
+        "denied_socket_kind",
     ];
 }
 

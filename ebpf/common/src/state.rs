@@ -13,6 +13,13 @@ pub mod flags {
     pub const CONFIGURED: u32 = 1 << 0;
     /// Denials at the lateral and default steps become audited allows.
     pub const AUDIT: u32 = 1 << 1;
+    /// Socket kinds the connect and sendmsg hooks cannot police, allowed by
+    /// the runner's `sockets:` setting. Without them `socket()` gets EPERM.
+    pub const SOCK_RAW: u32 = 1 << 2;
+    /// ICMP echo ("ping") sockets: a connected ping is judged at connect, but
+    /// an unconnected `sendto` passes no hook.
+    pub const SOCK_PING: u32 = 1 << 3;
+    pub const SOCK_SCTP: u32 = 1 << 4;
 }
 
 /// What the agent configures for a runner. Lockdown lives in a map of its

@@ -9,13 +9,14 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::bpf_sock,
     bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use egret_common::{
     addr::{self, Addr},
@@ -75,6 +76,56 @@ pub fn egret_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egret_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, hook::SENDMSG6)
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_SCTP: u32 = 132;
+
+/// Refuses, at `socket()`, the kinds of socket the connect and sendmsg hooks
+/// cannot police (raw, ping, SCTP, MPTCP, UDP-Lite, ...), unless the runner's
+/// policy opts in. Programs that probe for MPTCP fall back to TCP.
+#[cgroup_sock(sock_create)]
+pub fn egret_sock_create(ctx: SockContext) -> i32 {
+    let sk: *const bpf_sock = ctx.sock;
+    // SAFETY: the kernel hands the program a valid socket; the verifier
+    // checks the field accesses.
+    let (family, ty, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
+    if family != AF_INET && family != AF_INET6 {
+        return ALLOW;
+    }
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    let Some(state) = STATE.get(runner) else {
+        count(runner, counter::ERRORS);
+        return DENY;
+    };
+    let icmp = protocol == u32::from(egret_common::rules::proto::IPPROTO_ICMP)
+        || protocol == u32::from(egret_common::rules::proto::IPPROTO_ICMPV6);
+    let permitted = match (ty, protocol) {
+        (SOCK_STREAM, p) if p == u32::from(egret_common::rules::proto::IPPROTO_TCP) => true,
+        (SOCK_DGRAM, p) if p == u32::from(egret_common::rules::proto::IPPROTO_UDP) => true,
+        (SOCK_DGRAM, _) if icmp => state.has(flags::SOCK_PING),
+        (SOCK_RAW, _) => state.has(flags::SOCK_RAW),
+        (_, IPPROTO_SCTP) => state.has(flags::SOCK_SCTP),
+        _ => false,
+    };
+    if permitted {
+        return ALLOW;
+    }
+    count(runner, counter::DENIED_SOCKET_KIND);
+    let dst = Destination {
+        given: [0; 16],
+        port: 0,
+        proto: if protocol > 255 { 255 } else { protocol as u8 },
+        family: if family == AF_INET { 4 } else { 6 },
+        hook: hook::SOCK_CREATE,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    report_kind(runner, &dst, ty as u8, now);
+    DENY
 }
 
 /// The destination of a sock_addr call, as the job gave it.
@@ -254,9 +305,26 @@ fn count(runner: u32, kind: u32) {
     }
 }
 
-/// Never blocks: a full ring buffer costs an event, counted, not a verdict.
+#[inline(always)]
+fn report_kind(runner: u32, dst: &Destination, sock_type: u8, now: u64) {
+    emit(
+        runner,
+        dst,
+        reason::SOCKET_KIND,
+        action::DENY,
+        sock_type,
+        now,
+    );
+}
+
 #[inline(always)]
 fn report(runner: u32, dst: &Destination, why: u8, act: u8, now: u64) {
+    emit(runner, dst, why, act, 0, now);
+}
+
+/// Never blocks: a full ring buffer costs an event, counted, not a verdict.
+#[inline(always)]
+fn emit(runner: u32, dst: &Destination, why: u8, act: u8, sock_type: u8, now: u64) {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         count(runner, counter::EVENTS_DROPPED);
         return;
@@ -273,7 +341,7 @@ fn report(runner: u32, dst: &Destination, why: u8, act: u8, now: u64) {
         reason: why,
         action: act,
         hook: dst.hook,
-        _pad: 0,
+        sock_type,
         addr: dst.given,
         comm,
     });

@@ -433,6 +433,17 @@ fn run_action(action: &str) -> Outcome {
             }
             failure(action, &std::io::Error::other("never refused"))
         }
+        // Socket kinds no connect hook sees: create one and, when that works,
+        // send something to ADDR with it. raw-icmp:IP, raw-udp:IP, ping:IP,
+        // sctp:IP:PORT, mptcp:IP:PORT, packet.
+        "raw-icmp" | "raw-udp" | "ping" | "sctp" | "mptcp" | "packet" => {
+            socket_kind(action, kind, rest)
+        }
+        // Move this process to another cgroup: escape:/path/to/cgroup.procs
+        "escape" => match std::fs::write(rest, "0") {
+            Ok(()) => success(action),
+            Err(e) => failure(action, &e),
+        },
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
             success(action)
@@ -458,6 +469,75 @@ fn close_without_time_wait(s: &TcpStream) {
             (&raw const linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+fn os_error(action: &str) -> Outcome {
+    failure(action, &std::io::Error::last_os_error())
+}
+
+fn socket_kind(action: &str, kind: &str, rest: &str) -> Outcome {
+    // SAFETY: plain socket syscalls on values built here; every fd is closed.
+    unsafe {
+        let (domain, ty, proto) = match kind {
+            "raw-icmp" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+            "raw-udp" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP),
+            "ping" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+            "sctp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+            "mptcp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+            _ => (
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            ),
+        };
+        let fd = libc::socket(domain, ty, proto);
+        if fd < 0 {
+            return os_error(action);
+        }
+        let close = || libc::close(fd);
+        if kind == "packet" {
+            close();
+            return success(action);
+        }
+        let (ip, port) = match rest.rsplit_once(':') {
+            Some((ip, port)) if kind == "sctp" || kind == "mptcp" => {
+                (ip, port.parse::<u16>().expect("port"))
+            }
+            _ => (rest, 0),
+        };
+        let ip: std::net::Ipv4Addr = ip.parse().expect("IPv4 address");
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let addr = (&raw const sin).cast::<libc::sockaddr>();
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = match kind {
+            "sctp" | "mptcp" => libc::connect(fd, addr, len),
+            _ => {
+                // An ICMP echo request (type 8), or for raw UDP a bare UDP header
+                // to port 53: what an exfiltration tool would craft.
+                let packet: [u8; 8] = if kind == "raw-udp" {
+                    [0x30, 0x39, 0, 53, 0, 8, 0, 0]
+                } else {
+                    [8, 0, 0xf7, 0xff, 0, 0, 0, 0]
+                };
+                let n = libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, addr, len);
+                if n < 0 { -1 } else { 0 }
+            }
+        };
+        let outcome = if rc == 0 {
+            success(action)
+        } else {
+            os_error(action)
+        };
+        close();
+        outcome
     }
 }
 

@@ -1,0 +1,130 @@
+//! Bypass vectors: socket kinds that no connect or sendmsg hook sees.
+//! Jobs here run as root, so the kernel's own capability checks do not get
+//! in the way: what refuses them is egret.
+
+use egret_tests::{job, privileged, scenario::Scenario, world};
+
+const ALLOW: &str = "- cidr: 203.0.113.10/32\n  ports: [443]\n";
+
+#[test]
+fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
+    if !privileged("socket_kinds_no_hook_can_judge_are_refused_at_socket") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    for action in [
+        "raw-icmp:198.51.100.66",
+        "raw-udp:198.51.100.66",
+        "ping:198.51.100.66",
+        "mptcp:203.0.113.10:443",
+    ] {
+        let inside = &s.job(&[action])[0];
+        assert!(inside.eperm(), "{action} in the job: {inside:?}");
+        let outside = &s.outsider(&[action])[0];
+        assert!(
+            outside.ok(),
+            "{action} outside any runner works, so the EPERM is egret's: {outside:?}"
+        );
+    }
+    // SCTP: refused either by the kernel (no SCTP module here) or by egret.
+    let sctp = &s.job(&["sctp:203.0.113.10:443"])[0];
+    assert!(!sctp.ok(), "{sctp:?}");
+
+    let ev = s
+        .wait_event(|e| {
+            e["reason"] == "socket_kind" && e["proto"] == "icmp" && e["socket_type"] == "raw"
+        })
+        .expect("socket_kind event for the raw socket");
+    assert_eq!(ev["hook"], "sock_create");
+    assert!(ev["dst"].is_null(), "{ev}");
+    assert_eq!(ev["comm"], "egret-testkit");
+    assert!(
+        s.wait_event(|e| e["reason"] == "socket_kind" && e["socket_type"] == "dgram")
+            .is_some(),
+        "ping"
+    );
+
+    // Ordinary TCP and UDP are untouched.
+    let o = s.job(&["tcp:203.0.113.10:443", "udp-sendto:198.51.100.66:53"]);
+    assert!(o[0].ok() && o[1].eperm(), "{o:?}");
+}
+
+#[test]
+fn a_runner_can_opt_back_into_ping() {
+    if !privileged("a_runner_can_opt_back_into_ping") {
+        return;
+    }
+    let mut s = Scenario::prepare("enforce", ALLOW);
+    let text = std::fs::read_to_string(&s.policy).expect("policy");
+    world::write_file(
+        &s.policy,
+        &text.replace(
+            "    mode: enforce\n",
+            "    mode: enforce\n    sockets: [ping]\n",
+        ),
+    );
+    s.start_agent();
+    assert!(s.job(&["ping:203.0.113.10"])[0].ok(), "ping opted in");
+    assert!(
+        s.job(&["raw-icmp:203.0.113.10"])[0].eperm(),
+        "raw stays refused"
+    );
+    assert!(
+        s.agent()
+            .logs()
+            .contains("may open ICMP echo (ping) sockets"),
+        "{}",
+        s.agent().logs()
+    );
+}
+
+#[test]
+fn packet_sockets_need_a_capability_jobs_do_not_have() {
+    if !privileged("packet_sockets_need_a_capability_jobs_do_not_have") {
+        return;
+    }
+    // sock_create sees inet sockets only; AF_PACKET is refused by the kernel
+    // to any job without CAP_NET_RAW, which the threat model requires.
+    let s = Scenario::start("enforce", ALLOW);
+    let mut cmd = std::process::Command::new(egret_tests::workspace_bin("egret-testkit"));
+    cmd.args(["job", "packet"])
+        .stdout(std::process::Stdio::piped());
+    let out = s
+        .world
+        .host
+        .spawn_as(&mut cmd, Some(&s.cgroup.procs("ci")), Some(65534))
+        .wait_with_output()
+        .expect("job");
+    let o: job::Outcome = serde_json::from_slice(&out.stdout).expect("outcome");
+    assert!(o.eperm(), "{o:?}");
+}
+
+#[test]
+fn a_non_root_job_cannot_leave_its_cgroup() {
+    if !privileged("a_non_root_job_cannot_leave_its_cgroup") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let root_procs = s.cgroup.root.join("cgroup.procs");
+    let action = format!("escape:{}", root_procs.display());
+    let mut cmd = std::process::Command::new(egret_tests::workspace_bin("egret-testkit"));
+    cmd.args(["job", &action, "tcp:169.254.169.254:80"])
+        .stdout(std::process::Stdio::piped());
+    let out = s
+        .world
+        .host
+        .spawn_as(&mut cmd, Some(&s.cgroup.procs("ci")), Some(65534))
+        .wait_with_output()
+        .expect("job");
+    let o: Vec<job::Outcome> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("outcome"))
+        .collect();
+    assert_eq!(
+        o[0].errno,
+        Some(libc::EACCES),
+        "moving to the root cgroup: {:?}",
+        o[0]
+    );
+    assert!(o[1].eperm(), "still guarded afterwards: {:?}", o[1]);
+}
