@@ -54,7 +54,12 @@ fn every_example_loads_into_the_agent() {
         let runners = v["runners"].as_array().expect("runners");
         assert!(!runners.is_empty(), "{}: {v}", example.display());
         for r in runners {
-            assert_eq!(r["programs_attached"], 4, "{}: {r}", example.display());
+            assert_eq!(
+                r["programs_attached"],
+                egret::datapath::PROGRAMS.len(),
+                "{}: {r}",
+                example.display()
+            );
             let cg = r["cgroup"]
                 .as_str()
                 .expect("cgroup")
