@@ -355,6 +355,11 @@ impl Agent {
                     policy::SocketKind::Sctp => flags::SOCK_SCTP,
                 };
             }
+            state.flags |= match runner.loopback {
+                policy::Loopback::Own => 0,
+                policy::Loopback::Allow => flags::LOOPBACK_ALLOW,
+                policy::Loopback::Deny => flags::LOOPBACK_DENY,
+            };
             if runner.mode == Mode::Audit {
                 state.flags |= flags::AUDIT;
                 tracing::warn!(runner = %runner.name, "runner is in audit mode: denials are reported, not enforced");

@@ -38,12 +38,15 @@ use ipnet::IpNet;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 8] = [
     "egret_connect4",
     "egret_connect6",
     "egret_sendmsg4",
     "egret_sendmsg6",
     "egret_sock_create",
+    "egret_post_bind4",
+    "egret_post_bind6",
+    "egret_sock_release",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

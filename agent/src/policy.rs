@@ -33,6 +33,18 @@ pub enum Mode {
     Audit,
 }
 
+/// Which loopback destinations a runner's jobs may reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loopback {
+    /// Only listeners opened inside the runner's own cgroup (the job's test
+    /// servers), never host services on loopback.
+    #[default]
+    Own,
+    Allow,
+    Deny,
+}
+
 /// Socket kinds a runner can opt back into (`sockets: [ping]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +89,7 @@ pub struct Runner {
     /// Socket kinds the runner's jobs may create although no hook can judge
     /// their destinations.
     pub sockets: Vec<SocketKind>,
+    pub loopback: Loopback,
     /// Where the agent resolves this runner's hostnames; empty = the host's
     /// resolver configuration.
     pub dns_upstream: Vec<IpAddr>,
@@ -587,6 +600,8 @@ struct RawRunner {
     #[serde(default)]
     sockets: Vec<Spanned<SocketKind>>,
     #[serde(default)]
+    loopback: Option<Spanned<Loopback>>,
+    #[serde(default)]
     dns: Option<RawDns>,
     #[serde(default)]
     allow: Vec<Spanned<RawAllow>>,
@@ -866,6 +881,7 @@ fn validate_runner(
         cgroup,
         mode,
         sockets,
+        loopback: raw.loopback.map_or_else(Loopback::default, |l| l.value),
         dns_upstream,
         cidrs: entries.cidrs,
         hosts: entries.hosts,

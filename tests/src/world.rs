@@ -183,10 +183,19 @@ impl World {
         world
     }
 
+    /// Servers on the host itself, outside any runner: a host service on
+    /// loopback such as a database or a docker API. Stopped with the world.
+    pub fn serve_on_host(&mut self, specs: &[&str]) {
+        let mut args = vec!["serve".to_owned()];
+        args.extend(specs.iter().map(|s| (*s).to_owned()));
+        self.start_fixture(Side::Host, &args);
+    }
+
     fn start_fixture(&mut self, side: Side, args: &[String]) {
         let ns = match side {
             Side::Internet => &self.internet,
             Side::Neighbour => &self.neighbour,
+            Side::Host => &self.host,
         };
         let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
         cmd.args(args)
@@ -273,6 +282,7 @@ fn veth(a: &str, ns_a: &Netns, b: &str, ns_b: &Netns) {
 enum Side {
     Internet,
     Neighbour,
+    Host,
 }
 
 fn wait_ready(stdout: ChildStdout, what: &[String]) {

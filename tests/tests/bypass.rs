@@ -2,6 +2,8 @@
 //! Jobs here run as root, so the kernel's own capability checks do not get
 //! in the way: what refuses them is egret.
 
+use std::time::Duration;
+
 use egret_tests::{job, privileged, scenario::Scenario, world};
 
 const ALLOW: &str = "- cidr: 203.0.113.10/32\n  ports: [443]\n";
@@ -127,4 +129,79 @@ fn a_non_root_job_cannot_leave_its_cgroup() {
         o[0]
     );
     assert!(o[1].eperm(), "still guarded afterwards: {:?}", o[1]);
+}
+
+#[test]
+fn loopback_reaches_the_jobs_own_listeners_but_not_host_services() {
+    if !privileged("loopback_reaches_the_jobs_own_listeners_but_not_host_services") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    s.world
+        .serve_on_host(&["tcp:127.0.0.1:7000", "tcp:[::1]:7001"]);
+    for action in [
+        "tcp:127.0.0.1:7000",
+        "tcp:[::1]:7001",
+        "tcp:0.0.0.0:7000",
+        "tcp:[::ffff:127.0.0.1]:7000",
+    ] {
+        let inside = &s.job(&[action])[0];
+        assert!(
+            inside.eperm(),
+            "{action}: a host service on loopback: {inside:?}"
+        );
+        let outside = &s.outsider(&[action])[0];
+        assert!(outside.ok(), "{action} from outside: {outside:?}");
+    }
+    let ev = s
+        .wait_event(|e| e["dst"] == "127.0.0.1" && e["port"] == 7000)
+        .expect("event");
+    assert_eq!(ev["reason"], "lateral");
+
+    // The job's own servers: in the same process, and in another job
+    // process of the same runner.
+    let o = s.job(&[
+        "self-loopback:127.0.0.1:0",
+        "self-loopback:[::1]:0",
+        "self-loopback:0.0.0.0:0",
+    ]);
+    assert!(o.iter().all(|o| o.ok()), "{o:?}");
+    let server = s.start_job(&["listen:127.0.0.1:7100:1500"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = &s.job(&["tcp:127.0.0.1:7100"])[0];
+    assert!(client.ok(), "{client:?}");
+    assert_eq!(client.banner.as_deref(), Some("job listener"));
+    assert!(server.wait()[0].ok());
+
+    // Once the job's listener is gone, the port is not the runner's any more:
+    // a host service that takes it over stays out of reach.
+    s.world.serve_on_host(&["tcp:127.0.0.1:7100"]);
+    let after = &s.job(&["tcp:127.0.0.1:7100"])[0];
+    assert!(after.eperm(), "{after:?}");
+}
+
+#[test]
+fn loopback_allow_and_deny() {
+    if !privileged("loopback_allow_and_deny") {
+        return;
+    }
+    for (setting, host_ok, own_ok) in [("allow", true, true), ("deny", false, false)] {
+        let mut s = Scenario::prepare("enforce", ALLOW);
+        let text = std::fs::read_to_string(&s.policy).expect("policy");
+        world::write_file(
+            &s.policy,
+            &text.replace(
+                "    mode: enforce\n",
+                &format!("    mode: enforce\n    loopback: {setting}\n"),
+            ),
+        );
+        s.start_agent();
+        s.world.serve_on_host(&["tcp:127.0.0.1:7000"]);
+        let o = s.job(&["tcp:127.0.0.1:7000", "self-loopback:127.0.0.1:0"]);
+        assert_eq!(
+            (o[0].ok(), o[1].ok()),
+            (host_ok, own_ok),
+            "loopback: {setting}: {o:?}"
+        );
+    }
 }

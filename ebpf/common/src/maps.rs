@@ -21,20 +21,19 @@ pub const METADATA: &str = "EGRET_METADATA";
 /// `LpmTrie<Addr, BaselineEntry>`: private, link-local, CGNAT, ULA and the
 /// host's own subnets; denied unless a policy entry allows the destination.
 pub const LATERAL: &str = "EGRET_LATERAL";
+/// `HashMap<OwnedKey, Owner>`: loopback and wildcard listeners opened inside
+/// a runner's cgroup, for `loopback: own`.
+pub const OWNED: &str = "EGRET_OWNED";
 /// `PerCpuArray<u64>` indexed by [`counter_index`].
 pub const COUNTERS: &str = "EGRET_COUNTERS";
 /// `RingBuf` of [`crate::event::Event`].
 pub const EVENTS: &str = "EGRET_EVENTS";
 
-/// Every pinned map, for teardown and status.
-pub const ALL: [&str; 8] = [
-    STATE, RUNNERS, CIDRS, LEARNED, METADATA, LATERAL, COUNTERS, EVENTS,
-];
-
 pub const CIDRS_CAPACITY: u32 = 65_536;
 pub const LEARNED_CAPACITY: u32 = 131_072;
 pub const BASELINE_CAPACITY: u32 = 1_024;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const OWNED_CAPACITY: u32 = 65_536;
 
 /// Prefix length of a full key in the per-runner CIDR trie: the runner id is
 /// the first 32 bits, so entries of different runners never match each other.
@@ -80,6 +79,27 @@ pub struct Learned {
     pub rules: PortRules,
 }
 const _: () = assert!(core::mem::size_of::<Learned>() == 8 + core::mem::size_of::<PortRules>());
+
+/// A listening port in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OwnedKey {
+    /// `bpf_get_netns_cookie`: loopback is per network namespace.
+    pub netns: u64,
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<OwnedKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub runner: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Owner>() == 8);
 
 /// A baseline deny entry.
 #[repr(C)]

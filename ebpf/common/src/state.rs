@@ -20,6 +20,12 @@ pub mod flags {
     /// an unconnected `sendto` passes no hook.
     pub const SOCK_PING: u32 = 1 << 3;
     pub const SOCK_SCTP: u32 = 1 << 4;
+    /// `loopback: allow`: any loopback destination. Neither this nor
+    /// LOOPBACK_DENY (the default, `loopback: own`): only listeners created
+    /// inside the runner's own cgroup.
+    pub const LOOPBACK_ALLOW: u32 = 1 << 5;
+    /// `loopback: deny`: no loopback destination at all.
+    pub const LOOPBACK_DENY: u32 = 1 << 6;
 }
 
 /// What the agent configures for a runner. Lockdown lives in a map of its

@@ -2,7 +2,7 @@
 
 use crate::{
     event::Event,
-    maps::{BaselineEntry, CidrKey, ExactKey, Learned},
+    maps::{BaselineEntry, CidrKey, ExactKey, Learned, OwnedKey, Owner},
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
 };
@@ -19,4 +19,6 @@ unsafe impl aya::Pod for CidrKey {}
 unsafe impl aya::Pod for ExactKey {}
 unsafe impl aya::Pod for Learned {}
 unsafe impl aya::Pod for BaselineEntry {}
+unsafe impl aya::Pod for OwnedKey {}
+unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}

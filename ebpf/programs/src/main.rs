@@ -9,10 +9,12 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::bpf_sock,
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -23,7 +25,8 @@ use egret_common::{
     event::{Event, action, hook, reason},
     maps::{
         ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY, COUNTERS_LEN,
-        CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, counter, counter_index,
+        CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, OWNED_CAPACITY, OwnedKey,
+        Owner, counter, counter_index,
     },
     rules::{PortRules, rules_flags},
     state::{GLOBAL_RUNNER, Lockdown, MAX_RUNNERS, RunnerState, flags},
@@ -51,6 +54,14 @@ static METADATA: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACIT
 
 #[map(name = "EGRET_LATERAL")]
 static LATERAL: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
+
+#[map(name = "EGRET_OWNED")]
+static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, 0);
+
+/// Socket cookie → the OWNED key it holds: a released socket cannot read
+/// its own port, but it can tell its cookie.
+#[map(name = "EGRET_BOUND")]
+static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, 0);
 
 #[map(name = "EGRET_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
@@ -117,6 +128,7 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
     }
     count(runner, counter::DENIED_SOCKET_KIND);
     let dst = Destination {
+        netns: 0,
         given: [0; 16],
         port: 0,
         proto: if protocol > 255 { 255 } else { protocol as u8 },
@@ -128,10 +140,97 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
     DENY
 }
 
+#[inline(always)]
+fn owned_key(netns: u64, port: u16, proto: u8) -> OwnedKey {
+    OwnedKey {
+        netns,
+        port,
+        proto,
+        _pad: [0; 5],
+    }
+}
+
+/// Remembers a listener a job opens on loopback (or on every address, which
+/// includes loopback) so `loopback: own` lets the runner's jobs reach it and
+/// nothing else on the host's loopback.
+#[inline(always)]
+fn note_listener(ctx: &SockContext, local_is_loopback_or_any: bool) -> i32 {
+    let sk: *const bpf_sock = ctx.sock;
+    // SAFETY: a valid socket from the kernel; fields checked by the verifier.
+    let (port, protocol) = unsafe { ((*sk).src_port, (*sk).protocol) };
+    if local_is_loopback_or_any && port != 0 {
+        let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+        let key = owned_key(
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            port as u16,
+            protocol as u8,
+        );
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if OWNED.insert(key, Owner { runner, _pad: 0 }, 0).is_err()
+            || BOUND.insert(cookie, key, 0).is_err()
+        {
+            // Full: the listener stays unreachable to the runner (fail closed).
+            count(runner, counter::ERRORS);
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn egret_post_bind4(ctx: SockContext) -> i32 {
+    // SAFETY: as in note_listener.
+    let ip = unsafe { (*ctx.sock).src_ip4 }.to_ne_bytes();
+    note_listener(&ctx, ip[0] == 127 || ip == [0, 0, 0, 0])
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn egret_post_bind6(ctx: SockContext) -> i32 {
+    let sk: *const bpf_sock = ctx.sock;
+    // SAFETY: as in note_listener; one 32-bit word at a time.
+    let words = unsafe {
+        [
+            (*sk).src_ip6[0],
+            (*sk).src_ip6[1],
+            (*sk).src_ip6[2],
+            (*sk).src_ip6[3],
+        ]
+    };
+    let mut a = [0u8; 16];
+    a[0..4].copy_from_slice(&words[0].to_ne_bytes());
+    a[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    a[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    a[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    note_listener(&ctx, addr::is_loopback(&a))
+}
+
+/// Forgets a listener when its socket goes away, so a host service that
+/// later binds the same port is not mistaken for the job's.
+#[cgroup_sock(sock_release)]
+pub fn egret_sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the entry is copied out at once; only this socket's release
+    // removes it.
+    let Some(key) = (unsafe { BOUND.get(cookie) }).copied() else {
+        return ALLOW;
+    };
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    // SAFETY: a plain read of a value the program itself wrote.
+    if OWNED
+        .get_ptr(key)
+        .is_some_and(|o| unsafe { (*o).runner } == runner)
+    {
+        let _ = OWNED.remove(key);
+    }
+    let _ = BOUND.remove(cookie);
+    ALLOW
+}
+
 /// The destination of a sock_addr call, as the job gave it.
 struct Destination {
     /// What the job passed (v4 in mapped form), reported in events.
     given: Addr,
+    /// The socket's network namespace, for loopback ownership.
+    netns: u64,
     port: u16,
     proto: u8,
     family: u8,
@@ -145,6 +244,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     // verifier checks the field accesses.
     let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
     let dst = Destination {
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         given: addr::mapped_v4(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -175,6 +275,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     given[8..12].copy_from_slice(&w2.to_ne_bytes());
     given[12..16].copy_from_slice(&w3.to_ne_bytes());
     let dst = Destination {
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         given,
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -271,8 +372,20 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
         return Outcome::Deny(reason::LOCKDOWN);
     }
 
+    let mut lateral = lateral;
     if addr::is_loopback(&target) {
-        return Outcome::Allow;
+        let own = || {
+            let key = owned_key(dst.netns, dst.port, dst.proto);
+            // SAFETY: a plain read of a value the program itself wrote.
+            OWNED
+                .get_ptr(key)
+                .is_some_and(|o| unsafe { (*o).runner } == runner)
+        };
+        if state.has(flags::LOOPBACK_ALLOW) || (!state.has(flags::LOOPBACK_DENY) && own()) {
+            return Outcome::Allow;
+        }
+        // A host service on loopback is a neighbour like any other.
+        lateral = true;
     }
 
     let why = if lateral {

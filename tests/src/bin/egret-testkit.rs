@@ -439,6 +439,42 @@ fn run_action(action: &str) -> Outcome {
         "raw-icmp" | "raw-udp" | "ping" | "sctp" | "mptcp" | "packet" => {
             socket_kind(action, kind, rest)
         }
+        // Listen on ADDR for a while, answering with a banner: listen:ADDR:MS.
+        "listen" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("listen:ADDR:MS");
+            let listener = match TcpListener::bind(parse(addr)) {
+                Ok(l) => l,
+                Err(e) => return failure(action, &e),
+            };
+            listener.set_nonblocking(true).expect("nonblocking");
+            let until = Instant::now() + Duration::from_millis(ms.parse().expect("ms"));
+            let mut served = 0;
+            while Instant::now() < until {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.write_all(b"job listener\n");
+                        served += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            let mut o = success(action);
+            o.count = Some(served);
+            o
+        }
+        // Listen on loopback and connect to it from the same process:
+        // self-loopback:ADDR (port 0 for any).
+        "self-loopback" => {
+            let listener = match TcpListener::bind(parse(rest)) {
+                Ok(l) => l,
+                Err(e) => return failure(action, &e),
+            };
+            let local = listener.local_addr().expect("local addr");
+            match TcpStream::connect_timeout(&local, TIMEOUT) {
+                Ok(_) => success(action),
+                Err(e) => failure(action, &e),
+            }
+        }
         // Move this process to another cgroup: escape:/path/to/cgroup.procs
         "escape" => match std::fs::write(rest, "0") {
             Ok(()) => success(action),
