@@ -106,6 +106,22 @@ impl Scenario {
         job::run(&self.world.host, None, actions)
     }
 
+    /// Asserts `action` gets EPERM in the runner's job and works from a
+    /// process outside any runner, so the refusal is egret's and not an
+    /// artefact of the test world.
+    pub fn assert_egret_refuses(&self, action: &str) {
+        let inside = &self.job(&[action])[0];
+        assert!(
+            inside.eperm(),
+            "{action} from the job: expected EPERM, got {inside:?}"
+        );
+        let outside = &self.outsider(&[action])[0];
+        assert!(
+            outside.ok(),
+            "{action} from outside the runner must work (else the EPERM proves nothing): {outside:?}"
+        );
+    }
+
     pub fn wait_event(
         &self,
         pred: impl Fn(&serde_json::Value) -> bool,

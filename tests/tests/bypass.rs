@@ -20,13 +20,7 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
         "ping:198.51.100.66",
         "mptcp:203.0.113.10:443",
     ] {
-        let inside = &s.job(&[action])[0];
-        assert!(inside.eperm(), "{action} in the job: {inside:?}");
-        let outside = &s.outsider(&[action])[0];
-        assert!(
-            outside.ok(),
-            "{action} outside any runner works, so the EPERM is egret's: {outside:?}"
-        );
+        s.assert_egret_refuses(action);
     }
     // SCTP: refused either by the kernel (no SCTP module here) or by egret.
     let sctp = &s.job(&["sctp:203.0.113.10:443"])[0];
@@ -145,13 +139,7 @@ fn loopback_reaches_the_jobs_own_listeners_but_not_host_services() {
         "tcp:0.0.0.0:7000",
         "tcp:[::ffff:127.0.0.1]:7000",
     ] {
-        let inside = &s.job(&[action])[0];
-        assert!(
-            inside.eperm(),
-            "{action}: a host service on loopback: {inside:?}"
-        );
-        let outside = &s.outsider(&[action])[0];
-        assert!(outside.ok(), "{action} from outside: {outside:?}");
+        s.assert_egret_refuses(action);
     }
     let ev = s
         .wait_event(|e| e["dst"] == "127.0.0.1" && e["port"] == 7000)
