@@ -143,17 +143,140 @@ fn test() -> Result<()> {
     if !privileged {
         eprintln!("xtask: EGRET_SKIP_PRIVILEGED=1: privileged end-to-end tests will be skipped");
     }
-    // Tests share kernel state (cgroups, namespaces), so one at a time.
-    let status = Command::new(cargo_bin())
+    // Tests share kernel state (cgroups, namespaces), so one at a time. The
+    // output is passed through as it comes, and read for the vector table.
+    let mut child = Command::new(cargo_bin())
         .current_dir(&root)
         .args(["test", "--release", "--", "--test-threads=1"])
         .env("EGRET_BIN_DIR", root.join("target/release"))
-        .status()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
+    let mut results: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::{BufRead as _, Write as _};
+        let mut stdout = std::io::stdout().lock();
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = writeln!(stdout, "{line}");
+            if let Some((name, result)) = line
+                .strip_prefix("test ")
+                .and_then(|l| l.split_once(" ... "))
+            {
+                results.insert(name.trim().to_owned(), result.trim().to_owned());
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    print_vectors(&results, privileged);
     if !status.success() {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// Bypass vectors and the end-to-end tests that prove each one closed (the
+/// table of docs/threat-model.md).
+const VECTORS: &[(&str, &[&str])] = &[
+    (
+        "cloud metadata, v4/v6, even under 0.0.0.0/0",
+        &[
+            "metadata_stays_closed_when_the_policy_allows_everything",
+            "everything_else_gets_eperm",
+        ],
+    ),
+    (
+        "IPv4-mapped connect6 and sendmsg6",
+        &["everything_else_gets_eperm"],
+    ),
+    (
+        "NAT64 64:ff9b::/96 to metadata",
+        &["metadata_stays_closed_when_the_policy_allows_everything"],
+    ),
+    (
+        "lateral: private ranges, host subnets",
+        &[
+            "everything_else_gets_eperm",
+            "a_policy_can_name_a_neighbour_explicitly",
+        ],
+    ),
+    (
+        "IPv6 link-local with a scope id",
+        &["ipv6_link_local_with_a_scope_is_lateral"],
+    ),
+    (
+        "unconnected and connected UDP",
+        &["everything_else_gets_eperm"],
+    ),
+    (
+        "TCP Fast Open sendto(MSG_FASTOPEN)",
+        &["fast_open_and_io_uring_meet_the_connect_hook"],
+    ),
+    (
+        "io_uring IORING_OP_CONNECT",
+        &["fast_open_and_io_uring_meet_the_connect_hook"],
+    ),
+    (
+        "raw IP sockets (ICMP, crafted UDP)",
+        &["socket_kinds_no_hook_can_judge_are_refused_at_socket"],
+    ),
+    (
+        "ping sockets (unconnected sendto)",
+        &[
+            "socket_kinds_no_hook_can_judge_are_refused_at_socket",
+            "a_runner_can_opt_back_into_ping",
+        ],
+    ),
+    (
+        "SCTP, MPTCP and other socket kinds",
+        &["socket_kinds_no_hook_can_judge_are_refused_at_socket"],
+    ),
+    (
+        "AF_PACKET without CAP_NET_RAW",
+        &["packet_sockets_need_a_capability_jobs_do_not_have"],
+    ),
+    (
+        "host services on loopback, 0.0.0.0, ::",
+        &[
+            "loopback_reaches_the_jobs_own_listeners_but_not_host_services",
+            "loopback_allow_and_deny",
+        ],
+    ),
+    (
+        "non-root job leaving its cgroup",
+        &["a_non_root_job_cannot_leave_its_cgroup"],
+    ),
+    (
+        "agent killed or restarting",
+        &[
+            "sigkill_leaves_enforcement_in_place_and_a_restart_resumes_it",
+            "twenty_restarts_under_load",
+        ],
+    ),
+    (
+        "socket made before joining the cgroup (residual, documented)",
+        &["a_socket_created_before_the_move_into_the_cgroup_is_not_covered"],
+    ),
+];
+
+fn print_vectors(results: &std::collections::HashMap<String, String>, privileged: bool) {
+    println!("\nbypass vectors (docs/threat-model.md):");
+    for (vector, tests) in VECTORS {
+        let outcome = if !privileged {
+            "skipped (EGRET_SKIP_PRIVILEGED=1)".to_owned()
+        } else if tests
+            .iter()
+            .all(|t| results.get(*t).is_some_and(|r| r == "ok"))
+        {
+            "proved".to_owned()
+        } else {
+            let failing: Vec<String> = tests
+                .iter()
+                .map(|t| format!("{t}: {}", results.get(*t).map_or("not run", String::as_str)))
+                .collect();
+            format!("NOT PROVED ({})", failing.join("; "))
+        };
+        println!("  {vector:<62} {outcome}");
+    }
 }
 
 fn setup() -> Result<()> {

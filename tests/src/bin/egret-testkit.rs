@@ -475,6 +475,51 @@ fn run_action(action: &str) -> Outcome {
                 Err(e) => failure(action, &e),
             }
         }
+        // TCP Fast Open: sendto(MSG_FASTOPEN) connects and sends in one call.
+        "tfo" => raw_connect(action, parse(rest), Connect::FastOpen),
+        // io_uring IORING_OP_CONNECT.
+        "uring-connect" => raw_connect(action, parse(rest), Connect::Uring),
+        // IPv6 link-local with a scope: link-local:IFNAME:PORT to fe80::1%IFNAME.
+        "link-local" => {
+            let (ifname, port) = rest.split_once(':').expect("link-local:IFNAME:PORT");
+            let name = std::ffi::CString::new(ifname).expect("ifname");
+            // SAFETY: a valid NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(index, 0, "no interface {ifname}");
+            let dst = SocketAddr::V6(std::net::SocketAddrV6::new(
+                "fe80::1".parse().expect("v6"),
+                port.parse().expect("port"),
+                0,
+                index,
+            ));
+            match TcpStream::connect_timeout(&dst, TIMEOUT) {
+                Ok(_) => success(action),
+                Err(e) => failure(action, &e),
+            }
+        }
+        // A socket created before this process moved into a cgroup:
+        // premove:ADDR:/path/to/cgroup.procs. Reports the connect of that old
+        // socket; `count` is 1 when a socket made after the move was refused.
+        "premove" => {
+            let (addr, procs) = rest.split_once(",").expect("premove:ADDR,PROCS");
+            let dst = parse(addr);
+            let old = socket2::Socket::new(
+                socket2::Domain::for_address(dst),
+                socket2::Type::STREAM,
+                None,
+            )
+            .expect("socket");
+            std::fs::write(procs, "0").expect("move into the cgroup");
+            let fresh = TcpStream::connect_timeout(&dst, TIMEOUT);
+            let mut o = match old.connect_timeout(&dst.into(), TIMEOUT) {
+                Ok(()) => success(action),
+                Err(e) => failure(action, &e),
+            };
+            o.count = Some(u64::from(
+                fresh.is_err_and(|e| e.raw_os_error() == Some(libc::EPERM)),
+            ));
+            o
+        }
         // Move this process to another cgroup: escape:/path/to/cgroup.procs
         "escape" => match std::fs::write(rest, "0") {
             Ok(()) => success(action),
@@ -505,6 +550,66 @@ fn close_without_time_wait(s: &TcpStream) {
             (&raw const linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+enum Connect {
+    FastOpen,
+    Uring,
+}
+
+/// Connects a TCP socket by a path other than connect(2).
+fn raw_connect(action: &str, dst: SocketAddr, how: Connect) -> Outcome {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    let addr = socket2::SockAddr::from(dst);
+    use std::os::fd::AsRawFd as _;
+    let fd = socket.as_raw_fd();
+    let result = match how {
+        Connect::FastOpen => {
+            // SAFETY: a valid socket, buffer and address.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    b"egret".as_ptr().cast(),
+                    5,
+                    libc::MSG_FASTOPEN,
+                    addr.as_ptr().cast(),
+                    addr.len(),
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+        Connect::Uring => {
+            let mut ring = io_uring::IoUring::new(4).expect("io_uring");
+            let sqe = io_uring::opcode::Connect::new(
+                io_uring::types::Fd(fd),
+                addr.as_ptr().cast(),
+                addr.len(),
+            )
+            .build();
+            // SAFETY: the address outlives the submission, which we wait for.
+            unsafe { ring.submission().push(&sqe).expect("queue") };
+            ring.submit_and_wait(1).expect("submit");
+            let res = ring.completion().next().expect("completion").result();
+            if res < 0 {
+                Err(std::io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    match result {
+        Ok(()) => success(action),
+        Err(e) => failure(action, &e),
     }
 }
 
