@@ -18,7 +18,13 @@ pub mod world;
 /// Running without root is a failure, not a skip.
 pub fn privileged(test: &str) -> bool {
     if std::env::var("EGRET_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED (EGRET_SKIP_PRIVILEGED=1): {test}");
+        // Straight to the stderr handle: libtest captures eprintln!, and a
+        // skip must never be silent.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (EGRET_SKIP_PRIVILEGED=1): {test}"
+        );
         return false;
     }
     assert!(
