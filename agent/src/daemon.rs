@@ -351,7 +351,6 @@ impl Agent {
             for kind in &runner.sockets {
                 state.flags |= match kind {
                     policy::SocketKind::Raw => flags::SOCK_RAW,
-                    policy::SocketKind::Ping => flags::SOCK_PING,
                     policy::SocketKind::Sctp => flags::SOCK_SCTP,
                 };
             }

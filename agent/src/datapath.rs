@@ -22,7 +22,8 @@ use aya::{
         lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
+        ProgramError, links::FdLink,
     },
 };
 use egret_common::{
@@ -38,7 +39,7 @@ use ipnet::IpNet;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 9] = [
     "egret_connect4",
     "egret_connect6",
     "egret_sendmsg4",
@@ -47,6 +48,7 @@ pub const PROGRAMS: [&str; 8] = [
     "egret_post_bind4",
     "egret_post_bind6",
     "egret_sock_release",
+    "egret_egress",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -570,6 +572,16 @@ fn attach_one(
     cgroup: &File,
 ) -> std::result::Result<std::result::Result<FdLink, aya::programs::links::LinkError>, ProgramError>
 {
+    if let Program::CgroupSkb(prog) = program {
+        let prog: &mut CgroupSkb = prog;
+        prog.load()?;
+        let id = prog.attach(
+            cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )?;
+        return Ok(prog.take_link(id)?.try_into());
+    }
     if let Program::CgroupSock(prog) = program {
         let prog: &mut CgroupSock = prog;
         prog.load()?;

@@ -49,10 +49,9 @@ pub enum Loopback {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SocketKind {
-    /// Raw IP sockets (needs CAP_NET_RAW besides).
+    /// Raw IP sockets (needs CAP_NET_RAW besides). Their packets are still
+    /// judged by the egress backstop.
     Raw,
-    /// ICMP echo sockets (`ping` without privileges).
-    Ping,
     Sctp,
 }
 
@@ -596,7 +595,7 @@ struct RawRunner {
     cgroup: Spanned<String>,
     #[serde(default)]
     mode: Option<Spanned<Mode>>,
-    /// Socket kinds no hook can police, allowed back in: raw, ping, sctp.
+    /// Socket kinds no hook can police, allowed back in: raw, sctp.
     #[serde(default)]
     sockets: Vec<Spanned<SocketKind>>,
     #[serde(default)]
@@ -852,7 +851,6 @@ fn validate_runner(
                 "runner '{name}' may open {} sockets, whose traffic egret cannot judge by destination",
                 match kind.value {
                     SocketKind::Raw => "raw IP",
-                    SocketKind::Ping => "ICMP echo (ping)",
                     SocketKind::Sctp => "SCTP",
                 }
             ),

@@ -25,6 +25,8 @@ pub const GITLAB6: &str = "2001:db8::10";
 pub const NEIGHBOUR: &str = "10.0.0.5";
 /// A listener that accepts and closes at once, for connect benchmarks.
 pub const BENCH_SINK: &str = "203.0.113.10:9000";
+/// A listener that reads and discards, for throughput benchmarks.
+pub const BENCH_DISCARD: &str = "203.0.113.10:9001";
 
 /// Addresses the internet namespace carries on its loopback.
 const INTERNET_V4: &[&str] = &[
@@ -169,6 +171,7 @@ impl World {
         serve.extend(INTERNET_TCP.iter().map(|a| format!("tcp:{a}")));
         serve.extend(INTERNET_UDP.iter().map(|a| format!("udp:{a}")));
         serve.push(format!("sink:{BENCH_SINK}"));
+        serve.push(format!("discard:{BENCH_DISCARD}"));
         world.start_fixture(Side::Internet, &serve);
         let mut serve = vec!["serve".to_owned()];
         serve.extend(NEIGHBOUR_TCP.iter().map(|a| format!("tcp:{a}")));

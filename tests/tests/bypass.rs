@@ -32,13 +32,13 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
         })
         .expect("socket_kind event for the raw socket");
     assert_eq!(ev["hook"], "sock_create");
-    assert!(ev["dst"].is_null(), "{ev}");
-    assert_eq!(ev["comm"], "egret-testkit");
-    assert!(
-        s.wait_event(|e| e["reason"] == "socket_kind" && e["socket_type"] == "dgram")
-            .is_some(),
-        "ping"
-    );
+    // Ping sockets open, and each echo is judged by the egress backstop.
+    let ev = s
+        .wait_event(|e| {
+            e["hook"] == "egress" && e["dst"] == "198.51.100.66" && e["proto"] == "icmp"
+        })
+        .expect("egress event for the ping");
+    assert_eq!(ev["reason"], "not_allowed");
 
     // Ordinary TCP and UDP are untouched.
     let o = s.job(&["tcp:203.0.113.10:443", "udp-sendto:198.51.100.66:53"]);
@@ -46,29 +46,55 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
 }
 
 #[test]
-fn a_runner_can_opt_back_into_ping() {
-    if !privileged("a_runner_can_opt_back_into_ping") {
+fn ping_is_judged_packet_by_packet() {
+    if !privileged("ping_is_judged_packet_by_packet") {
         return;
     }
-    let mut s = Scenario::prepare("enforce", ALLOW);
+    let s = Scenario::start("enforce", "- cidr: 203.0.113.10/32\n");
+    assert!(
+        s.job(&["ping:203.0.113.10"])[0].ok(),
+        "an address the policy allows for every protocol"
+    );
+    for action in [
+        "ping:198.51.100.66",
+        "ping:169.254.169.254",
+        "ping:10.0.0.5",
+    ] {
+        s.assert_egret_refuses(action);
+    }
+    assert!(
+        s.job(&["ping:127.0.0.1"])[0].ok(),
+        "pinging the host itself reaches no service"
+    );
+}
+
+#[test]
+fn raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop() {
+    if !privileged("raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop") {
+        return;
+    }
+    let mut s = Scenario::prepare("enforce", "- cidr: 203.0.113.10/32\n");
     let text = std::fs::read_to_string(&s.policy).expect("policy");
     world::write_file(
         &s.policy,
         &text.replace(
             "    mode: enforce\n",
-            "    mode: enforce\n    sockets: [ping]\n",
+            "    mode: enforce\n    sockets: [raw]\n",
         ),
     );
     s.start_agent();
-    assert!(s.job(&["ping:203.0.113.10"])[0].ok(), "ping opted in");
     assert!(
-        s.job(&["raw-icmp:203.0.113.10"])[0].eperm(),
-        "raw stays refused"
+        s.job(&["raw-icmp:203.0.113.10"])[0].ok(),
+        "raw opted in, to an allowed address"
     );
+    s.assert_egret_refuses("raw-icmp:198.51.100.66");
+    s.assert_egret_refuses("raw-udp:169.254.169.254");
+    let ev = s
+        .wait_event(|e| e["hook"] == "egress" && e["dst"] == "169.254.169.254")
+        .expect("egress event");
+    assert_eq!(ev["reason"], "metadata");
     assert!(
-        s.agent()
-            .logs()
-            .contains("may open ICMP echo (ping) sockets"),
+        s.agent().logs().contains("may open raw IP sockets"),
         "{}",
         s.agent().logs()
     );

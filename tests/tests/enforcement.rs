@@ -60,6 +60,7 @@ fn metadata_stays_closed_when_the_policy_allows_everything() {
         "tcp:[fd00:ec2::254]:80",
         "tcp:[64:ff9b::a9fe:a9fe]:80", // NAT64 form of 169.254.169.254
         "udp-sendto:169.254.169.254:80",
+        "udp-sendto:[::ffff:169.254.169.254]:80", // sendmsg6 to a mapped address
     ] {
         let o = &s.job(&[action])[0];
         assert!(o.eperm(), "{action}: {o:?}");

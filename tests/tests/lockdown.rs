@@ -196,3 +196,35 @@ fn unknown_runner_is_a_user_error() {
         out.stderr
     );
 }
+
+#[test]
+fn lockdown_cuts_connections_opened_before_it() {
+    if !privileged("lockdown_cuts_connections_opened_before_it") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    // Connect now, send again in 1.5 s; the lockdown comes in between.
+    let held = s.start_job(&["tcp-hold:203.0.113.10:443:1500"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cli(&s.world, &["lockdown", "--runner", "ci"]).code, 0);
+    let held = &held.wait()[0];
+    assert!(
+        !held.ok(),
+        "an established connection carries nothing after lockdown: {held:?}"
+    );
+    assert!(
+        s.wait_event(|e| e["hook"] == "egress" && e["reason"] == "lockdown")
+            .is_some(),
+        "the backstop reports the dropped packets"
+    );
+    // With --keep-forge, a connection to the forge keeps working.
+    assert_eq!(cli(&s.world, &["unlock"]).code, 0);
+    let held = s.start_job(&["tcp-hold:203.0.113.10:443:1500"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cli(&s.world, &["lockdown", "--keep-forge"]).code, 0);
+    let held = &held.wait()[0];
+    assert!(
+        held.ok(),
+        "the forge connection survives --keep-forge: {held:?}"
+    );
+}

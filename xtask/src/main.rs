@@ -63,6 +63,8 @@ enum Bench {
     Lockdown,
     /// Time to apply 10,000 CIDRs from scratch and a one-line change.
     Reload,
+    /// TCP bulk throughput with and without egret's packet-level backstop.
+    Stream,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 Bench::Connect => "bench-connect",
                 Bench::Lockdown => "bench-lockdown",
                 Bench::Reload => "bench-reload",
+                Bench::Stream => "bench-stream",
             };
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }
@@ -220,11 +223,12 @@ const VECTORS: &[(&str, &[&str])] = &[
         &["socket_kinds_no_hook_can_judge_are_refused_at_socket"],
     ),
     (
-        "ping sockets (unconnected sendto)",
-        &[
-            "socket_kinds_no_hook_can_judge_are_refused_at_socket",
-            "a_runner_can_opt_back_into_ping",
-        ],
+        "ping sockets (unconnected sendto): egress backstop",
+        &["ping_is_judged_packet_by_packet"],
+    ),
+    (
+        "raw sockets a runner opts into: egress backstop",
+        &["raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop"],
     ),
     (
         "SCTP, MPTCP and other socket kinds",
@@ -244,6 +248,10 @@ const VECTORS: &[(&str, &[&str])] = &[
     (
         "non-root job leaving its cgroup",
         &["a_non_root_job_cannot_leave_its_cgroup"],
+    ),
+    (
+        "connections opened before a lockdown",
+        &["lockdown_cuts_connections_opened_before_it"],
     ),
     (
         "agent killed or restarting",

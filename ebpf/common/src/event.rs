@@ -45,6 +45,8 @@ pub mod hook {
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
     pub const SOCK_CREATE: u8 = 5;
+    /// The packet-level backstop.
+    pub const EGRESS: u8 = 6;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -53,6 +55,7 @@ pub mod hook {
             SENDMSG4 => "sendmsg4",
             SENDMSG6 => "sendmsg6",
             SOCK_CREATE => "sock_create",
+            EGRESS => "egress",
             _ => "unknown",
         }
     }

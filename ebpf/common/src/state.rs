@@ -16,9 +16,6 @@ pub mod flags {
     /// Socket kinds the connect and sendmsg hooks cannot police, allowed by
     /// the runner's `sockets:` setting. Without them `socket()` gets EPERM.
     pub const SOCK_RAW: u32 = 1 << 2;
-    /// ICMP echo ("ping") sockets: a connected ping is judged at connect, but
-    /// an unconnected `sendto` passes no hook.
-    pub const SOCK_PING: u32 = 1 << 3;
     pub const SOCK_SCTP: u32 = 1 << 4;
     /// `loopback: allow`: any loopback destination. Neither this nor
     /// LOOPBACK_DENY (the default, `loopback: own`): only listeners created

@@ -14,11 +14,12 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock,
+        bpf_skb_cgroup_id,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use egret_common::{
     addr::{self, Addr},
@@ -118,7 +119,9 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
     let permitted = match (ty, protocol) {
         (SOCK_STREAM, p) if p == u32::from(egret_common::rules::proto::IPPROTO_TCP) => true,
         (SOCK_DGRAM, p) if p == u32::from(egret_common::rules::proto::IPPROTO_UDP) => true,
-        (SOCK_DGRAM, _) if icmp => state.has(flags::SOCK_PING),
+        // Ping sockets: connect is judged by the connect hooks, an
+        // unconnected sendto by the egress backstop.
+        (SOCK_DGRAM, _) if icmp => true,
         (SOCK_RAW, _) => state.has(flags::SOCK_RAW),
         (_, IPPROTO_SCTP) => state.has(flags::SOCK_SCTP),
         _ => false,
@@ -136,7 +139,15 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
         hook: hook::SOCK_CREATE,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    report_kind(runner, &dst, ty as u8, now);
+    emit(
+        runner,
+        &dst,
+        reason::SOCKET_KIND,
+        action::DENY,
+        ty as u8,
+        now,
+        &task_origin(),
+    );
     DENY
 }
 
@@ -225,6 +236,96 @@ pub fn egret_sock_release(ctx: SockContext) -> i32 {
     ALLOW
 }
 
+/// The packet-level backstop. TCP and UDP were judged at connect or sendmsg;
+/// every other packet leaving a job's socket (ICMP from ping sockets, raw
+/// sockets a runner opted into) is judged here by its IP header, whatever
+/// the socket's family. Anything unreadable is dropped.
+#[cgroup_skb(egress)]
+pub fn egret_egress(ctx: SkBuffContext) -> i32 {
+    backstop(&ctx).unwrap_or(DENY)
+}
+
+#[inline(always)]
+fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
+    let first: u8 = ctx.load(0)?;
+    // The fast path reads only what it needs: version, protocol, socket type.
+    let (family, proto, l4) = match first >> 4 {
+        4 => (4, ctx.load::<u8>(9)?, usize::from(first & 0x0f) * 4),
+        6 => (6, ctx.load::<u8>(6)?, 40),
+        _ => return Ok(DENY),
+    };
+    let tcp_or_udp = proto == egret_common::rules::proto::IPPROTO_TCP
+        || proto == egret_common::rules::proto::IPPROTO_UDP;
+    // TCP and UDP from TCP and UDP sockets were judged at connect or
+    // sendmsg. A raw socket can craft them, so those are judged here.
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's socket pointer, null-checked before use; the
+    // verifier checks the accesses.
+    let sock_type = unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            SOCK_RAW
+        } else {
+            let full = bpf_sk_fullsock(sk);
+            if full.is_null() {
+                SOCK_RAW
+            } else {
+                (*full).type_
+            }
+        }
+    };
+    // Established flows pass without lookups, except under lockdown, which
+    // must cut connections opened before it too.
+    if tcp_or_udp && sock_type != SOCK_RAW && !locked_down() {
+        return Ok(ALLOW);
+    }
+    let given = if family == 4 {
+        addr::mapped_v4(ctx.load::<[u8; 4]>(16)?)
+    } else {
+        ctx.load::<[u8; 16]>(24)?
+    };
+    let icmp = proto == egret_common::rules::proto::IPPROTO_ICMP
+        || proto == egret_common::rules::proto::IPPROTO_ICMPV6;
+    // Pinging the host itself reaches no service.
+    if icmp && addr::is_loopback(&addr::normalize(given)) {
+        return Ok(ALLOW);
+    }
+    let port = if tcp_or_udp {
+        u16::from_be(ctx.load::<u16>(l4 + 2)?)
+    } else {
+        0
+    };
+    let dst = Destination {
+        given,
+        netns: 0,
+        port,
+        proto,
+        family,
+        hook: hook::EGRESS,
+    };
+    Ok(judge_from(&dst, || Origin {
+        pid: 0,
+        comm: [0; 16],
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+    }))
+}
+
+/// Whether a lockdown of this runner, or of every runner, is in force.
+#[inline(always)]
+fn locked_down() -> bool {
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
+        return true;
+    };
+    let active = |l: &Lockdown| l.flags & egret_common::state::lockdown_flags::ACTIVE != 0;
+    if !active(own) && !active(global) {
+        return false;
+    }
+    // Only an active lockdown needs the clock, for its deadline.
+    let now = unsafe { bpf_ktime_get_ns() };
+    own.in_force(now) || global.in_force(now)
+}
+
 /// The destination of a sock_addr call, as the job gave it.
 struct Destination {
     /// What the job passed (v4 in mapped form), reported in events.
@@ -293,6 +394,28 @@ enum Outcome {
 
 #[inline(always)]
 fn judge(dst: &Destination) -> i32 {
+    judge_from(dst, task_origin)
+}
+
+/// Who an event is about: the task for socket hooks; for packets, which
+/// carry no task, the socket's cgroup.
+struct Origin {
+    pid: u32,
+    comm: [u8; 16],
+    cgroup_id: u64,
+}
+
+#[inline(always)]
+fn task_origin() -> Origin {
+    Origin {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+#[inline(always)]
+fn judge_from(dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
     // SAFETY: a plain read of a load-time constant; volatile so the compiler
     // does not fold the default value in.
     let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
@@ -304,12 +427,12 @@ fn judge(dst: &Destination) -> i32 {
         }
         Outcome::Audit(why) => {
             count(runner, counter::AUDITED);
-            report(runner, dst, why, action::AUDIT, now);
+            emit(runner, dst, why, action::AUDIT, 0, now, &origin());
             ALLOW
         }
         Outcome::Deny(why) => {
             count(runner, denial_counter(why));
-            report(runner, dst, why, action::DENY, now);
+            emit(runner, dst, why, action::DENY, 0, now, &origin());
             DENY
         }
     }
@@ -418,35 +541,25 @@ fn count(runner: u32, kind: u32) {
     }
 }
 
-#[inline(always)]
-fn report_kind(runner: u32, dst: &Destination, sock_type: u8, now: u64) {
-    emit(
-        runner,
-        dst,
-        reason::SOCKET_KIND,
-        action::DENY,
-        sock_type,
-        now,
-    );
-}
-
-#[inline(always)]
-fn report(runner: u32, dst: &Destination, why: u8, act: u8, now: u64) {
-    emit(runner, dst, why, act, 0, now);
-}
-
 /// Never blocks: a full ring buffer costs an event, counted, not a verdict.
 #[inline(always)]
-fn emit(runner: u32, dst: &Destination, why: u8, act: u8, sock_type: u8, now: u64) {
+fn emit(
+    runner: u32,
+    dst: &Destination,
+    why: u8,
+    act: u8,
+    sock_type: u8,
+    now: u64,
+    origin: &Origin,
+) {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         count(runner, counter::EVENTS_DROPPED);
         return;
     };
-    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
     slot.write(Event {
         time_ns: now,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        cgroup_id: origin.cgroup_id,
+        pid: origin.pid,
         runner,
         port: dst.port,
         family: dst.family,
@@ -456,7 +569,7 @@ fn emit(runner: u32, dst: &Destination, why: u8, act: u8, sock_type: u8, now: u6
         hook: dst.hook,
         sock_type,
         addr: dst.given,
-        comm,
+        comm: origin.comm,
     });
     slot.submit(0);
 }

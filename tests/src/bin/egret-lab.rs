@@ -44,6 +44,15 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: u32,
     },
+    /// TCP bulk throughput from a job cgroup without egret and with egret,
+    /// whose egress backstop sees every packet.
+    BenchStream {
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+        /// Megabytes per round.
+        #[arg(long, default_value_t = 400)]
+        megabytes: u32,
+    },
     BenchConnect {
         /// Alternating rounds per side.
         #[arg(long, default_value_t = 12)]
@@ -66,6 +75,7 @@ fn main() -> ExitCode {
         Command::BenchConnect { rounds, connects } => bench_connect(rounds, connects),
         Command::BenchLockdown { runs } => bench_lockdown(runs),
         Command::BenchReload { runs } => bench_reload(runs),
+        Command::BenchStream { rounds, megabytes } => bench_stream(rounds, megabytes),
     }
 }
 
@@ -367,6 +377,43 @@ fn bench_reload(runs: u32) -> ExitCode {
         "  one-line change:          median {:.1} ms, worst {:.1} ms (target < 50 ms)",
         ms(&delta[delta.len() / 2]),
         ms(delta.last().expect("runs"))
+    );
+    ExitCode::SUCCESS
+}
+
+fn bench_stream(rounds: u32, megabytes: u32) -> ExitCode {
+    let world = World::new();
+    let mut cgroup = TestCgroup::new("egret-bench");
+    cgroup.child("bare");
+    let guarded = cgroup.child("egret");
+    let policy = world.path("bench.yaml");
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9001]\n"
+        ),
+    );
+    let pins = Pins::new(&world);
+    let _agent = Agent::start(&world, &pins, &policy, &[]);
+    let action = format!("bulk:{}:{megabytes}", world::BENCH_DISCARD);
+    let (mut bare, mut guarded_rates) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (rel, rates) in [("bare", &mut bare), ("egret", &mut guarded_rates)] {
+            let o = job::one(&world.host, Some(&cgroup.procs(rel)), &action);
+            assert!(o.ok(), "{rel}: {o:?}");
+            let secs = o.elapsed_ns.expect("elapsed") as f64 / 1e9;
+            rates.push(f64::from(megabytes) * 8.0 / 1000.0 / secs);
+        }
+    }
+    let (b, e) = (median(&mut bare), median(&mut guarded_rates));
+    println!(
+        "egret bench stream: TCP bulk over the test world's veth, {rounds} alternating rounds of {megabytes} MB"
+    );
+    println!("  without egret:            {b:>7.2} Gbit/s (median)");
+    println!("  with egret (backstop on): {e:>7.2} Gbit/s (median)");
+    println!(
+        "  ratio:                    {:>7.1}% (target >= 97%)",
+        100.0 * e / b
     );
     ExitCode::SUCCESS
 }

@@ -91,6 +91,19 @@ fn serve(specs: &[String]) -> ExitCode {
                     }
                 });
             }
+            // Read and throw away everything: for throughput benchmarks.
+            "discard" => {
+                let listener = deep_listener(addr);
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        std::thread::spawn(move || {
+                            let mut stream = stream;
+                            let mut buf = vec![0u8; 1 << 16];
+                            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                        });
+                    }
+                });
+            }
             "udp" => {
                 let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
                 std::thread::spawn(move || {
@@ -525,6 +538,27 @@ fn run_action(action: &str) -> Outcome {
             Ok(()) => success(action),
             Err(e) => failure(action, &e),
         },
+        // Send MB megabytes over one TCP connection: bulk:ADDR:PORT:MB.
+        "bulk" => {
+            let (addr, mb) = rest.rsplit_once(':').expect("bulk:ADDR:MB");
+            let mb: u64 = mb.parse().expect("MB");
+            let mut stream = match TcpStream::connect_timeout(&parse(addr), TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return failure(action, &e),
+            };
+            let chunk = vec![0x5au8; 1 << 20];
+            let start = Instant::now();
+            for _ in 0..mb {
+                if let Err(e) = stream.write_all(&chunk) {
+                    return failure(action, &e);
+                }
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut o = success(action);
+            o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
+            o.count = Some(mb);
+            o
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
             success(action)
