@@ -453,7 +453,7 @@ fn status(args: &StatusArgs) -> ExitCode {
             let pins = Pins::new(&args.pins.bpffs);
             match egret::datapath::Maps::from_pins(&pins) {
                 Ok(maps) => {
-                    let cgroups = recorded_cgroups(&args.pins.state_dir);
+                    let cgroups = egret::lockdown::recorded_cgroups(&args.pins.state_dir);
                     egret::status::from_pins(&maps, &pins, &cgroups, &args.pins.state_dir)
                 }
                 Err(e) => {
@@ -480,24 +480,6 @@ fn status(args: &StatusArgs) -> ExitCode {
         print!("{}", egret::status::render(&status));
     }
     ExitCode::SUCCESS
-}
-
-fn recorded_cgroups(state_dir: &std::path::Path) -> std::collections::HashMap<String, String> {
-    let Ok(bytes) = std::fs::read(state_dir.join(egret::lockdown::APPLIED)) else {
-        return Default::default();
-    };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    v["runners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            Some((
-                r["name"].as_str()?.to_owned(),
-                r["cgroup"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
 }
 
 fn events(args: &EventsArgs) -> ExitCode {

@@ -4,6 +4,7 @@
 //! change is appended to an audit log in the state directory.
 
 use std::{
+    collections::HashMap,
     io::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -90,45 +91,60 @@ pub struct Report {
     pub took: Duration,
 }
 
+#[derive(Clone)]
 struct Target {
     name: String,
     id: u32,
     cgroup_id: u64,
 }
 
-fn targets(maps: &Maps, names: &[String]) -> Result<Vec<Target>, LockdownError> {
-    let records = maps.runner_records();
-    if names.is_empty() {
-        return Ok(vec![Target {
+impl Target {
+    /// The host-wide entry, which covers every runner.
+    fn every_runner() -> Self {
+        Self {
             name: "*".into(),
             id: GLOBAL_RUNNER,
             cgroup_id: 0,
-        }]);
+        }
     }
+
+    fn installed(maps: &Maps) -> Vec<Self> {
+        maps.runner_records()
+            .into_iter()
+            .map(|(name, r)| Self {
+                name,
+                id: r.id,
+                cgroup_id: r.cgroup_id,
+            })
+            .collect()
+    }
+}
+
+fn targets(maps: &Maps, names: &[String]) -> Result<Vec<Target>, LockdownError> {
+    if names.is_empty() {
+        return Ok(vec![Target::every_runner()]);
+    }
+    let installed = Target::installed(maps);
     names
         .iter()
         .map(|name| {
-            records
+            installed
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(n, r)| Target {
-                    name: n.clone(),
-                    id: r.id,
-                    cgroup_id: r.cgroup_id,
-                })
+                .find(|t| &t.name == name)
+                .cloned()
                 .ok_or_else(|| LockdownError::UnknownRunner {
                     name: name.clone(),
-                    known: known(&records),
+                    known: known(&installed),
                 })
         })
         .collect()
 }
 
-fn known(records: &[(String, egret_common::state::RunnerRecord)]) -> String {
-    if records.is_empty() {
+fn known(installed: &[Target]) -> String {
+    if installed.is_empty() {
         return "none".into();
     }
-    let mut names: Vec<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+    let mut names: Vec<&str> = installed.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     names.join(", ")
 }
@@ -193,38 +209,19 @@ pub fn unlock(pins: &Pins, state_dir: &Path, names: &[String]) -> Result<Report,
     let mut maps = Maps::from_pins(pins)?;
     let mut targets = targets(&maps, names)?;
     if names.is_empty() {
-        targets.extend(maps.runner_records().into_iter().map(|(name, r)| Target {
-            name,
-            id: r.id,
-            cgroup_id: r.cgroup_id,
-        }));
+        targets.extend(Target::installed(&maps));
     }
     let mut to_thaw = Vec::new();
     for t in &targets {
         let old = maps.lockdown_of(t.id)?;
         if old.flags & lockdown_flags::FROZE != 0 {
-            to_thaw.push(t);
+            to_thaw.push(t.clone());
         }
         maps.set_lockdown(t.id, Lockdown::default())?;
     }
     let took = started.elapsed();
     let mut thawed = Vec::new();
-    // A host-wide freeze froze every runner.
-    let thaw_all = to_thaw.iter().any(|t| t.id == GLOBAL_RUNNER);
-    let thaw: Vec<&Target> = if thaw_all {
-        targets.iter().collect()
-    } else {
-        to_thaw
-    };
-    let thaw_targets: Vec<Target> = thaw
-        .iter()
-        .map(|t| Target {
-            name: t.name.clone(),
-            id: t.id,
-            cgroup_id: t.cgroup_id,
-        })
-        .collect();
-    for dir in cgroups_of(&maps, state_dir, &thaw_targets).unwrap_or_default() {
+    for dir in cgroups_of(&maps, state_dir, &to_thaw).unwrap_or_default() {
         if write_freeze(&dir, false).is_ok() {
             thawed.push(dir.display().to_string());
         }
@@ -257,36 +254,21 @@ pub fn unlock(pins: &Pins, state_dir: &Path, names: &[String]) -> Result<Report,
 pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Vec<String>, LockdownError> {
     let now = monotonic_ns();
     let mut expired = Vec::new();
-    let mut all: Vec<Target> = vec![Target {
-        name: "*".into(),
-        id: GLOBAL_RUNNER,
-        cgroup_id: 0,
-    }];
-    all.extend(maps.runner_records().into_iter().map(|(name, r)| Target {
-        name,
-        id: r.id,
-        cgroup_id: r.cgroup_id,
-    }));
+    let mut all = vec![Target::every_runner()];
+    all.extend(Target::installed(maps));
     let mut thaw = Vec::new();
-    for t in &all {
+    for t in all {
         let l = maps.lockdown_of(t.id)?;
         if l.flags & lockdown_flags::ACTIVE != 0 && !l.in_force(now) {
             maps.set_lockdown(t.id, Lockdown::default())?;
-            if l.flags & lockdown_flags::FROZE != 0 {
-                thaw.push(t.id);
-            }
             expired.push(t.name.clone());
+            if l.flags & lockdown_flags::FROZE != 0 {
+                thaw.push(t);
+            }
         }
     }
-    if !thaw.is_empty() {
-        let thaw_all = thaw.contains(&GLOBAL_RUNNER);
-        let chosen: Vec<Target> = all
-            .into_iter()
-            .filter(|t| t.id != GLOBAL_RUNNER && (thaw_all || thaw.contains(&t.id)))
-            .collect();
-        for dir in cgroups_of(maps, state_dir, &chosen).unwrap_or_default() {
-            let _ = write_freeze(&dir, false);
-        }
+    for dir in cgroups_of(maps, state_dir, &thaw).unwrap_or_default() {
+        let _ = write_freeze(&dir, false);
     }
     if !expired.is_empty() {
         append_audit(
@@ -301,8 +283,8 @@ pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Vec<String>, Lockdown
     Ok(expired)
 }
 
-/// The cgroup directories of the targets (every installed runner for the
-/// host-wide target). Paths come from what the agent recorded and are
+/// The cgroup directories of the targets; the host-wide target stands for
+/// every installed runner. Paths come from what the agent recorded and are
 /// checked against the pinned cgroup id; failing that, the tree is searched.
 fn cgroups_of(
     maps: &Maps,
@@ -315,31 +297,16 @@ fn cgroups_of(
         source: std::io::Error::other(e.to_string()),
     })?;
     let recorded = recorded_cgroups(state_dir);
-    let expanded: Vec<Target> = if targets.iter().any(|t| t.id == GLOBAL_RUNNER) {
-        maps.runner_records()
-            .into_iter()
-            .map(|(name, r)| Target {
-                name,
-                id: r.id,
-                cgroup_id: r.cgroup_id,
-            })
-            .collect()
+    let expanded = if targets.iter().any(|t| t.id == GLOBAL_RUNNER) {
+        Target::installed(maps)
     } else {
-        targets
-            .iter()
-            .map(|t| Target {
-                name: t.name.clone(),
-                id: t.id,
-                cgroup_id: t.cgroup_id,
-            })
-            .collect()
+        targets.to_vec()
     };
     let mut dirs = Vec::new();
     for t in expanded {
         let from_record = recorded
-            .iter()
-            .find(|(n, _)| *n == t.name)
-            .map(|(_, rel)| runners::cgroup_dir(&root, rel))
+            .get(&t.name)
+            .map(|rel| runners::cgroup_dir(&root, rel))
             .filter(|dir| runners::cgroup_id(dir).is_ok_and(|id| id == t.cgroup_id));
         let dir = from_record
             .or_else(|| {
@@ -352,26 +319,24 @@ fn cgroups_of(
     Ok(dirs)
 }
 
-fn recorded_cgroups(state_dir: &Path) -> Vec<(String, String)> {
+/// Runner name → cgroup (as the policy names it), as the agent last
+/// recorded in the state directory; empty when it never ran there.
+pub fn recorded_cgroups(state_dir: &Path) -> HashMap<String, String> {
     let Ok(bytes) = std::fs::read(state_dir.join(APPLIED)) else {
-        return Vec::new();
+        return HashMap::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Vec::new();
-    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     v["runners"]
         .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|r| {
-                    Some((
-                        r["name"].as_str()?.to_owned(),
-                        r["cgroup"].as_str()?.to_owned(),
-                    ))
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["name"].as_str()?.to_owned(),
+                r["cgroup"].as_str()?.to_owned(),
+            ))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn write_freeze(dir: &Path, frozen: bool) -> Result<(), LockdownError> {
