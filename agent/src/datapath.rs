@@ -229,44 +229,38 @@ impl Maps {
         if !pins.map(names::STATE).exists() {
             return Err(DatapathError::NotInstalled(pins.root.clone()));
         }
-        let open = |name: &'static str| -> Result<aya::maps::Map> {
+        let mut open = |name: &'static str| -> Result<aya::maps::Map> {
             let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
             aya::maps::Map::from_map_data(data).map_err(map_err(name))
         };
-        Ok(Self {
-            state: Array::try_from(open(names::STATE)?).map_err(map_err(names::STATE))?,
-            lockdown: Array::try_from(open(names::LOCKDOWN)?).map_err(map_err(names::LOCKDOWN))?,
-            runners: BpfHashMap::try_from(open(names::RUNNERS)?)
-                .map_err(map_err(names::RUNNERS))?,
-            cidrs: LpmTrie::try_from(open(names::CIDRS)?).map_err(map_err(names::CIDRS))?,
-            learned: BpfHashMap::try_from(open(names::LEARNED)?)
-                .map_err(map_err(names::LEARNED))?,
-            metadata: LpmTrie::try_from(open(names::METADATA)?)
-                .map_err(map_err(names::METADATA))?,
-            lateral: LpmTrie::try_from(open(names::LATERAL)?).map_err(map_err(names::LATERAL))?,
-            counters: PerCpuArray::try_from(open(names::COUNTERS)?)
-                .map_err(map_err(names::COUNTERS))?,
-        })
+        let runners = typed(names::RUNNERS, &mut open)?;
+        Self::assemble(runners, &mut open)
     }
 
     fn from_ebpf(ebpf: &mut Ebpf, pins: &Pins) -> Result<(Self, RingBuf<MapData>)> {
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
-        let maps = Self {
-            state: Array::try_from(take(names::STATE)?).map_err(map_err(names::STATE))?,
-            lockdown: Array::try_from(take(names::LOCKDOWN)?).map_err(map_err(names::LOCKDOWN))?,
-            runners: runner_table(pins)?,
-            cidrs: LpmTrie::try_from(take(names::CIDRS)?).map_err(map_err(names::CIDRS))?,
-            learned: BpfHashMap::try_from(take(names::LEARNED)?)
-                .map_err(map_err(names::LEARNED))?,
-            metadata: LpmTrie::try_from(take(names::METADATA)?)
-                .map_err(map_err(names::METADATA))?,
-            lateral: LpmTrie::try_from(take(names::LATERAL)?).map_err(map_err(names::LATERAL))?,
-            counters: PerCpuArray::try_from(take(names::COUNTERS)?)
-                .map_err(map_err(names::COUNTERS))?,
-        };
-        let events = RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?;
+        let maps = Self::assemble(runner_table(pins)?, &mut take)?;
+        let events = typed(names::EVENTS, &mut take)?;
         Ok((maps, events))
+    }
+
+    /// The typed handles, whatever `source` draws the maps from (their pins,
+    /// or a freshly loaded object).
+    fn assemble(
+        runners: BpfHashMap<MapData, RunnerName, RunnerRecord>,
+        source: &mut impl FnMut(&'static str) -> Result<aya::maps::Map>,
+    ) -> Result<Self> {
+        Ok(Self {
+            state: typed(names::STATE, source)?,
+            lockdown: typed(names::LOCKDOWN, source)?,
+            runners,
+            cidrs: typed(names::CIDRS, source)?,
+            learned: typed(names::LEARNED, source)?,
+            metadata: typed(names::METADATA, source)?,
+            lateral: typed(names::LATERAL, source)?,
+            counters: typed(names::COUNTERS, source)?,
+        })
     }
 
     pub fn runner_records(&self) -> Vec<(String, RunnerRecord)> {
@@ -594,6 +588,17 @@ fn attach_one(
     Ok(prog.take_link(id)?.try_into())
 }
 
+/// One map from `source`, as its typed handle.
+fn typed<T>(
+    name: &'static str,
+    source: &mut impl FnMut(&'static str) -> Result<aya::maps::Map>,
+) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    T::try_from(source(name)?).map_err(map_err(name))
+}
+
 /// The runner name table is used by userspace only (the programs know their
 /// own id), so it is not part of the kernel object: create and pin it here.
 fn runner_table(pins: &Pins) -> Result<BpfHashMap<MapData, RunnerName, RunnerRecord>> {
@@ -693,6 +698,17 @@ pub fn addr_of(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => mapped_v4(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map entry stands for; IPv4-mapped entries are IPv4.
+pub fn ip_of(addr: Addr) -> IpAddr {
+    if egret_common::addr::is_mapped_v4(&addr) {
+        IpAddr::V4(std::net::Ipv4Addr::new(
+            addr[12], addr[13], addr[14], addr[15],
+        ))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(addr))
     }
 }
 

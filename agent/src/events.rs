@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -19,7 +19,7 @@ use egret_common::{
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::{resolver::Learning, runners};
+use crate::{datapath, resolver::Learning, runners};
 
 /// What the enricher needs to know about the runners, shared with the agent
 /// loop that keeps it current.
@@ -78,14 +78,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// The destination as the job gave it: a v6 socket's mapped address stays v6.
 pub fn destination(ev: &Event) -> IpAddr {
-    if ev.family == 4 && addr::is_mapped_v4(&ev.addr) {
-        IpAddr::V4(Ipv4Addr::new(
-            ev.addr[12],
-            ev.addr[13],
-            ev.addr[14],
-            ev.addr[15],
-        ))
+    if ev.family == 4 {
+        datapath::ip_of(ev.addr)
     } else {
         IpAddr::V6(Ipv6Addr::from(ev.addr))
     }
@@ -93,12 +89,7 @@ pub fn destination(ev: &Event) -> IpAddr {
 
 /// The address policy was judged on, which `host` attribution is keyed by.
 fn judged(ev: &Event) -> IpAddr {
-    let norm = addr::normalize(ev.addr);
-    if addr::is_mapped_v4(&norm) {
-        IpAddr::V4(Ipv4Addr::new(norm[12], norm[13], norm[14], norm[15]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(norm))
-    }
+    datapath::ip_of(addr::normalize(ev.addr))
 }
 
 fn socket_type_name(t: u8) -> &'static str {

@@ -14,6 +14,18 @@ pub const fn mapped_v4(v4: [u8; 4]) -> Addr {
     ]
 }
 
+/// An IPv6 address from the four 32-bit words the kernel hands programs
+/// (`user_ip6`, `src_ip6`), each already in network byte order in memory.
+#[inline(always)]
+pub fn from_words(words: [u32; 4]) -> Addr {
+    let mut a = [0u8; 16];
+    a[0..4].copy_from_slice(&words[0].to_ne_bytes());
+    a[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    a[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    a[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    a
+}
+
 #[inline(always)]
 pub const fn is_mapped_v4(a: &Addr) -> bool {
     a[0] == 0
@@ -86,6 +98,16 @@ mod tests {
         nat64[..4].copy_from_slice(&[0x00, 0x64, 0xff, 0x9b]);
         nat64[12..].copy_from_slice(&[169, 254, 169, 254]);
         assert_eq!(normalize(nat64), mapped_v4([169, 254, 169, 254]));
+    }
+
+    #[test]
+    fn words_keep_their_memory_order() {
+        let ip: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let words = [0, 1, 2, 3]
+            .map(|i| u32::from_ne_bytes([ip[4 * i], ip[4 * i + 1], ip[4 * i + 2], ip[4 * i + 3]]));
+        assert_eq!(from_words(words), ip);
     }
 
     #[test]

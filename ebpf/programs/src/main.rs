@@ -206,12 +206,7 @@ pub fn egret_post_bind6(ctx: SockContext) -> i32 {
             (*sk).src_ip6[3],
         ]
     };
-    let mut a = [0u8; 16];
-    a[0..4].copy_from_slice(&words[0].to_ne_bytes());
-    a[4..8].copy_from_slice(&words[1].to_ne_bytes());
-    a[8..12].copy_from_slice(&words[2].to_ne_bytes());
-    a[12..16].copy_from_slice(&words[3].to_ne_bytes());
-    note_listener(&ctx, addr::is_loopback(&a))
+    note_listener(&ctx, addr::is_loopback(&addr::from_words(words)))
 }
 
 /// Forgets a listener when its socket goes away, so a host service that
@@ -370,11 +365,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
             (*sa).protocol,
         )
     };
-    let mut given = [0u8; 16];
-    given[0..4].copy_from_slice(&w0.to_ne_bytes());
-    given[4..8].copy_from_slice(&w1.to_ne_bytes());
-    given[8..12].copy_from_slice(&w2.to_ne_bytes());
-    given[12..16].copy_from_slice(&w3.to_ne_bytes());
+    let given = addr::from_words([w0, w1, w2, w3]);
     let dst = Destination {
         netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         given,
