@@ -330,7 +330,7 @@ impl Agent {
         let all: HashSet<u32> = ids.values().copied().collect();
         let changed = self.datapath.sync_cidrs(&all, &desired_cidrs)?;
         tracing::debug!(changed, "CIDR entries synced");
-        self.sync_learned()?;
+        self.sync_learned(&all)?;
 
         for runner in &policy.runners {
             if !runner.patterns.is_empty() {
@@ -464,25 +464,14 @@ impl Agent {
         }
     }
 
-    fn sync_learned(&mut self) -> Result<(), DatapathError> {
+    /// Syncs the learned-IP map for `runners`. Entries no answer backs any
+    /// more are removed only for runners all of whose hosts have had an
+    /// answer (a runner with no hosts has nothing to wait for).
+    fn sync_learned(&mut self, runners: &HashSet<u32>) -> Result<(), DatapathError> {
         let (desired, settled): (_, HashSet<u32>) = self.learning(|l| {
-            let settled = l
-                .tracked
-                .iter()
-                .map(|t| t.runner)
-                .filter(|r| l.settled(*r))
-                .collect();
+            let settled = runners.iter().copied().filter(|r| l.settled(*r)).collect();
             (l.desired(Instant::now()), settled)
         });
-        // Runners with no hosts at all are settled too: nothing justifies
-        // learned entries for them.
-        let mut settled = settled;
-        settled.extend(
-            self.ids
-                .values()
-                .copied()
-                .filter(|id| self.learning(|l| !l.tracked.iter().any(|t| t.runner == *id))),
-        );
         let changed = self.datapath.sync_learned(&settled, &desired)?;
         tracing::debug!(changed, entries = desired.len(), "learned entries synced");
         Ok(())
@@ -490,7 +479,8 @@ impl Agent {
 
     async fn refresh(&mut self) -> Result<(), DatapathError> {
         self.resolve_due().await;
-        self.sync_learned()
+        let runners: HashSet<u32> = self.ids.values().copied().collect();
+        self.sync_learned(&runners)
     }
 }
 
