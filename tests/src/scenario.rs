@@ -12,6 +12,16 @@ use crate::{
 
 pub const RUNNER: &str = "ci";
 
+/// Allow entries most tests start from: the forge on TCP 443 by address,
+/// and a registry by name (two addresses in the fixture zone).
+pub const FORGE_AND_REGISTRY: &str = "\
+- cidr: 203.0.113.10/32
+  ports: [443]
+  proto: tcp
+- host: registry.test
+  ports: [443]
+";
+
 /// Fields drop in order: the agent stops, the pins are torn down, the cgroup
 /// is emptied and removed, then the namespaces go.
 pub struct Scenario {

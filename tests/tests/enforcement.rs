@@ -2,15 +2,14 @@
 
 use std::time::Duration;
 
-use egret_tests::{privileged, scenario::Scenario, world};
+use egret_tests::{
+    privileged,
+    scenario::{self, Scenario},
+    world,
+};
 
-const ALLOW: &str = "\
-- cidr: 203.0.113.10/32
-  ports: [443]
-  proto: tcp
-- host: registry.test
-  ports: [443]
-";
+/// The forge on 443 by address, a registry by name.
+const ALLOW: &str = scenario::FORGE_AND_REGISTRY;
 
 #[test]
 fn allowed_cidr_and_port_connect() {

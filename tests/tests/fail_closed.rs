@@ -10,13 +10,8 @@ use egret_tests::{
     world,
 };
 
-const ALLOW: &str = "\
-- cidr: 203.0.113.10/32
-  ports: [443]
-  proto: tcp
-- host: registry.test
-  ports: [443]
-";
+/// The forge on 443 by address, a registry by name.
+const ALLOW: &str = scenario::FORGE_AND_REGISTRY;
 
 #[test]
 fn sigkill_leaves_enforcement_in_place_and_a_restart_resumes_it() {

@@ -17,6 +17,19 @@ fn lateral() -> Vec<IpNet> {
     crate::baseline::lateral_nets().collect()
 }
 
+/// Compiles the entries of a single runner, id 1.
+fn compile_one(rules: &[CidrRule]) -> HashMap<CidrEntryKey, PortRules> {
+    compile_cidrs(
+        &[RunnerCidrs {
+            id: 1,
+            name: "ci",
+            cidrs: rules,
+        }],
+        &lateral(),
+    )
+    .unwrap()
+}
+
 fn entry<'a>(out: &'a HashMap<CidrEntryKey, PortRules>, runner: u32, net: &str) -> &'a PortRules {
     let (prefix, addr) = trie_prefix(&net.parse().unwrap());
     &out[&(32 + prefix, CidrKey::new(runner, addr))]
@@ -37,15 +50,7 @@ fn narrower_entries_inherit_the_ports_of_wider_ones() {
         rule("203.0.0.0/8", &[(443, 443)]),
         rule("203.0.113.0/24", &[(22, 22)]),
     ];
-    let out = compile_cidrs(
-        &[RunnerCidrs {
-            id: 1,
-            name: "ci",
-            cidrs: &rules,
-        }],
-        &lateral(),
-    )
-    .unwrap();
+    let out = compile_one(&rules);
     let narrow = entry(&out, 1, "203.0.113.0/24");
     assert!(narrow.permits(22, proto::IPPROTO_TCP));
     assert!(narrow.permits(443, proto::IPPROTO_TCP));
@@ -83,15 +88,7 @@ fn only_entries_that_name_a_neighbour_may_open_it() {
         rule("0.0.0.0/0", &[(443, 443)]),
         rule("10.0.0.5/32", &[(22, 22)]),
     ];
-    let out = compile_cidrs(
-        &[RunnerCidrs {
-            id: 1,
-            name: "ci",
-            cidrs: &rules,
-        }],
-        &lateral(),
-    )
-    .unwrap();
+    let out = compile_one(&rules);
     let everything = entry(&out, 1, "0.0.0.0/0");
     assert_eq!(everything.flags & rules_flags::LATERAL_OK, 0);
     let neighbour = entry(&out, 1, "10.0.0.5/32");
