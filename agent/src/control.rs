@@ -10,6 +10,7 @@
 //! size and time, connections in number, and a subscriber that cannot keep
 //! up is cut off with a notice, so no client can stall the agent.
 
+use crate::IoError;
 use std::{
     collections::VecDeque,
     io::{BufRead as _, BufReader, Write as _},
@@ -39,13 +40,8 @@ pub const FOLLOW_BACKLOG: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("no agent is listening on {0} (is `egret agent` running, with this --socket?)")]
     NoAgent(PathBuf),
     #[error("the agent refused: {0}")]
@@ -138,11 +134,7 @@ fn error_line(message: &str) -> String {
 /// Creates the socket: parent directory, stale socket removed, mode 0600
 /// (0660 and the group when one is given).
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlError> {
-    let io = |op: &'static str, source| ControlError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    };
+    let io = |op: &'static str, source| ControlError::from(IoError::at(op, path)(source));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("create directory for", e))?;
     }
@@ -380,28 +372,18 @@ pub fn request(
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 ControlError::NoAgent(socket.to_owned())
             }
-            _ => ControlError::Io {
-                op: "connect to",
-                path: socket.to_owned(),
-                source: e,
-            },
+            _ => IoError::at("connect to", socket)(e).into(),
         })?;
     let mut line = serde_json::to_vec(body).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(|source| ControlError::Io {
-        op: "write to",
-        path: socket.to_owned(),
-        source,
-    })?;
+    stream
+        .write_all(&line)
+        .map_err(IoError::at("write to", socket))?;
     let mut reader = BufReader::new(stream);
     let mut first = String::new();
     reader
         .read_line(&mut first)
-        .map_err(|source| ControlError::Io {
-            op: "read from",
-            path: socket.to_owned(),
-            source,
-        })?;
+        .map_err(IoError::at("read from", socket))?;
     let reply: Value = serde_json::from_str(&first)
         .map_err(|_| ControlError::Protocol(first.trim().to_owned()))?;
     if reply["ok"] != true {

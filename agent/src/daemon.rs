@@ -1,6 +1,7 @@
 //! `egret agent`: load, pin, attach, keep the maps in step with the policy
 //! and DNS, and stream events. Exiting never removes enforcement.
 
+use crate::IoError;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -52,13 +53,8 @@ pub enum AgentError {
     Control(#[from] crate::control::ControlError),
     #[error("egret agent must run as root: it loads BPF programs and attaches them to cgroups")]
     NotRoot,
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 impl AgentError {
@@ -95,11 +91,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    std::fs::create_dir_all(&opts.state_dir).map_err(|source| AgentError::Io {
-        op: "create state directory",
-        path: opts.state_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(IoError::at("create state directory", &opts.state_dir))?;
     let (datapath, ring) = Datapath::open(opts.pins.clone())?;
     let attribution = Arc::new(Mutex::new(Attribution::new(cgroup_root.clone())));
     {
@@ -142,11 +135,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     notify_ready();
 
     let signal = |kind| {
-        tokio::signal::unix::signal(kind).map_err(|source| AgentError::Io {
-            op: "install signal handler",
-            path: PathBuf::new(),
-            source,
-        })
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| AgentError::from(IoError::at("install signal handler", PathBuf::new())(e)))
     };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -185,7 +175,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     Ok(Ok(())) => {}
                     Err(e) => tracing::error!(error = %e, "event task failed"),
                 }
-                return Err(AgentError::Io { op: "read events from", path: agent.opts.pins.root.clone(), source: std::io::Error::other("event stream ended") });
+                return Err(IoError::at("read events from", &agent.opts.pins.root)(std::io::Error::other("event stream ended")).into());
             }
         }
     }

@@ -6,6 +6,7 @@
 //! - `v<ABI>/links/<runner id>/<program>`: the cgroup links. A pinned link
 //!   stays attached when the agent exits, which is what keeps enforcement on.
 
+use crate::IoError;
 use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
@@ -60,13 +61,8 @@ pub enum DatapathError {
          rebuild it after `cargo xtask setup`"
     )]
     StubBuild,
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error(
         "no egret state under {0}: the agent has never run with this --bpffs, or `egret teardown` removed it"
     )]
@@ -120,11 +116,6 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError {
-    let path = path.to_owned();
-    move |source| DatapathError::Io { op, path, source }
-}
-
 /// Where egret's pins live.
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -169,7 +160,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(root).map_err(io_err("create", root))?;
+    std::fs::create_dir_all(root).map_err(IoError::at("create", root))?;
     if existing_ancestor != root && statfs_type(existing_ancestor) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
@@ -181,11 +172,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
-    .map_err(|e| DatapathError::Io {
-        op: "mount bpffs on",
-        path: root.to_owned(),
-        source: e.into(),
-    })?;
+    .map_err(|e| IoError::at("mount bpffs on", root)(e.into()))?;
     tracing::info!(path = %root.display(), "mounted a bpffs for egret's pins");
     if private_mount_namespace() {
         tracing::warn!(
@@ -333,8 +320,9 @@ impl Datapath {
         }
         ensure_bpffs(&pins.root)?;
         let maps_dir = pins.maps_dir();
-        std::fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
-        std::fs::create_dir_all(pins.links_dir()).map_err(io_err("create", &pins.links_dir()))?;
+        std::fs::create_dir_all(&maps_dir).map_err(IoError::at("create", &maps_dir))?;
+        std::fs::create_dir_all(pins.links_dir())
+            .map_err(IoError::at("create", &pins.links_dir()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)?;
@@ -423,9 +411,9 @@ impl Datapath {
             .default_map_pin_directory(self.pins.maps_dir())
             .override_global("RUNNER_ID", &id, true)
             .load(OBJECT)?;
-        let cgroup = File::open(cgroup_dir).map_err(io_err("open cgroup", cgroup_dir))?;
+        let cgroup = File::open(cgroup_dir).map_err(IoError::at("open cgroup", cgroup_dir))?;
         let dir = self.pins.runner_links_dir(id);
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(IoError::at("create", &dir))?;
         for prog_name in PROGRAMS {
             let prog_err = |source| DatapathError::Program {
                 name: prog_name,
@@ -447,7 +435,7 @@ impl Datapath {
                 path: staging.clone(),
                 source,
             })?;
-            std::fs::rename(&staging, &final_path).map_err(io_err("rename pin", &staging))?;
+            std::fs::rename(&staging, &final_path).map_err(IoError::at("rename pin", &staging))?;
         }
         self.maps
             .runners
@@ -469,7 +457,7 @@ impl Datapath {
     pub fn remove_runner(&mut self, name: &str, id: u32) -> Result<()> {
         let dir = self.pins.runner_links_dir(id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            std::fs::remove_dir_all(&dir).map_err(IoError::at("remove", &dir))?;
         }
         self.maps.set_runner_state(id, RunnerState::default())?;
         if let Some(key) = RunnerName::new(name) {
@@ -614,7 +602,7 @@ fn runner_table(pins: &Pins) -> Result<BpfHashMap<MapData, RunnerName, RunnerRec
             path: staging.clone(),
             source,
         })?;
-        std::fs::rename(&staging, &path).map_err(io_err("rename pin", &staging))?;
+        std::fs::rename(&staging, &path).map_err(IoError::at("rename pin", &staging))?;
     }
     let data = MapData::from_pin(&path).map_err(map_err(names::RUNNERS))?;
     let map = aya::maps::Map::from_map_data(data).map_err(map_err(names::RUNNERS))?;
@@ -822,9 +810,9 @@ pub fn teardown(pins: &Pins) -> Result<bool> {
         // Links first, so no program outlives the maps it was judged against.
         let links = pins.links_dir();
         if links.exists() {
-            std::fs::remove_dir_all(&links).map_err(io_err("remove", &links))?;
+            std::fs::remove_dir_all(&links).map_err(IoError::at("remove", &links))?;
         }
-        std::fs::remove_dir_all(&abi).map_err(io_err("remove", &abi))?;
+        std::fs::remove_dir_all(&abi).map_err(IoError::at("remove", &abi))?;
     }
     if is_mount_point(&pins.root) && statfs_type(&pins.root) == Some(BPF_FS_MAGIC) {
         let _ = nix::mount::umount2(&pins.root, nix::mount::MntFlags::MNT_DETACH);

@@ -16,6 +16,28 @@ pub mod resolver;
 pub mod runners;
 pub mod status;
 
+/// A filesystem or socket operation that failed: what, where, and why.
+/// Every module's error type carries it as its `Io` variant.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct IoError {
+    pub op: &'static str,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// For `map_err`: the operation and the path, waiting for the error.
+    pub fn at(
+        op: &'static str,
+        path: impl AsRef<std::path::Path>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.as_ref().to_owned();
+        move |source| Self { op, path, source }
+    }
+}
+
 /// Default locations; every one can be overridden on the command line so
 /// several agents (or tests) can run side by side.
 pub mod paths {

@@ -3,6 +3,7 @@
 //! at once, need no program reload and work with no agent running. Every
 //! change is appended to an audit log in the state directory.
 
+use crate::IoError;
 use std::{
     collections::HashMap,
     io::Write as _,
@@ -30,13 +31,10 @@ pub enum LockdownError {
     UnknownRunner { name: String, known: String },
     #[error("cannot find the cgroup of runner '{0}' to freeze it")]
     NoCgroup(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
+    #[error(transparent)]
+    Cgroup(#[from] runners::CgroupError),
 }
 
 impl LockdownError {
@@ -291,11 +289,7 @@ fn cgroups_of(
     state_dir: &Path,
     targets: &[Target],
 ) -> Result<Vec<PathBuf>, LockdownError> {
-    let root = runners::cgroup2_root().map_err(|e| LockdownError::Io {
-        op: "find cgroup2",
-        path: PathBuf::from("/proc/self/mountinfo"),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let root = runners::cgroup2_root()?;
     let recorded = recorded_cgroups(state_dir);
     let expanded = if targets.iter().any(|t| t.id == GLOBAL_RUNNER) {
         Target::installed(maps)
@@ -341,11 +335,8 @@ pub fn recorded_cgroups(state_dir: &Path) -> HashMap<String, String> {
 
 fn write_freeze(dir: &Path, frozen: bool) -> Result<(), LockdownError> {
     let path = dir.join("cgroup.freeze");
-    std::fs::write(&path, if frozen { "1" } else { "0" }).map_err(|source| LockdownError::Io {
-        op: "write",
-        path,
-        source,
-    })
+    std::fs::write(&path, if frozen { "1" } else { "0" }).map_err(IoError::at("write", &path))?;
+    Ok(())
 }
 
 impl AuditEntry {

@@ -1,5 +1,6 @@
 //! cgroup2 discovery and the mapping between runners and their cgroups.
 
+use crate::IoError;
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -19,13 +20,8 @@ pub enum CgroupError {
          (for example with a systemd slice), or start the agent with --create-cgroups"
     )]
     Missing { runner: String, path: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
 }
 
 /// The mount point of the cgroup2 hierarchy, read from /proc/self/mountinfo
@@ -75,11 +71,7 @@ pub fn cgroup_dir(root: &Path, cgroup: &str) -> PathBuf {
 pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io {
-            op: "stat",
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(|e| IoError::at("stat", dir)(e).into())
 }
 
 /// Makes sure a runner's cgroup exists, creating it when asked to.
@@ -93,11 +85,8 @@ pub fn ensure_cgroup(runner: &str, dir: &Path, create: bool) -> Result<(), Cgrou
             path: dir.to_owned(),
         });
     }
-    std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
-        op: "create cgroup",
-        path: dir.to_owned(),
-        source,
-    })
+    std::fs::create_dir_all(dir).map_err(IoError::at("create cgroup", dir))?;
+    Ok(())
 }
 
 /// Finds the cgroup with `id` at or below `dir` and returns its path relative
