@@ -76,6 +76,78 @@ pub const LATERAL: &[&str] = &[
     "ff00::/8",
 ];
 
+/// Public resolvers that answer DNS over HTTPS (and TLS) for any name, past
+/// the proxy. Like a neighbour, one is reachable only through an allow entry
+/// that names it, never through a broad CIDR.
+pub const DOH_RESOLVERS: &[&str] = &[
+    "8.8.8.8/32",
+    "8.8.4.4/32",
+    "2001:4860:4860::8888/128",
+    "2001:4860:4860::8844/128",
+    "1.1.1.1/32",
+    "1.0.0.1/32",
+    "1.1.1.2/32",
+    "1.0.0.2/32",
+    "1.1.1.3/32",
+    "1.0.0.3/32",
+    "2606:4700:4700::1111/128",
+    "2606:4700:4700::1001/128",
+    "9.9.9.9/32",
+    "9.9.9.10/32",
+    "9.9.9.11/32",
+    "149.112.112.112/32",
+    "2620:fe::fe/128",
+    "2620:fe::9/128",
+    "208.67.222.222/32",
+    "208.67.220.220/32",
+    "2620:119:35::35/128",
+    "94.140.14.14/32",
+    "94.140.15.15/32",
+    "185.228.168.9/32",
+    "76.76.2.0/32",
+    "45.90.28.0/24",
+    "45.90.30.0/24",
+];
+
+/// Names of DNS-over-HTTPS services (and every name below them). The proxy
+/// answers them only for an allow entry that names them exactly; a wildcard
+/// such as `*.cloudflare-dns.com` does not count.
+pub const DOH_NAMES: &[&str] = &[
+    "dns.google",
+    "dns.google.com",
+    "cloudflare-dns.com",
+    "one.one.one.one",
+    "dns.quad9.net",
+    "dns9.quad9.net",
+    "dns10.quad9.net",
+    "dns11.quad9.net",
+    "doh.opendns.com",
+    "dns.adguard.com",
+    "dns.adguard-dns.com",
+    "dns.nextdns.io",
+    "doh.cleanbrowsing.org",
+    "dns.controld.com",
+    "doh.dns.sb",
+    "doh.mullvad.net",
+    "dns.alidns.com",
+    "doh.pub",
+];
+
+/// Whether `name` (lower case, no trailing dot) is or lies below a known
+/// DNS-over-HTTPS service.
+pub fn is_doh_name(name: &str) -> bool {
+    DOH_NAMES.iter().any(|d| {
+        name == *d
+            || name
+                .strip_suffix(d)
+                .is_some_and(|front| front.ends_with('.'))
+    })
+}
+
+pub fn doh_nets() -> impl Iterator<Item = IpNet> {
+    DOH_RESOLVERS.iter().map(|n| parse(n))
+}
+
 pub fn metadata_nets() -> impl Iterator<Item = (IpNet, u16)> {
     METADATA.iter().map(|m| (parse(m.net), m.exempt_port))
 }
@@ -101,6 +173,49 @@ pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
     PARSED.iter().find_map(|(endpoint, exempt, what)| {
         (*exempt == 0 && net.contains(&endpoint.network())).then_some(*what)
     })
+}
+
+/// Why a DNS answer must not be trusted as is: it points at cloud
+/// metadata (never kept) or at a private, link-local, loopback or
+/// unspecified address (kept only for entries that opt in), where a name
+/// could be rebound onto a neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebinding {
+    Metadata,
+    Private,
+}
+
+pub fn rebinding_target(ip: IpAddr) -> Option<Rebinding> {
+    static NETS: std::sync::LazyLock<(Vec<IpNet>, Vec<IpNet>)> = std::sync::LazyLock::new(|| {
+        let mut private: Vec<IpNet> = lateral_nets().collect();
+        private.extend(
+            ["127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"]
+                .iter()
+                .map(|n| parse(n)),
+        );
+        (metadata_nets().map(|(n, _)| n).collect(), private)
+    });
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if NETS.0.iter().any(|n| n.contains(&ip)) {
+        Some(Rebinding::Metadata)
+    } else if NETS.1.iter().any(|n| n.contains(&ip)) {
+        Some(Rebinding::Private)
+    } else {
+        None
+    }
+}
+
+/// Whether an answer may be used: metadata never, private ranges only
+/// when the entry says so.
+pub fn answer_usable(ip: IpAddr, private_ok: bool) -> bool {
+    match rebinding_target(ip) {
+        None => true,
+        Some(Rebinding::Private) => private_ok,
+        Some(Rebinding::Metadata) => false,
+    }
 }
 
 /// Subnets of the host's own interfaces (loopback excluded): the runner's
@@ -146,6 +261,15 @@ mod tests {
     fn baseline_lists_parse() {
         assert_eq!(metadata_nets().count(), METADATA.len());
         assert_eq!(lateral_nets().count(), LATERAL.len());
+        assert_eq!(doh_nets().count(), DOH_RESOLVERS.len());
+    }
+
+    #[test]
+    fn doh_names_cover_their_subdomains_only() {
+        assert!(is_doh_name("dns.google"));
+        assert!(is_doh_name("mozilla.cloudflare-dns.com"));
+        assert!(!is_doh_name("notcloudflare-dns.com"));
+        assert!(!is_doh_name("google.com"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
     baseline,
     control::{self, AgentRequest},
     datapath::{self, Datapath, DatapathError, Pins, RunnerCidrs},
+    dnsproxy::{self, Proxies, ProxyError, RunnerDns},
     events::{self, Attribution},
     lockdown,
     policy::{self, Mode, Policy, PolicyError},
@@ -51,6 +52,8 @@ pub enum AgentError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("egret agent must run as root: it loads BPF programs and attaches them to cgroups")]
     NotRoot,
     #[error(transparent)]
@@ -77,6 +80,10 @@ struct Agent {
     ids: HashMap<String, u32>,
     /// Runner name → cgroup as the policy names it.
     cgroups: HashMap<String, String>,
+    proxies: Proxies,
+    /// The agent's network namespace: jobs there reach their proxy on
+    /// loopback.
+    host_netns: u64,
     started: Instant,
     digest: String,
     last_reload: Option<ReloadResult>,
@@ -98,7 +105,23 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     {
         let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
         attr.learning = Learning::new(opts.ttl);
+        // What the proxy learned before a restart stays until it expires.
+        let pinned: Vec<_> = datapath
+            .maps
+            .learned
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .collect();
+        attr.learning.restore(pinned);
     }
+    let hub = Arc::new(control::Hub::default());
+    let shared = dnsproxy::Shared::new(
+        attribution.clone(),
+        &opts.pins.map(egret_common::maps::LEARNED),
+        hub.clone(),
+    )?;
+    let host_netns = dnsproxy::own_netns_cookie()
+        .map_err(|e| IoError::at("read the network namespace cookie of", "/proc/self/ns/net")(e))?;
     let mut agent = Agent {
         opts,
         cgroup_root,
@@ -107,6 +130,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         attribution: attribution.clone(),
         ids: HashMap::new(),
         cgroups: HashMap::new(),
+        proxies: Proxies::new(Arc::new(shared)),
+        host_netns,
         started: Instant::now(),
         digest: loaded.digest.clone(),
         last_reload: None,
@@ -115,7 +140,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     agent.record_applied(&loaded.files);
 
     let listener = control::bind(&agent.opts.socket, agent.opts.socket_group)?;
-    let hub = Arc::new(control::Hub::default());
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(control::serve(
         listener,
@@ -276,7 +300,11 @@ impl Agent {
         let mut lateral: Vec<IpNet> = baseline::lateral_nets().collect();
         lateral.extend(host_subnets);
         let metadata: Vec<(IpNet, u16)> = baseline::metadata_nets().collect();
-        self.datapath.sync_baseline(&metadata, &lateral)?;
+        let doh: Vec<IpNet> = baseline::doh_nets().collect();
+        self.datapath.sync_baseline(&metadata, &lateral, &doh)?;
+        // An allow entry opens a DoH resolver only by naming it, as it opens
+        // a neighbour.
+        lateral.extend(doh);
 
         let mut ids = HashMap::new();
         let mut records = HashMap::new();
@@ -323,20 +351,37 @@ impl Agent {
         self.sync_learned(&all)?;
 
         for runner in &policy.runners {
-            if !runner.patterns.is_empty() {
-                let names: Vec<&str> = runner.patterns.iter().map(|p| p.name.as_str()).collect();
-                tracing::warn!(
-                    runner = %runner.name,
-                    patterns = ?names,
-                    "wildcard entries can only be enforced through the DNS proxy, which this egret does not \
-                     have yet: names matching them stay unreachable (list the exact names you need)"
-                );
-            }
             let id = ids[&runner.name];
             let old = self.datapath.maps.runner_state(id).unwrap_or_default();
+            let dir = runners::cgroup_dir(&self.cgroup_root, &runner.cgroup);
+            // The proxy listens before the programs send it anything.
+            let proxy_port = self.proxies.ensure(
+                RunnerDns {
+                    id,
+                    name: runner.name.clone(),
+                    mode: runner.mode,
+                    rules: runner
+                        .hosts
+                        .iter()
+                        .chain(&runner.patterns)
+                        .cloned()
+                        .collect(),
+                    upstream: dnsproxy::upstream_servers(
+                        &runner.dns_upstream,
+                        &self.opts.dns_upstream,
+                    ),
+                    refuse_with: runner.dns_refuse,
+                    listen: runner.dns_listen,
+                    cgroup_dir: dir,
+                },
+                old.dns_proxy_port,
+            )?;
             let mut state = RunnerState {
                 flags: flags::CONFIGURED,
-                ..old
+                dns_proxy_port: proxy_port,
+                _pad: 0,
+                host_netns: self.host_netns,
+                dns_listen: runner.dns_listen.map_or([0; 16], datapath::addr_of),
             };
             for kind in &runner.sockets {
                 state.flags |= match kind {
@@ -373,6 +418,7 @@ impl Agent {
                 tracing::info!(runner = %name, "runner no longer in policy; detached");
             }
         }
+        self.proxies.retain(&all);
 
         let mut attr = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
         attr.runners = policy
@@ -458,10 +504,18 @@ impl Agent {
     /// more are removed only for runners all of whose hosts have had an
     /// answer (a runner with no hosts has nothing to wait for).
     fn sync_learned(&mut self, runners: &HashSet<u32>) -> Result<(), DatapathError> {
-        let (desired, settled): (_, HashSet<u32>) = self.learning(|l| {
-            let settled = runners.iter().copied().filter(|r| l.settled(*r)).collect();
-            (l.desired(Instant::now()), settled)
-        });
+        // Held through the writes: the DNS proxy writes the same map under
+        // this lock, so a sync never overwrites an answer it just learned.
+        let attribution = self.attribution.clone();
+        let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        attr.learning.prune(now, runners);
+        let settled: HashSet<u32> = runners
+            .iter()
+            .copied()
+            .filter(|r| attr.learning.settled(*r))
+            .collect();
+        let desired = attr.learning.desired(now);
         let changed = self.datapath.sync_learned(&settled, &desired)?;
         tracing::debug!(changed, entries = desired.len(), "learned entries synced");
         Ok(())

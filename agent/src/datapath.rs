@@ -30,7 +30,9 @@ use aya::{
 use egret_common::{
     ABI_VERSION,
     addr::{Addr, MAPPED_PREFIX_LEN, mapped_v4},
-    maps::{self as names, BaselineEntry, CIDR_KEY_BITS, CidrKey, ExactKey, Learned},
+    maps::{
+        self as names, BaselineEntry, CIDR_KEY_BITS, CidrKey, ExactKey, Learned, baseline_kind,
+    },
     rules::{MAX_PORT_RULES, PortRule, PortRules, rules_flags},
     state::{Lockdown, MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
@@ -40,11 +42,15 @@ use ipnet::IpNet;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
-pub const PROGRAMS: [&str; 9] = [
+pub const PROGRAMS: [&str; 13] = [
     "egret_connect4",
     "egret_connect6",
     "egret_sendmsg4",
     "egret_sendmsg6",
+    "egret_recvmsg4",
+    "egret_recvmsg6",
+    "egret_getpeername4",
+    "egret_getpeername6",
     "egret_sock_create",
     "egret_post_bind4",
     "egret_post_bind6",
@@ -347,7 +353,12 @@ impl Datapath {
 
     /// Writes the metadata and lateral lists (the latter plus the host's own
     /// subnets), adding before removing so no entry is ever missing mid-sync.
-    pub fn sync_baseline(&mut self, metadata: &[(IpNet, u16)], lateral: &[IpNet]) -> Result<()> {
+    pub fn sync_baseline(
+        &mut self,
+        metadata: &[(IpNet, u16)],
+        lateral: &[IpNet],
+        doh: &[IpNet],
+    ) -> Result<()> {
         let want_meta: HashMap<(u32, Addr), BaselineEntry> = metadata
             .iter()
             .map(|(net, port)| {
@@ -355,14 +366,23 @@ impl Datapath {
                     trie_prefix(net),
                     BaselineEntry {
                         exempt_port: *port,
-                        _pad: [0; 6],
+                        ..Default::default()
                     },
                 )
             })
             .collect();
-        let want_lateral: HashMap<(u32, Addr), BaselineEntry> = lateral
+        let doh_entry = BaselineEntry {
+            kind: baseline_kind::DOH,
+            ..Default::default()
+        };
+        let want_lateral: HashMap<(u32, Addr), BaselineEntry> = doh
             .iter()
-            .map(|net| (trie_prefix(net), BaselineEntry::default()))
+            .map(|net| (trie_prefix(net), doh_entry))
+            .chain(
+                lateral
+                    .iter()
+                    .map(|net| (trie_prefix(net), BaselineEntry::default())),
+            )
             .collect();
         sync_baseline_trie(&mut self.maps.metadata, names::METADATA, &want_meta)?;
         sync_baseline_trie(&mut self.maps.lateral, names::LATERAL, &want_lateral)

@@ -162,6 +162,23 @@ pub fn enrich(
     }
 }
 
+/// Writes one event the agent itself produced (the DNS proxy's refusals)
+/// to stdout and to every follower, as the kernel's events are.
+pub fn publish(record: &EventRecord, hub: &crate::control::Hub) {
+    let Ok(json) = serde_json::to_string(record) else {
+        return;
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
+    }
+    hub.publish(crate::control::EventLine {
+        runner: record.runner.clone(),
+        json,
+    });
+}
+
 /// Reads events until the task is dropped. Writes go to stdout, one line per
 /// event, flushed at once so a pipeline sees denials as they happen.
 pub async fn pump(

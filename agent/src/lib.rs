@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod dnsproxy;
 pub mod events;
 pub mod lockdown;
 pub mod policy;

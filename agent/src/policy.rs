@@ -92,6 +92,12 @@ pub struct Runner {
     /// Where the agent resolves this runner's hostnames; empty = the host's
     /// resolver configuration.
     pub dns_upstream: Vec<IpAddr>,
+    /// An address on the host that jobs in network namespaces of their own
+    /// (containers) reach, such as a docker bridge gateway. The runner's DNS
+    /// proxy listens there too; without it their DNS queries are refused.
+    pub dns_listen: Option<IpAddr>,
+    /// What a job hears for a name the policy does not allow.
+    pub dns_refuse: DnsRefusal,
     pub cidrs: Vec<CidrRule>,
     /// Exact names, resolved by the agent.
     pub hosts: Vec<HostRule>,
@@ -112,6 +118,10 @@ pub struct HostRule {
     /// Lower case, no trailing dot; `*.suffix` for a pattern.
     pub name: String,
     pub ports: Vec<PortRule>,
+    /// Keep DNS answers in private, link-local or loopback ranges for this
+    /// name (a self-managed forge on a private address). Without it the
+    /// proxy drops them, so a name cannot be rebound onto a neighbour.
+    pub private_answers: bool,
 }
 
 impl HostRule {
@@ -611,6 +621,21 @@ struct RawRunner {
 struct RawDns {
     #[serde(default)]
     upstream: Vec<Spanned<String>>,
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    refuse_with: Option<Spanned<DnsRefusal>>,
+}
+
+/// The answer to a query for a name the policy does not allow.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRefusal {
+    /// RCODE 5: the resolver says it will not answer.
+    #[default]
+    Refused,
+    /// RCODE 3: the name does not exist, for tools that retry on REFUSED.
+    Nxdomain,
 }
 
 #[derive(Clone, Deserialize)]
@@ -636,6 +661,9 @@ struct RawAllow {
     /// stays open under `egret lockdown --keep-forge`.
     #[serde(default)]
     forge: Option<Spanned<bool>>,
+    /// Keep DNS answers in private ranges for this host.
+    #[serde(default)]
+    private_answers: Option<Spanned<bool>>,
 }
 
 /// A port as written: `443` or `"8000-8100"`.
@@ -857,7 +885,30 @@ fn validate_runner(
         );
     }
     let mut dns_upstream = Vec::new();
-    for up in raw.dns.map(|d| d.upstream).unwrap_or_default() {
+    let (upstream, listen, refuse_with) = raw
+        .dns
+        .map(|d| (d.upstream, d.listen, d.refuse_with))
+        .unwrap_or_default();
+    let mut dns_listen = None;
+    if let Some(listen) = listen {
+        match ctx.expand(&listen.value).map(|v| v.trim().parse::<IpAddr>()) {
+            Ok(Ok(ip)) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
+                diags.error(
+                    listen.referenced,
+                    format!(
+                        "dns.listen '{ip}' must be an address of the host that containers reach, such as the docker bridge gateway 172.17.0.1"
+                    ),
+                )
+            }
+            Ok(Ok(ip)) => dns_listen = Some(ip),
+            Ok(Err(_)) => diags.error(
+                listen.referenced,
+                format!("dns.listen '{}' is not an IP address", listen.value),
+            ),
+            Err(why) => diags.error(listen.referenced, why),
+        }
+    }
+    for up in upstream {
         match ctx.expand(&up.value).map(|v| v.trim().parse::<IpAddr>()) {
             Ok(Ok(ip)) => dns_upstream.push(ip),
             Ok(Err(_)) => diags.error(
@@ -881,6 +932,8 @@ fn validate_runner(
         sockets,
         loopback: raw.loopback.map_or_else(Loopback::default, |l| l.value),
         dns_upstream,
+        dns_listen,
+        dns_refuse: refuse_with.map_or_else(DnsRefusal::default, |r| r.value),
         cidrs: entries.cidrs,
         hosts: entries.hosts,
         patterns: entries.patterns,
@@ -956,6 +1009,15 @@ fn validate_allow(
         },
     };
     let ports: Vec<PortRule> = ports.into_iter().map(|r| r.with_flags(flags)).collect();
+    let private_answers = raw.private_answers.as_ref().is_some_and(|p| p.value);
+    if let (Some(p), None) = (&raw.private_answers, &raw.host) {
+        diags.error(
+            p.referenced,
+            "`private_answers` applies to `host` entries: it keeps their DNS answers in private ranges"
+                .into(),
+        );
+        return;
+    }
     match (raw.cidr, raw.host) {
         (Some(_), Some(host)) => diags.error(
             host.referenced,
@@ -1002,13 +1064,21 @@ fn validate_allow(
                                 ),
                             );
                         }
-                        out.patterns.push(HostRule { name, ports });
+                        out.patterns.push(HostRule {
+                            name,
+                            ports,
+                            private_answers,
+                        });
                     }
                 }
             } else if let Err(why) = validate_hostname(&name) {
                 diags.error(host.referenced, format!("host '{expanded}': {why}"));
             } else {
-                out.hosts.push(HostRule { name, ports });
+                out.hosts.push(HostRule {
+                    name,
+                    ports,
+                    private_answers,
+                });
             }
         }
     }

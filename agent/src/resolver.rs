@@ -25,6 +25,9 @@ pub struct TtlSettings {
     pub grace: Duration,
     /// Wait before retrying a name whose lookup failed.
     pub retry: Duration,
+    /// Most addresses the DNS proxy keeps for one name of one runner; the
+    /// ones closest to expiry make room for new answers.
+    pub max_ips_per_name: usize,
 }
 
 impl Default for TtlSettings {
@@ -34,6 +37,7 @@ impl Default for TtlSettings {
             cap: Duration::from_secs(3600),
             grace: Duration::from_secs(60),
             retry: Duration::from_secs(5),
+            max_ips_per_name: 1000,
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct Tracked {
     pub runner_name: String,
     pub host: String,
     pub ports: Vec<PortRule>,
+    /// Keep answers in private ranges (see [`crate::baseline::answer_usable`]).
+    pub private_answers: bool,
     pub upstream: Vec<IpAddr>,
     /// Address → when it stops being allowed (TTL + grace).
     pub ips: HashMap<IpAddr, Instant>,
@@ -134,19 +140,183 @@ pub struct Tracked {
     pub failures: u32,
 }
 
-/// Every host the policy names, per runner, with what was learned for it.
+/// What the DNS proxy learned for one name a runner's job resolved.
+#[derive(Debug, Default)]
+pub struct Proxied {
+    pub ports: Vec<PortRule>,
+    /// Address → when it stops being allowed (TTL + grace).
+    pub ips: HashMap<IpAddr, Instant>,
+}
+
+/// Every host the policy names, per runner, with what was learned for it,
+/// and every answer the DNS proxy handed to a job.
 #[derive(Default)]
 pub struct Learning {
     pub settings: TtlSettings,
     pub tracked: Vec<Tracked>,
+    /// (runner, queried name) → what the proxy learned for it. Entries a
+    /// previous agent left in the pinned map are kept under the name "".
+    pub proxied: HashMap<(u32, String), Proxied>,
+    /// (runner, address) → the names in `proxied` that produced it.
+    proxied_by_ip: HashMap<(u32, IpAddr), Vec<String>>,
 }
+
+/// A change to one learned-map entry: its new value, or `None` to delete it.
+pub type LearnedChange = (ExactKey, Option<egret_common::maps::Learned>);
 
 impl Learning {
     pub fn new(settings: TtlSettings) -> Self {
         Self {
             settings,
-            tracked: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    /// Credits an answer the proxy is about to release to `name`: every
+    /// address is allowed on `ports` for the clamped TTL plus the grace
+    /// period. Returns the map entries to write before the job sees it.
+    pub fn learn_answer(
+        &mut self,
+        runner: u32,
+        name: &str,
+        ports: &[PortRule],
+        ips: &[IpAddr],
+        ttl: Duration,
+    ) -> Vec<LearnedChange> {
+        let now = Instant::now();
+        let until = now + self.settings.clamp(ttl) + self.settings.grace;
+        let cap = self.settings.max_ips_per_name.max(1);
+        let entry = self.proxied.entry((runner, name.to_owned())).or_default();
+        entry.ports = ports.to_vec();
+        let mut touched: Vec<IpAddr> = Vec::new();
+        for ip in ips {
+            let slot = entry.ips.entry(*ip).or_insert(until);
+            *slot = (*slot).max(until);
+            touched.push(*ip);
+        }
+        let mut evicted = Vec::new();
+        if entry.ips.len() > cap {
+            let mut by_expiry: Vec<(Instant, IpAddr)> = entry
+                .ips
+                .iter()
+                .filter(|(ip, _)| !ips.contains(ip))
+                .map(|(ip, t)| (*t, *ip))
+                .collect();
+            by_expiry.sort_unstable();
+            for (_, ip) in by_expiry.into_iter().take(entry.ips.len() - cap) {
+                entry.ips.remove(&ip);
+                evicted.push(ip);
+            }
+        }
+        for ip in &touched {
+            let names = self.proxied_by_ip.entry((runner, *ip)).or_default();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        for ip in &evicted {
+            self.uncredit(runner, *ip, name);
+        }
+        let mono_now = monotonic_ns();
+        touched
+            .into_iter()
+            .chain(evicted)
+            .map(|ip| {
+                let key = ExactKey {
+                    runner,
+                    addr: datapath::addr_of(ip),
+                };
+                (key, self.value_for(runner, ip, now, mono_now))
+            })
+            .collect()
+    }
+
+    fn uncredit(&mut self, runner: u32, ip: IpAddr, name: &str) {
+        if let Some(names) = self.proxied_by_ip.get_mut(&(runner, ip)) {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                self.proxied_by_ip.remove(&(runner, ip));
+            }
+        }
+    }
+
+    /// Takes over the learned entries a previous agent left in the pinned
+    /// map, so they stay until they expire instead of being swept as
+    /// unknown.
+    pub fn restore(
+        &mut self,
+        entries: impl IntoIterator<Item = (ExactKey, egret_common::maps::Learned)>,
+    ) {
+        let now = Instant::now();
+        let mono_now = monotonic_ns();
+        for (key, value) in entries {
+            if value.expires_ns <= mono_now {
+                continue;
+            }
+            let ip = datapath::ip_of(key.addr);
+            let until = now + Duration::from_nanos(value.expires_ns - mono_now);
+            let count = (value.rules.count as usize).min(egret_common::rules::MAX_PORT_RULES);
+            let entry = self.proxied.entry((key.runner, String::new())).or_default();
+            entry.ports.extend_from_slice(&value.rules.rules[..count]);
+            entry.ports = datapath::merge_rules(std::mem::take(&mut entry.ports));
+            entry.ips.insert(ip, until);
+            self.proxied_by_ip
+                .entry((key.runner, ip))
+                .or_default()
+                .push(String::new());
+        }
+    }
+
+    /// Forgets proxied answers that lapsed, and those of runners no longer
+    /// in the policy.
+    pub fn prune(&mut self, now: Instant, runners: &std::collections::HashSet<u32>) {
+        let mut gone: Vec<(u32, IpAddr, String)> = Vec::new();
+        for ((runner, name), p) in &mut self.proxied {
+            p.ips.retain(|ip, until| {
+                let keep = *until > now && runners.contains(runner);
+                if !keep {
+                    gone.push((*runner, *ip, name.clone()));
+                }
+                keep
+            });
+        }
+        self.proxied.retain(|_, p| !p.ips.is_empty());
+        for (runner, ip, name) in gone {
+            self.uncredit(runner, ip, &name);
+        }
+    }
+
+    /// The learned-map value for one address: the union of the ports of
+    /// every host and answer that produced it, until the latest expiry.
+    fn value_for(
+        &self,
+        runner: u32,
+        ip: IpAddr,
+        now: Instant,
+        mono_now: u64,
+    ) -> Option<egret_common::maps::Learned> {
+        let mut ports = Vec::new();
+        let mut latest: Option<Instant> = None;
+        let mut credit = |p: &[PortRule], until: Instant| {
+            if until > now {
+                ports.extend_from_slice(p);
+                latest = Some(latest.map_or(until, |l: Instant| l.max(until)));
+            }
+        };
+        for t in self.tracked.iter().filter(|t| t.runner == runner) {
+            if let Some(until) = t.ips.get(&ip) {
+                credit(&t.ports, *until);
+            }
+        }
+        for name in self.proxied_by_ip.get(&(runner, ip)).into_iter().flatten() {
+            if let Some(p) = self.proxied.get(&(runner, name.clone()))
+                && let Some(until) = p.ips.get(&ip)
+            {
+                credit(&p.ports, *until);
+            }
+        }
+        let until = latest?;
+        Some(learned_value(runner, ports, until, now, mono_now))
     }
 
     /// Replaces the set of tracked hosts, keeping what was learned for hosts
@@ -164,6 +334,12 @@ impl Learning {
                 Some(mut t) => {
                     t.ports = rule.ports;
                     t.runner_name = runner_name;
+                    if t.private_answers != rule.private_answers {
+                        t.private_answers = rule.private_answers;
+                        t.ips.clear();
+                        t.answered = false;
+                        t.next_refresh = now;
+                    }
                     t
                 }
                 None => Tracked {
@@ -171,6 +347,7 @@ impl Learning {
                     runner_name,
                     host: rule.name,
                     ports: rule.ports,
+                    private_answers: rule.private_answers,
                     upstream,
                     ips: HashMap::new(),
                     next_refresh: now,
@@ -194,7 +371,11 @@ impl Learning {
         match answer {
             Answer::Addresses { ips, ttl } => {
                 let ttl = settings.clamp(ttl);
-                for ip in ips {
+                let private_ok = t.private_answers;
+                for ip in ips
+                    .into_iter()
+                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok))
+                {
                     let until = now + ttl + settings.grace;
                     let slot = t.ips.entry(ip).or_insert(until);
                     *slot = (*slot).max(until);
@@ -243,39 +424,29 @@ impl Learning {
     pub fn desired(&self, now: Instant) -> HashMap<ExactKey, egret_common::maps::Learned> {
         let mono_now = monotonic_ns();
         let mut rules: HashMap<ExactKey, (Vec<PortRule>, Instant)> = HashMap::new();
-        for t in &self.tracked {
-            for (ip, until) in &t.ips {
+        let tracked = self.tracked.iter().map(|t| (t.runner, &t.ports, &t.ips));
+        let proxied = self
+            .proxied
+            .iter()
+            .map(|((runner, _), p)| (*runner, &p.ports, &p.ips));
+        for (runner, ports, ips) in tracked.chain(proxied) {
+            for (ip, until) in ips {
                 if *until <= now {
                     continue;
                 }
                 let key = ExactKey {
-                    runner: t.runner,
+                    runner,
                     addr: datapath::addr_of(*ip),
                 };
                 let slot = rules.entry(key).or_insert_with(|| (Vec::new(), *until));
-                slot.0.extend(t.ports.iter().copied());
+                slot.0.extend(ports.iter().copied());
                 slot.1 = slot.1.max(*until);
             }
         }
         rules
             .into_iter()
             .map(|(key, (ports, until))| {
-                let merged = datapath::merge_rules(ports);
-                if merged.len() > egret_common::rules::MAX_PORT_RULES {
-                    // Fails closed: the ports that do not fit stay denied.
-                    tracing::warn!(
-                        runner = key.runner,
-                        "an address shared by several hosts collects more port ranges than fit; the extra ones stay denied"
-                    );
-                }
-                let n = merged.len().min(egret_common::rules::MAX_PORT_RULES);
-                let mut value = egret_common::maps::Learned {
-                    expires_ns: mono_now + until.saturating_duration_since(now).as_nanos() as u64,
-                    rules: Default::default(),
-                };
-                value.rules.count = n as u32;
-                value.rules.rules[..n].copy_from_slice(&merged[..n]);
-                (key, value)
+                (key, learned_value(key.runner, ports, until, now, mono_now))
             })
             .collect()
     }
@@ -287,11 +458,47 @@ impl Learning {
             .iter()
             .filter(|t| t.runner == runner && t.ips.contains_key(&ip))
             .map(|t| t.host.as_str())
+            .chain(
+                self.proxied_by_ip
+                    .get(&(runner, ip))
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| !n.is_empty())
+                    .map(String::as_str),
+            )
             .collect();
         names.sort_unstable();
         names.dedup();
         (!names.is_empty()).then(|| names.join(","))
     }
+}
+
+/// One learned-map value. Expiries are rounded up to whole milliseconds so
+/// that recomputing an unchanged entry gives the same value and no write.
+fn learned_value(
+    runner: u32,
+    ports: Vec<PortRule>,
+    until: Instant,
+    now: Instant,
+    mono_now: u64,
+) -> egret_common::maps::Learned {
+    let merged = datapath::merge_rules(ports);
+    if merged.len() > egret_common::rules::MAX_PORT_RULES {
+        // Fails closed: the ports that do not fit stay denied.
+        tracing::warn!(
+            runner,
+            "an address shared by several hosts collects more port ranges than fit; the extra ones stay denied"
+        );
+    }
+    let n = merged.len().min(egret_common::rules::MAX_PORT_RULES);
+    let expires = mono_now + until.saturating_duration_since(now).as_nanos() as u64;
+    let mut value = egret_common::maps::Learned {
+        expires_ns: expires.div_ceil(1_000_000) * 1_000_000,
+        rules: Default::default(),
+    };
+    value.rules.count = n as u32;
+    value.rules.rules[..n].copy_from_slice(&merged[..n]);
+    value
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
@@ -309,6 +516,7 @@ mod tests {
         HostRule {
             name: name.into(),
             ports: vec![PortRule::new(port, port, egret_common::rules::proto::TCP)],
+            private_answers: false,
         }
     }
 
@@ -381,6 +589,72 @@ mod tests {
         let entry = desired.values().next().unwrap();
         assert_eq!(entry.rules.count, 2);
         assert_eq!(l.hosts_for(1, ip).as_deref(), Some("a.test,b.test"));
+    }
+
+    #[test]
+    fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
+        let mut l = Learning::new(TtlSettings {
+            max_ips_per_name: 2,
+            ..TtlSettings::default()
+        });
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        let shared: IpAddr = "203.0.113.1".parse().unwrap();
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec![shared],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
+        let changes = l.learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120));
+        let (_, value) = &changes[0];
+        assert_eq!(
+            value.expect("entry").rules.count,
+            2,
+            "443 from a.test, 22 from b.test"
+        );
+        assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
+        // A third address for b.test evicts the one closest to expiry.
+        l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.2".parse().unwrap()],
+            Duration::from_secs(60),
+        );
+        let changes = l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        );
+        assert_eq!(l.proxied[&(1, "b.test".to_owned())].ips.len(), 2);
+        let evicted = changes
+            .iter()
+            .find(|(k, _)| k.addr == datapath::addr_of("203.0.113.2".parse().unwrap()))
+            .expect("the evicted address is rewritten");
+        assert!(evicted.1.is_none(), "no one else credits it: deleted");
+        // Another runner learned nothing.
+        assert_eq!(l.hosts_for(2, shared), None);
+    }
+
+    #[test]
+    fn rebinding_answers_are_not_learned_by_the_agent_either() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec![
+                    "10.0.0.5".parse().unwrap(),
+                    "169.254.169.254".parse().unwrap(),
+                ],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        assert!(l.desired(Instant::now()).is_empty());
     }
 
     #[test]

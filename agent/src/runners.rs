@@ -120,8 +120,118 @@ pub fn find_by_id(root: &Path, dir: &Path, id: u64) -> Option<String> {
     None
 }
 
+/// The process of a runner's job that owns a socket.
+#[derive(Debug)]
+pub struct SocketOwner {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_dir: PathBuf,
+    pub cgroup_id: u64,
+}
+
+/// Finds, among the processes in the cgroup tree at `dir`, the one holding
+/// a TCP or UDP socket bound to `local_port` in its network namespace.
+/// Bounded, best effort: used to name the process behind a refused DNS
+/// query, whose socket is still open while it waits for the answer.
+pub fn socket_owner(dir: &Path, tcp: bool, local_port: u16) -> Option<SocketOwner> {
+    const MAX_CGROUPS: usize = 2_000;
+    let tables: &[&str] = if tcp {
+        &["tcp", "tcp6"]
+    } else {
+        &["udp", "udp6"]
+    };
+    let mut inodes_by_netns: std::collections::HashMap<PathBuf, Vec<u64>> = Default::default();
+    let mut stack = vec![dir.to_owned()];
+    let mut visits = 0;
+    while let Some(d) = stack.pop() {
+        visits += 1;
+        if visits > MAX_CGROUPS {
+            return None;
+        }
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let Ok(netns) = std::fs::read_link(proc_dir.join("ns/net")) else {
+                continue;
+            };
+            let inodes = inodes_by_netns.entry(netns).or_insert_with(|| {
+                tables
+                    .iter()
+                    .flat_map(|t| {
+                        let table = std::fs::read_to_string(proc_dir.join("net").join(t))
+                            .unwrap_or_default();
+                        sockets_on_port(&table, local_port)
+                    })
+                    .collect()
+            });
+            if inodes.is_empty() || !holds_socket(&proc_dir, inodes) {
+                continue;
+            }
+            let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+            let cgroup_id = std::fs::metadata(&d).map(|m| m.ino()).unwrap_or(0);
+            return Some(SocketOwner {
+                pid,
+                comm: comm.trim_end().to_owned(),
+                cgroup_dir: d,
+                cgroup_id,
+            });
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+/// Inodes of the sockets in a `/proc/net/{tcp,udp}[6]` table whose local
+/// port is `port`.
+fn sockets_on_port(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            (u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+fn holds_socket(proc_dir: &Path, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finds_sockets_by_local_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+   12: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 424242 2 0000000000000000 0\n\
+   13: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 515151 2 0000000000000000 0\n";
+        assert_eq!(super::sockets_on_port(table, 0xD431), vec![424242]);
+        assert_eq!(super::sockets_on_port(table, 53), vec![515151]);
+        assert!(super::sockets_on_port(table, 80).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -53,6 +53,10 @@ pub struct RunnerStatus {
     pub programs_attached: usize,
     pub cidr_entries: usize,
     pub learned_entries: usize,
+    /// Port of the runner's DNS proxy on 127.0.0.1 and ::1 (and on
+    /// `dns.listen`); 0 while none, and then every DNS query is refused.
+    #[serde(default)]
+    pub dns_proxy_port: u16,
     pub counters: HashMap<String, u64>,
 }
 
@@ -95,6 +99,7 @@ pub fn from_pins(
                     .count(),
                 cidr_entries: maps.count_cidrs(rec.id),
                 learned_entries: maps.count_learned(rec.id),
+                dns_proxy_port: state.dns_proxy_port,
                 counters,
                 id: rec.id,
                 name,
@@ -183,7 +188,16 @@ pub fn render(s: &Status) -> String {
         let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  entries: {} cidr, {} learned; allowed {}, denied {} (not_allowed {}, metadata {}, lateral {}, lockdown {}, socket_kind {}), audited {}, events dropped {}",
+            "  dns proxy: {}",
+            if r.dns_proxy_port == 0 {
+                "none (DNS refused)".to_owned()
+            } else {
+                format!("port {}", r.dns_proxy_port)
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  entries: {} cidr, {} learned; allowed {}, denied {} (not_allowed {}, metadata {}, lateral {}, lockdown {}, socket_kind {}, dns {}), audited {}, events dropped {}",
             r.cidr_entries,
             r.learned_entries,
             c("allowed"),
@@ -191,12 +205,14 @@ pub fn render(s: &Status) -> String {
                 + c("denied_metadata")
                 + c("denied_lateral")
                 + c("denied_lockdown")
-                + c("denied_socket_kind"),
+                + c("denied_socket_kind")
+                + c("denied_dns"),
             c("denied_not_allowed"),
             c("denied_metadata"),
             c("denied_lateral"),
             c("denied_lockdown"),
             c("denied_socket_kind"),
+            c("denied_dns"),
             c("audited"),
             c("events_dropped"),
         );

@@ -27,6 +27,11 @@ pub struct Outcome {
     pub oks: Option<u64>,
     pub eperms: Option<u64>,
     pub others: Option<u64>,
+    /// DNS actions: response code (`No Error`, `Refused`, ...), the
+    /// addresses answered, and where the reply appeared to come from.
+    pub rcode: Option<String>,
+    pub answers: Option<Vec<String>>,
+    pub peer: Option<String>,
 }
 
 impl Outcome {

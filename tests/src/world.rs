@@ -23,6 +23,12 @@ pub const METADATA: &str = "169.254.169.254";
 pub const METADATA6: &str = "fd00:ec2::254";
 pub const GITLAB6: &str = "2001:db8::10";
 pub const NEIGHBOUR: &str = "10.0.0.5";
+/// A stand-in for a public DNS-over-HTTPS resolver (Cloudflare's address,
+/// here inside the test's own internet namespace).
+pub const DOH_RESOLVER: &str = "1.1.1.1";
+/// Where jobs in a container namespace reach the host (see
+/// [`World::container`]).
+pub const CONTAINER_GATEWAY: &str = "172.30.0.1";
 /// A listener that accepts and closes at once, for connect benchmarks.
 pub const BENCH_SINK: &str = "203.0.113.10:9000";
 /// A listener that reads and discards, for throughput benchmarks.
@@ -38,6 +44,7 @@ const INTERNET_V4: &[&str] = &[
     DNS,
     ATTACKER,
     METADATA,
+    DOH_RESOLVER,
 ];
 const INTERNET_V6: &[&str] = &[METADATA6, GITLAB6, "2001:db8::20", "2001:db8::66"];
 
@@ -58,6 +65,8 @@ const INTERNET_TCP: &[&str] = &[
     "[2001:db8::10]:443",
     "[2001:db8::20]:443",
     "[2001:db8::66]:443",
+    "1.1.1.1:443",
+    "198.51.100.66:853",
 ];
 const INTERNET_UDP: &[&str] = &["198.51.100.66:53", "198.51.100.66:443", "203.0.113.10:443"];
 const NEIGHBOUR_TCP: &[&str] = &["10.0.0.5:22", "10.0.0.5:80"];
@@ -69,17 +78,33 @@ pub struct World {
     pub dir: PathBuf,
     pub dns_log: PathBuf,
     pub dns_zone: PathBuf,
+    tag: String,
+    containers: Vec<Netns>,
     fixtures: Vec<Child>,
 }
 
 /// Default zone served by the DNS fixture: `name type value ttl`.
 pub const ZONE: &str = "\
 gitlab.test A 203.0.113.10 60
+files.pkg.test A 203.0.113.22 60
 gitlab.test AAAA 2001:db8::10 60
 registry.test A 203.0.113.20 60
 registry.test A 203.0.113.21 60
 attacker.test A 198.51.100.66 60
+cdn.test A 203.0.113.128-203.0.113.254 1
+alias.test CNAME edge.cdn-provider.test 30
+edge.cdn-provider.test A 203.0.113.21 60
+big.test A 203.0.113.160+40 60
+rebind.test A 10.0.0.5 60
+meta.test A 169.254.169.254 60
+mixed.test A 203.0.113.22 60
+mixed.test A 10.0.0.5 60
 ";
+
+/// Every address of this block answers in the internet namespace, on
+/// [`CDN_PORT`]: the rotating CDN of the zone.
+pub const CDN_BLOCK: &str = "203.0.113.128/25";
+pub const CDN_PORT: u16 = 8443;
 
 impl World {
     /// Builds the world. The calling thread is moved into a fresh namespace
@@ -151,6 +176,8 @@ impl World {
         for a in INTERNET_V6 {
             internet.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo"]);
         }
+        // On loopback a prefix makes every address in it local.
+        internet.ip(&["addr", "add", CDN_BLOCK, "dev", "lo"]);
 
         let dns_log = dir.join("dns-queries.log");
         let dns_zone = dir.join("zone.txt");
@@ -164,12 +191,15 @@ impl World {
             dir,
             dns_log,
             dns_zone,
+            tag,
+            containers: Vec::new(),
             fixtures: Vec::new(),
         };
         // Fixtures start only now that every address is in place.
         let mut serve = vec!["serve".to_owned()];
         serve.extend(INTERNET_TCP.iter().map(|a| format!("tcp:{a}")));
         serve.extend(INTERNET_UDP.iter().map(|a| format!("udp:{a}")));
+        serve.push(format!("tcp:0.0.0.0:{CDN_PORT}"));
         serve.push(format!("sink:{BENCH_SINK}"));
         serve.push(format!("discard:{BENCH_DISCARD}"));
         world.start_fixture(Side::Internet, &serve);
@@ -184,6 +214,43 @@ impl World {
         ];
         world.start_fixture(Side::Internet, &dns);
         world
+    }
+
+    /// A network namespace of its own behind the host, as docker gives a
+    /// container: a veth to the host ([`CONTAINER_GATEWAY`] on the host
+    /// side, 172.30.0.2 inside) and a default route through the host, which
+    /// forwards to the internet.
+    pub fn container(&mut self) -> &Netns {
+        let ns = Netns::create(&format!("{}-ctr{}", self.tag, self.containers.len()));
+        veth("to-ctr", &self.host, "eth0", &ns);
+        self.host.ip(&[
+            "addr",
+            "add",
+            &format!("{CONTAINER_GATEWAY}/24"),
+            "dev",
+            "to-ctr",
+        ]);
+        self.host.ip(&["link", "set", "to-ctr", "up"]);
+        ns.ip(&["addr", "add", "172.30.0.2/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", CONTAINER_GATEWAY]);
+        self.internet
+            .ip(&["route", "add", "172.30.0.0/24", "via", "192.0.2.2"]);
+        netns::run_ip(&[
+            "netns",
+            "exec",
+            &self.host.name,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ]);
+        self.containers.push(ns);
+        self.containers.last().expect("just pushed")
+    }
+
+    /// The `n`th namespace [`World::container`] made.
+    pub fn container_ns(&self, n: usize) -> &Netns {
+        &self.containers[n]
     }
 
     /// Servers on the host itself, outside any runner: a host service on

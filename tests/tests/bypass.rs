@@ -41,7 +41,7 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
     assert_eq!(ev["reason"], "not_allowed");
 
     // Ordinary TCP and UDP are untouched.
-    let o = s.job(&["tcp:203.0.113.10:443", "udp-sendto:198.51.100.66:53"]);
+    let o = s.job(&["tcp:203.0.113.10:443", "udp-sendto:198.51.100.66:443"]);
     assert!(o[0].ok() && o[1].eperm(), "{o:?}");
 }
 

@@ -223,7 +223,7 @@ fn status_counters_match_what_the_job_did() {
         "tcp:[fd00:ec2::254]:80",
         "tcp:10.0.0.5:22",
         "tcp:198.51.100.66:443",
-        "udp-sendto:198.51.100.66:53",
+        "udp-sendto:198.51.100.66:443",
     ]);
     let out = cli(&s.world, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");

@@ -29,15 +29,15 @@ fn everything_else_gets_eperm() {
     }
     let s = Scenario::start("enforce", ALLOW);
     for action in [
-        "tcp:203.0.113.10:80",                  // wrong port
-        "tcp:198.51.100.66:443",                // not in the policy
-        "tcp:169.254.169.254:80",               // metadata
-        "tcp:[fd00:ec2::254]:80",               // metadata over IPv6
-        "tcp:[::ffff:169.254.169.254]:80",      // metadata, v4-mapped on an AF_INET6 socket
-        "tcp:10.0.0.5:22",                      // the neighbour VM
-        "udp-sendto:198.51.100.66:53",          // unconnected UDP
-        "udp-connect:198.51.100.66:443",        // connected UDP
-        "udp-sendto:[::ffff:198.51.100.66]:53", // unconnected UDP, v4-mapped
+        "tcp:203.0.113.10:80",                   // wrong port
+        "tcp:198.51.100.66:443",                 // not in the policy
+        "tcp:169.254.169.254:80",                // metadata
+        "tcp:[fd00:ec2::254]:80",                // metadata over IPv6
+        "tcp:[::ffff:169.254.169.254]:80",       // metadata, v4-mapped on an AF_INET6 socket
+        "tcp:10.0.0.5:22",                       // the neighbour VM
+        "udp-sendto:198.51.100.66:443",          // unconnected UDP
+        "udp-connect:198.51.100.66:443",         // connected UDP
+        "udp-sendto:[::ffff:198.51.100.66]:443", // unconnected UDP, v4-mapped
     ] {
         s.assert_egret_refuses(action);
     }
@@ -180,13 +180,13 @@ fn a_denial_is_reported_with_full_attribution() {
         (Some("lateral"), Some(u64::from(o.pid)))
     );
 
-    let o = &s.job(&["udp-sendto:198.51.100.66:53"])[0];
+    let o = &s.job(&["udp-sendto:198.51.100.66:443"])[0];
     let ev = s
         .wait_event(|e| e["dst"] == "198.51.100.66" && e["proto"] == "udp")
         .expect("udp event");
     assert_eq!(
         (ev["reason"].as_str(), ev["port"].as_u64()),
-        (Some("not_allowed"), Some(53))
+        (Some("not_allowed"), Some(443))
     );
     assert_eq!(ev["pid"], o.pid);
 }

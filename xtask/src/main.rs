@@ -261,6 +261,29 @@ const VECTORS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "DNS tunnelling through any resolver, UDP, TCP or IPv6",
+        &["a_name_outside_the_policy_is_refused_and_never_leaves"],
+    ),
+    (
+        "DNS over TLS (853) and public DoH resolvers",
+        &["dns_over_tls_and_doh_resolvers_need_an_entry_naming_them"],
+    ),
+    (
+        "DNS rebinding onto neighbours or metadata",
+        &["private_and_metadata_answers_are_stripped"],
+    ),
+    (
+        "DNS from a container's own network namespace",
+        &[
+            "a_job_in_its_own_network_namespace_resolves_and_connects",
+            "without_a_listen_address_a_container_job_cannot_use_dns",
+        ],
+    ),
+    (
+        "rotating CDN addresses racing the connect",
+        &["rotating_addresses_never_race_the_connect"],
+    ),
+    (
         "socket made before joining the cgroup (residual, documented)",
         &["a_socket_created_before_the_move_into_the_cgroup_is_not_covered"],
     ),

@@ -572,6 +572,7 @@ fn wildcards_match_one_or_more_labels_but_not_the_suffix_itself() {
     let rule = HostRule {
         name: "*.npmjs.org".into(),
         ports: vec![],
+        private_answers: false,
     };
     assert!(rule.matches("registry.npmjs.org"));
     assert!(rule.matches("a.b.npmjs.org."));
@@ -584,6 +585,7 @@ fn wildcards_match_one_or_more_labels_but_not_the_suffix_itself() {
     let exact = HostRule {
         name: "gitlab.test".into(),
         ports: vec![],
+        private_answers: false,
     };
     assert!(exact.matches("GitLab.test."));
     assert!(!exact.matches("x.gitlab.test"));

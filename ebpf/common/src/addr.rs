@@ -6,6 +6,9 @@ pub type Addr = [u8; 16];
 /// Prefix length of the IPv4-mapped block `::ffff:0:0/96`.
 pub const MAPPED_PREFIX_LEN: u32 = 96;
 
+/// `::1`
+pub const LOOPBACK_V6: Addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
 /// `::ffff:a.b.c.d`
 #[inline(always)]
 pub const fn mapped_v4(v4: [u8; 4]) -> Addr {

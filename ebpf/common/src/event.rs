@@ -47,9 +47,12 @@ pub mod hook {
     pub const SOCK_CREATE: u8 = 5;
     /// The packet-level backstop.
     pub const EGRESS: u8 = 6;
+    /// The agent's DNS proxy (events it writes itself).
+    pub const DNS_PROXY: u8 = 7;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
+            DNS_PROXY => "dns_proxy",
             CONNECT4 => "connect4",
             CONNECT6 => "connect6",
             SENDMSG4 => "sendmsg4",

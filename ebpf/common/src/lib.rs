@@ -23,11 +23,20 @@ mod user;
 /// Bumped whenever a layout below changes, so an upgraded agent never reads a
 /// pinned map written with another layout: pins live in a directory named
 /// after this version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Return values of `cgroup/connect*` and `cgroup/sendmsg*` programs.
 pub mod verdict {
     /// The kernel fails the syscall with EPERM.
     pub const DENY: i32 = 0;
     pub const ALLOW: i32 = 1;
+}
+
+/// Ports with a meaning of their own to the programs.
+pub mod port {
+    /// DNS: every query a job sends, to any address, goes to its runner's
+    /// proxy instead.
+    pub const DNS: u16 = 53;
+    /// DNS over TLS: never opened by a rule that does not name it.
+    pub const DOT: u16 = 853;
 }

@@ -24,6 +24,10 @@ pub const LATERAL: &str = "EGRET_LATERAL";
 /// `HashMap<OwnedKey, Owner>`: loopback and wildcard listeners opened inside
 /// a runner's cgroup, for `loopback: own`.
 pub const OWNED: &str = "EGRET_OWNED";
+/// `LruHashMap<u64, DnsOrigin>`: socket cookie → the resolver a job aimed a
+/// DNS query at before it was redirected to the proxy, so replies appear to
+/// come from there.
+pub const DNS_ORIGINS: &str = "EGRET_DNS_ORIG";
 /// `PerCpuArray<u64>` indexed by [`counter_index`].
 pub const COUNTERS: &str = "EGRET_COUNTERS";
 /// `RingBuf` of [`crate::event::Event`].
@@ -34,6 +38,7 @@ pub const LEARNED_CAPACITY: u32 = 131_072;
 pub const BASELINE_CAPACITY: u32 = 1_024;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const OWNED_CAPACITY: u32 = 65_536;
+pub const DNS_ORIGINS_CAPACITY: u32 = 65_536;
 
 /// Prefix length of a full key in the per-runner CIDR trie: the runner id is
 /// the first 32 bits, so entries of different runners never match each other.
@@ -108,8 +113,31 @@ pub struct BaselineEntry {
     /// A port this entry does not cover (for example DNS on Azure's
     /// 168.63.129.16); 0 = none.
     pub exempt_port: u16,
+    /// [`baseline_kind`] of a lateral-trie entry.
+    pub kind: u8,
+    pub _pad: [u8; 5],
+}
+
+/// What a lateral-trie entry stands for. Either way only an allow entry
+/// that names the destination itself opens it.
+pub mod baseline_kind {
+    /// A neighbour: private, link-local, CGNAT, ULA or a host subnet.
+    pub const LATERAL: u8 = 0;
+    /// A well-known public DNS-over-HTTPS resolver, through which any name
+    /// resolves past the proxy.
+    pub const DOH: u8 = 1;
+}
+
+/// The resolver a redirected DNS query was aimed at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// As the job gave it (IPv4 mapped for a v4 socket).
+    pub addr: Addr,
+    pub port: u16,
     pub _pad: [u8; 6],
 }
+const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 24);
 const _: () = assert!(core::mem::size_of::<BaselineEntry>() == 8);
 
 /// Counter slots kept per runner.
@@ -125,7 +153,9 @@ pub mod counter {
     /// Program-internal failures (each one denied).
     pub const ERRORS: u32 = 7;
     pub const DENIED_SOCKET_KIND: u32 = 8;
-    pub const KINDS: u32 = 9;
+    /// DNS queries refused in the kernel: no proxy, or lockdown.
+    pub const DENIED_DNS: u32 = 9;
+    pub const KINDS: u32 = 10;
     pub const NAMES: [&str; KINDS as usize] = [
         "allowed",
         "denied_not_allowed",
@@ -136,6 +166,7 @@ pub mod counter {
         "events_dropped",
         "errors",
         "denied_socket_kind",
+        "denied_dns",
     ];
 }
 

@@ -78,6 +78,11 @@ impl PortRule {
         if bit == proto::ICMP {
             return self.first == 0 && self.last == u16::MAX;
         }
+        // DNS over TLS resolves any name past the proxy: only a rule that
+        // lists port 853 by itself opens it, never a range or "all ports".
+        if port == crate::port::DOT {
+            return self.first == port && self.last == port;
+        }
         self.first <= port && port <= self.last
     }
 }

@@ -32,11 +32,19 @@ pub mod flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunnerState {
     pub flags: u32,
-    /// Port of this runner's DNS proxy on loopback, 0 while it has none.
+    /// Port of this runner's DNS proxy, 0 while it has none (then every DNS
+    /// query of its jobs is refused).
     pub dns_proxy_port: u16,
     pub _pad: u16,
+    /// Network namespace cookie of the agent: jobs there reach the proxy on
+    /// loopback.
+    pub host_netns: u64,
+    /// Where jobs in network namespaces of their own (containers) reach the
+    /// proxy, IPv4 mapped; all zero when the policy names no such address,
+    /// and then their DNS queries are refused.
+    pub dns_listen: crate::addr::Addr,
 }
-const _: () = assert!(core::mem::size_of::<RunnerState>() == 8);
+const _: () = assert!(core::mem::size_of::<RunnerState>() == 32);
 
 impl RunnerState {
     #[inline(always)]

@@ -2,7 +2,7 @@
 
 use crate::{
     event::Event,
-    maps::{BaselineEntry, CidrKey, ExactKey, Learned, OwnedKey, Owner},
+    maps::{BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, OwnedKey, Owner},
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
 };
@@ -22,3 +22,4 @@ unsafe impl aya::Pod for BaselineEntry {}
 unsafe impl aya::Pod for OwnedKey {}
 unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}
+unsafe impl aya::Pod for DnsOrigin {}

@@ -18,7 +18,7 @@ use aya_ebpf::{
         bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use egret_common::{
@@ -26,9 +26,10 @@ use egret_common::{
     event::{Event, action, hook, reason},
     maps::{
         ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY, COUNTERS_LEN,
-        CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, OWNED_CAPACITY, OwnedKey,
-        Owner, counter, counter_index,
+        CidrKey, DNS_ORIGINS_CAPACITY, DnsOrigin, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY,
+        Learned, OWNED_CAPACITY, OwnedKey, Owner, baseline_kind, counter, counter_index,
     },
+    port,
     rules::{PortRules, rules_flags},
     state::{GLOBAL_RUNNER, Lockdown, MAX_RUNNERS, RunnerState, flags},
     verdict::{ALLOW, DENY},
@@ -64,6 +65,9 @@ static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, 0);
 #[map(name = "EGRET_BOUND")]
 static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, 0);
 
+#[map(name = "EGRET_DNS_ORIG")]
+static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGINS_CAPACITY, 0);
+
 #[map(name = "EGRET_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
 
@@ -88,6 +92,156 @@ pub fn egret_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egret_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, hook::SENDMSG6)
+}
+
+/// A reply from the DNS proxy appears to come from the resolver the job
+/// asked, or stub resolvers would drop it.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn egret_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_peer_v4(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn restore_peer_v4(ctx: &SockAddrContext) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: a valid context; the verifier checks the field accesses.
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    if let Some(origin) = proxied_origin(ctx, addr::mapped_v4(ip.to_ne_bytes()), port)
+        && addr::is_mapped_v4(&origin.addr)
+    {
+        write_v4(ctx, &origin.addr, origin.port);
+    }
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn egret_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_peer_v6(&ctx);
+    ALLOW
+}
+
+/// As recvmsg for TCP: `getpeername` names the resolver the job dialled.
+#[cgroup_sock_addr(getpeername4)]
+pub fn egret_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer_v4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn egret_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer_v6(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn restore_peer_v6(ctx: &SockAddrContext) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as in egret_recvmsg4, one 32-bit word at a time.
+    let (w0, w1, w2, w3, port) = unsafe {
+        (
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+            (*sa).user_port,
+        )
+    };
+    if let Some(origin) = proxied_origin(ctx, addr::from_words([w0, w1, w2, w3]), port) {
+        write_v6(ctx, &origin.addr, origin.port);
+    }
+}
+
+/// The resolver a socket's DNS query was redirected from, when `peer` is
+/// this runner's proxy.
+#[inline(always)]
+fn proxied_origin(ctx: &SockAddrContext, peer: Addr, port_be: u32) -> Option<DnsOrigin> {
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    let state = STATE.get(runner)?;
+    if state.dns_proxy_port == 0 || u16::from_be(port_be as u16) != state.dns_proxy_port {
+        return None;
+    }
+    let peer = addr::normalize(peer);
+    if !addr::is_loopback(&peer) && peer != state.dns_listen {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    unsafe { DNS_ORIGINS.get(cookie) }.copied()
+}
+
+#[inline(always)]
+fn write_v6(ctx: &SockAddrContext, a: &Addr, port: u16) {
+    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    // SAFETY: the hooks that call this may rewrite the address, one 32-bit
+    // word at a time.
+    unsafe {
+        (*ctx.sock_addr).user_ip6[0] = word(0);
+        (*ctx.sock_addr).user_ip6[1] = word(4);
+        (*ctx.sock_addr).user_ip6[2] = word(8);
+        (*ctx.sock_addr).user_ip6[3] = word(12);
+        (*ctx.sock_addr).user_port = u32::from(port.to_be());
+    }
+}
+
+/// Sends a DNS query, whatever resolver the job aimed it at, to the
+/// runner's proxy, which answers only names the policy allows. Without a
+/// proxy, or under a lockdown that keeps nothing, the query is refused.
+#[inline(always)]
+fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&Addr, u16)) -> i32 {
+    let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let refuse = |why: u8| {
+        count(runner, counter::DENIED_DNS);
+        emit(runner, dst, why, action::DENY, 0, now, &task_origin());
+        DENY
+    };
+    let Some(state) = STATE.get(runner) else {
+        count(runner, counter::ERRORS);
+        return refuse(reason::DNS_REFUSED);
+    };
+    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
+        count(runner, counter::ERRORS);
+        return refuse(reason::DNS_REFUSED);
+    };
+    // `--keep-forge` keeps DNS: the forge is reached by name.
+    if (own.in_force(now) && !own.keeps_forge()) || (global.in_force(now) && !global.keeps_forge())
+    {
+        return refuse(reason::LOCKDOWN);
+    }
+    if !state.has(flags::CONFIGURED) || state.dns_proxy_port == 0 {
+        return refuse(reason::DNS_REFUSED);
+    }
+    let v4_socket = dst.family == 4;
+    let mapped = addr::is_mapped_v4(&dst.given);
+    let proxy: Addr = if dst.netns == state.host_netns {
+        if v4_socket || mapped {
+            addr::mapped_v4([127, 0, 0, 1])
+        } else {
+            addr::LOOPBACK_V6
+        }
+    } else {
+        let listen = state.dns_listen;
+        // A v4 socket cannot reach a v6 address; a v6 socket reaches a v4
+        // one in mapped form.
+        if listen == [0; 16] || (v4_socket && !addr::is_mapped_v4(&listen)) {
+            return refuse(reason::DNS_REFUSED);
+        }
+        listen
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let origin = DnsOrigin {
+        addr: dst.given,
+        port: dst.port,
+        _pad: [0; 6],
+    };
+    if DNS_ORIGINS.insert(cookie, origin, 0).is_err() {
+        // The reply will show the proxy's address, which stub resolvers
+        // reject: the lookup fails, closed.
+        count(runner, counter::ERRORS);
+    }
+    rewrite(&proxy, state.dns_proxy_port);
+    count(runner, counter::ALLOWED);
+    ALLOW
 }
 
 const AF_INET: u32 = 2;
@@ -214,6 +368,7 @@ pub fn egret_post_bind6(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn egret_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = DNS_ORIGINS.remove(cookie);
     // SAFETY: the entry is copied out at once; only this socket's release
     // removes it.
     let Some(key) = (unsafe { BOUND.get(cookie) }).copied() else {
@@ -347,7 +502,26 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
         family: 4,
         hook,
     };
+    if is_dns(&dst) {
+        return redirect_dns(ctx, &dst, |proxy, port| write_v4(ctx, proxy, port));
+    }
     judge(&dst)
+}
+
+#[inline(always)]
+fn write_v4(ctx: &SockAddrContext, a: &Addr, port: u16) {
+    // SAFETY: the v4 hooks that call this may rewrite the address.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        (*ctx.sock_addr).user_port = u32::from(port.to_be());
+    }
+}
+
+#[inline(always)]
+fn is_dns(dst: &Destination) -> bool {
+    dst.port == port::DNS
+        && (dst.proto == egret_common::rules::proto::IPPROTO_TCP
+            || dst.proto == egret_common::rules::proto::IPPROTO_UDP)
 }
 
 #[inline(always)]
@@ -374,6 +548,9 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         family: 6,
         hook,
     };
+    if is_dns(&dst) {
+        return redirect_dns(ctx, &dst, |proxy, port| write_v6(ctx, proxy, port));
+    }
     judge(&dst)
 }
 
@@ -457,6 +634,15 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
 
     let target = addr::normalize(dst.given);
 
+    // The runner's own DNS proxy, reached after a redirect (the backstop
+    // sees the rewritten address) or directly.
+    if state.dns_proxy_port != 0
+        && dst.port == state.dns_proxy_port
+        && (addr::is_loopback(&target) || target == state.dns_listen)
+    {
+        return Outcome::Allow;
+    }
+
     if let Some(entry) = METADATA.get(Key::new(ADDR_BITS, target))
         && (entry.exempt_port == 0 || entry.exempt_port != dst.port)
     {
@@ -475,7 +661,8 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
     {
         return Outcome::Allow;
     }
-    let lateral = LATERAL.get(Key::new(ADDR_BITS, target)).is_some();
+    let guarded = LATERAL.get(Key::new(ADDR_BITS, target));
+    let lateral = guarded.is_some();
     if let Some(rules) = CIDRS.get(Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target)))
         && (!lateral || rules.flags & rules_flags::LATERAL_OK != 0)
         && rules.permits_with(dst.port, dst.proto, forge_only)
@@ -502,7 +689,8 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
         lateral = true;
     }
 
-    let why = if lateral {
+    let doh = guarded.is_some_and(|e| e.kind == baseline_kind::DOH);
+    let why = if lateral && !doh {
         reason::LATERAL
     } else {
         reason::NOT_ALLOWED
@@ -520,6 +708,7 @@ const fn denial_counter(why: u8) -> u32 {
         reason::METADATA => counter::DENIED_METADATA,
         reason::LATERAL => counter::DENIED_LATERAL,
         reason::LOCKDOWN => counter::DENIED_LOCKDOWN,
+        reason::DNS_REFUSED => counter::DENIED_DNS,
         _ => counter::DENIED_NOT_ALLOWED,
     }
 }

@@ -107,7 +107,7 @@ const STEPS: &[Step] = &[
         allowed: false,
     },
     Step {
-        action: "udp-sendto:198.51.100.66:53",
+        action: "udp-sendto:198.51.100.66:443",
         what: "unconnected UDP to the attacker (exfiltration)",
         allowed: false,
     },

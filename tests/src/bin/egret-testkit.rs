@@ -2,7 +2,10 @@
 //! - `serve tcp:ADDR udp:ADDR ...`: fixture servers; TCP answers with a banner
 //!   line naming the address, UDP echoes.
 //! - `dns ADDR ZONE LOG`: an authoritative DNS fixture for the test zone that
-//!   appends every query it sees to LOG and re-reads ZONE on each query.
+//!   appends every query it sees to LOG and re-reads ZONE on each query. An
+//!   A value `FIRST-LAST` rotates through that range, one address per
+//!   answer (a CDN); `FIRST+N` answers N consecutive addresses at once (a
+//!   large answer, truncated over UDP so the client retries over TCP).
 //! - `job ACTION...`: what a CI job does; one JSON outcome per action.
 //!
 //! Every mode first checks it is not in the test's initial network namespace.
@@ -173,7 +176,35 @@ fn read_zone(path: &PathBuf) -> Vec<ZoneRecord> {
         .collect()
 }
 
-fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf) -> Option<Vec<u8>> {
+/// Addresses one A record stands for: one, the next of a rotating range,
+/// or a run of consecutive ones.
+fn a_values(value: &str) -> Vec<std::net::Ipv4Addr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ROTATION: AtomicU32 = AtomicU32::new(0);
+    if let Some((first, last)) = value.split_once('-') {
+        let (Ok(first), Ok(last)) = (
+            first.parse::<std::net::Ipv4Addr>(),
+            last.parse::<std::net::Ipv4Addr>(),
+        ) else {
+            return Vec::new();
+        };
+        let span = u32::from(last) - u32::from(first) + 1;
+        let n = ROTATION.fetch_add(1, Ordering::Relaxed) % span;
+        return vec![std::net::Ipv4Addr::from(u32::from(first) + n)];
+    }
+    if let Some((first, count)) = value.split_once('+') {
+        let (Ok(first), Ok(count)) = (first.parse::<std::net::Ipv4Addr>(), count.parse::<u32>())
+        else {
+            return Vec::new();
+        };
+        return (0..count)
+            .map(|i| std::net::Ipv4Addr::from(u32::from(first) + i))
+            .collect();
+    }
+    value.parse().into_iter().collect()
+}
+
+fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf, udp: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let q = request.queries.first()?.clone();
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
@@ -199,7 +230,14 @@ fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf) -> Option<Vec<u8>> {
             found_name = true;
             let rdata = match r.rtype {
                 RecordType::A if q.query_type() == RecordType::A => {
-                    RData::A(rdata::A(r.value.parse().ok()?))
+                    for ip in a_values(&r.value) {
+                        response.add_answer(Record::from_rdata(
+                            r.name.clone(),
+                            r.ttl,
+                            RData::A(rdata::A(ip)),
+                        ));
+                    }
+                    continue;
                 }
                 RecordType::AAAA if q.query_type() == RecordType::AAAA => {
                     RData::AAAA(rdata::AAAA(r.value.parse().ok()?))
@@ -221,7 +259,15 @@ fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf) -> Option<Vec<u8>> {
     if !found_name {
         response.metadata.response_code = ResponseCode::NXDomain;
     }
-    response.to_vec().ok()
+    let full = response.to_vec().ok()?;
+    // Plain DNS over UDP carries 512 bytes: a longer answer is truncated
+    // and the client must ask again over TCP.
+    if udp && full.len() > 512 {
+        response.answers.clear();
+        response.metadata.truncation = true;
+        return response.to_vec().ok();
+    }
+    Some(full)
 }
 
 fn dns(args: &[String]) -> ExitCode {
@@ -245,7 +291,7 @@ fn dns(args: &[String]) -> ExitCode {
                         if stream.read_exact(&mut q).is_err() {
                             break;
                         }
-                        let Some(r) = answer(&q, &zone, &log) else {
+                        let Some(r) = answer(&q, &zone, &log, false) else {
                             break;
                         };
                         let mut framed = (r.len() as u16).to_be_bytes().to_vec();
@@ -262,7 +308,7 @@ fn dns(args: &[String]) -> ExitCode {
     let _ = std::io::stdout().flush();
     let mut buf = [0u8; 4096];
     while let Ok((n, peer)) = udp.recv_from(&mut buf) {
-        if let Some(r) = answer(&buf[..n], &zone, &log) {
+        if let Some(r) = answer(&buf[..n], &zone, &log, true) {
             let _ = udp.send_to(&r, peer);
         }
     }
@@ -282,6 +328,11 @@ struct Outcome {
     oks: Option<u64>,
     eperms: Option<u64>,
     others: Option<u64>,
+    /// DNS actions: the response code, the addresses answered, and where
+    /// the reply came from as the job's socket reports it.
+    rcode: Option<String>,
+    answers: Option<Vec<String>>,
+    peer: Option<String>,
 }
 
 fn failure(action: &str, e: &std::io::Error) -> Outcome {
@@ -314,11 +365,216 @@ fn unspecified_for(dst: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// How a DNS action reaches its resolver: `udp` (sendto/recvfrom, as an
+/// unconnected stub does), `udpc` (connect, send, recv, as glibc does) or
+/// `tcp`, each `@` a socket address.
+struct Via {
+    how: String,
+    server: SocketAddr,
+}
+
+fn parse_via(via: &str) -> Via {
+    let (how, server) = via.split_once('@').expect("VIA is udp|udpc|tcp@ADDR:PORT");
+    Via {
+        how: how.to_owned(),
+        server: server
+            .parse()
+            .unwrap_or_else(|e| panic!("resolver {server}: {e}")),
+    }
+}
+
+struct DnsReply {
+    rcode: ResponseCode,
+    answers: Vec<std::net::IpAddr>,
+    peer: SocketAddr,
+    truncated: bool,
+}
+
+/// One stub-resolver exchange. A UDP reply from any address other than the
+/// one asked is ignored, as real stub resolvers do.
+fn dns_exchange(name: &str, rtype: RecordType, via: &Via) -> std::io::Result<DnsReply> {
+    let id = (std::process::id() as u16) ^ (monotonic_ns() as u16);
+    let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(hickory_proto::op::Query::query(
+        Name::from_ascii(format!("{name}.")).map_err(std::io::Error::other)?,
+        rtype,
+    ));
+    let bytes = q.to_vec().map_err(std::io::Error::other)?;
+    let (reply, peer) = match via.how.as_str() {
+        "udp" | "udpc" => {
+            let sock = UdpSocket::bind(unspecified_for(&via.server))?;
+            sock.set_read_timeout(Some(TIMEOUT))?;
+            if via.how == "udpc" {
+                sock.connect(via.server)?;
+                sock.send(&bytes)?;
+            } else {
+                sock.send_to(&bytes, via.server)?;
+            }
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                if from == via.server && n >= 2 && buf[..2] == id.to_be_bytes() {
+                    break (buf[..n].to_vec(), from);
+                }
+            }
+        }
+        "tcp" => {
+            let mut stream = TcpStream::connect_timeout(&via.server, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            let peer = stream.peer_addr()?;
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            stream.write_all(&framed)?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len)?;
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut buf)?;
+            (buf, peer)
+        }
+        other => panic!("unknown DNS transport {other}"),
+    };
+    let m = Message::from_vec(&reply).map_err(std::io::Error::other)?;
+    let answers = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Ok(DnsReply {
+        rcode: m.metadata.response_code,
+        answers,
+        peer,
+        truncated: m.metadata.truncation,
+    })
+}
+
+/// Resolves like a stub: over UDP, and again over TCP when truncated.
+fn resolve(name: &str, rtype: RecordType, via: &Via) -> std::io::Result<DnsReply> {
+    let reply = dns_exchange(name, rtype, via)?;
+    if reply.truncated && via.how != "tcp" {
+        return dns_exchange(
+            name,
+            rtype,
+            &Via {
+                how: "tcp".into(),
+                server: via.server,
+            },
+        );
+    }
+    Ok(reply)
+}
+
+fn record_type(t: &str) -> RecordType {
+    match t {
+        "A" => RecordType::A,
+        "AAAA" => RecordType::AAAA,
+        "TXT" => RecordType::TXT,
+        other => panic!("record type {other}"),
+    }
+}
+
+fn dns_outcome(action: &str, reply: &DnsReply) -> Outcome {
+    let mut o = success(action);
+    o.rcode = Some(format!("{:?}", reply.rcode));
+    o.answers = Some(reply.answers.iter().map(|a| a.to_string()).collect());
+    o.peer = Some(reply.peer.to_string());
+    o
+}
+
 fn run_action(action: &str) -> Outcome {
     let (kind, rest) = action.split_once(':').unwrap_or((action, ""));
     let parse =
         |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|e| panic!("address {s}: {e}")) };
     match kind {
+        // dns:NAME:TYPE:VIA — one query; reports rcode, answers, peer.
+        "dns" => {
+            let mut f = rest.splitn(3, ':');
+            let (name, t, via) = (
+                f.next().expect("name"),
+                f.next().expect("type"),
+                parse_via(f.next().expect("via")),
+            );
+            match resolve(name, record_type(t), &via) {
+                Ok(r) => dns_outcome(action, &r),
+                Err(e) => failure(action, &e),
+            }
+        }
+        // dns-connect:NAME:TYPE:PORT:VIA — resolve, then TCP to the first
+        // address on PORT; the banner names the server reached.
+        "dns-connect" => {
+            let mut f = rest.splitn(4, ':');
+            let (name, t, port, via) = (
+                f.next().expect("name"),
+                f.next().expect("type"),
+                f.next().expect("port").parse::<u16>().expect("port"),
+                parse_via(f.next().expect("via")),
+            );
+            let reply = match resolve(name, record_type(t), &via) {
+                Ok(r) => r,
+                Err(e) => return failure(action, &e),
+            };
+            let Some(ip) = reply.answers.first() else {
+                let mut o = dns_outcome(action, &reply);
+                o.result = "error";
+                o.error = Some("no address in the answer".into());
+                return o;
+            };
+            match TcpStream::connect_timeout(&SocketAddr::new(*ip, port), TIMEOUT) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(TIMEOUT));
+                    let mut line = String::new();
+                    let _ =
+                        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+                    let mut o = dns_outcome(action, &reply);
+                    o.banner = Some(line.trim().to_owned());
+                    o
+                }
+                Err(e) => {
+                    let mut o = failure(action, &e);
+                    o.answers = Some(reply.answers.iter().map(|a| a.to_string()).collect());
+                    o
+                }
+            }
+        }
+        // dns-rounds:N:NAME:PORT:VIA — N resolve-then-connect rounds;
+        // counts connects that worked, got EPERM, or failed otherwise.
+        "dns-rounds" => {
+            let mut f = rest.splitn(4, ':');
+            let (n, name, port, via) = (
+                f.next().expect("n").parse::<u64>().expect("n"),
+                f.next().expect("name"),
+                f.next().expect("port").parse::<u16>().expect("port"),
+                parse_via(f.next().expect("via")),
+            );
+            let (mut oks, mut eperms, mut others) = (0, 0, 0);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..n {
+                let ip = match resolve(name, RecordType::A, &via) {
+                    Ok(r) if !r.answers.is_empty() => r.answers[0],
+                    _ => {
+                        others += 1;
+                        continue;
+                    }
+                };
+                seen.insert(ip);
+                match TcpStream::connect_timeout(&SocketAddr::new(ip, port), TIMEOUT) {
+                    Ok(s) => {
+                        oks += 1;
+                        close_without_time_wait(&s);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperms += 1,
+                    Err(_) => others += 1,
+                }
+            }
+            let mut o = success(action);
+            (o.oks, o.eperms, o.others) = (Some(oks), Some(eperms), Some(others));
+            o.count = Some(seen.len() as u64);
+            o
+        }
         // Connect, read the server's banner line.
         "tcp" => match TcpStream::connect_timeout(&parse(rest), TIMEOUT) {
             Ok(s) => {

@@ -1,0 +1,133 @@
+use std::{net::Ipv4Addr, str::FromStr as _};
+
+use hickory_proto::{
+    op::Query,
+    rr::{Name, Record, RecordType, rdata},
+};
+
+use super::*;
+
+fn name(n: &str) -> Name {
+    Name::from_str(n).expect("name")
+}
+
+fn response(question: &str, answers: Vec<Record>) -> Message {
+    let mut m = Message::response(7, OpCode::Query);
+    m.add_query(Query::query(name(question), RecordType::A));
+    for a in answers {
+        m.add_answer(a);
+    }
+    m
+}
+
+fn a(owner: &str, ip: [u8; 4], ttl: u32) -> Record {
+    Record::from_rdata(name(owner), ttl, RData::A(rdata::A(Ipv4Addr::from(ip))))
+}
+
+fn cname(owner: &str, target: &str, ttl: u32) -> Record {
+    Record::from_rdata(name(owner), ttl, RData::CNAME(rdata::CNAME(name(target))))
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[test]
+fn a_cname_chain_credits_its_addresses_with_the_lowest_ttl() {
+    let mut m = response(
+        "alias.test.",
+        vec![
+            cname("alias.test.", "edge.cdn.test.", 30),
+            cname("edge.cdn.test.", "pop.cdn.test.", 300),
+            a("pop.cdn.test.", [203, 0, 113, 21], 60),
+            // Not on the chain: kept in the reply, never learned.
+            a("other.test.", [203, 0, 113, 99], 5),
+        ],
+    );
+    let s = screen(&mut m, HOUR, false);
+    assert_eq!(s.ips, vec![IpAddr::from([203, 0, 113, 21])]);
+    assert_eq!(s.ttl, Duration::from_secs(30));
+    assert!(!s.changed);
+    assert_eq!(m.answers.len(), 4);
+}
+
+#[test]
+fn private_and_metadata_answers_are_dropped_unless_the_entry_opts_in() {
+    let records = || {
+        vec![
+            a("x.test.", [10, 0, 0, 5], 60),
+            a("x.test.", [169, 254, 169, 254], 60),
+            a("x.test.", [127, 0, 0, 1], 60),
+            a("x.test.", [203, 0, 113, 22], 60),
+        ]
+    };
+    let mut m = response("x.test.", records());
+    let s = screen(&mut m, HOUR, false);
+    assert_eq!(s.ips, vec![IpAddr::from([203, 0, 113, 22])]);
+    assert_eq!((s.stripped, s.changed), (3, true));
+    assert_eq!(m.answers.len(), 1);
+
+    let mut m = response("x.test.", records());
+    let s = screen(&mut m, HOUR, true);
+    // Metadata goes even when private answers are kept.
+    assert_eq!(s.stripped, 1);
+    assert_eq!(s.ips.len(), 3);
+}
+
+#[test]
+fn ttls_above_the_cap_are_lowered_so_jobs_never_outcache_the_map() {
+    let mut m = response("x.test.", vec![a("x.test.", [203, 0, 113, 22], 86_400)]);
+    let s = screen(&mut m, HOUR, false);
+    assert!(s.changed);
+    assert_eq!(m.answers[0].ttl, 3600);
+    assert_eq!(s.ttl, Duration::from_secs(86_400));
+}
+
+fn runner(rules: &[(&str, bool)]) -> RunnerDns {
+    RunnerDns {
+        id: 1,
+        name: "ci".into(),
+        mode: Mode::Enforce,
+        rules: rules
+            .iter()
+            .map(|(n, private)| HostRule {
+                name: (*n).into(),
+                ports: vec![PortRule::all_ports(egret_common::rules::proto::ANY)],
+                private_answers: *private,
+            })
+            .collect(),
+        upstream: vec![],
+        refuse_with: DnsRefusal::Refused,
+        listen: None,
+        cgroup_dir: PathBuf::new(),
+    }
+}
+
+#[test]
+fn names_match_exact_entries_and_patterns_case_blind() {
+    let r = runner(&[("gitlab.test", false), ("*.pkg.test", false)]);
+    assert_eq!(r.rules_for("gitlab.test").len(), 1);
+    assert_eq!(r.rules_for("a.b.pkg.test").len(), 1);
+    assert!(r.rules_for("pkg.test").is_empty());
+    assert!(r.rules_for("x.gitlab.test").is_empty());
+    assert!(r.rules_for("gitlab.test.attacker.test").is_empty());
+}
+
+#[test]
+fn a_doh_service_needs_an_exact_entry() {
+    let r = runner(&[("*.cloudflare-dns.com", false), ("dns.google", false)]);
+    assert!(r.rules_for("mozilla.cloudflare-dns.com").is_empty());
+    assert_eq!(r.rules_for("dns.google").len(), 1);
+}
+
+#[test]
+fn upstreams_prefer_the_runner_then_the_agent() {
+    let runner_up: Vec<IpAddr> = vec!["203.0.113.53".parse().unwrap()];
+    let agent_up: Vec<IpAddr> = vec!["192.0.2.53".parse().unwrap()];
+    assert_eq!(
+        upstream_servers(&runner_up, &agent_up),
+        vec!["203.0.113.53:53".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        upstream_servers(&[], &agent_up),
+        vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]
+    );
+}
