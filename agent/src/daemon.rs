@@ -130,7 +130,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         attribution: attribution.clone(),
         ids: HashMap::new(),
         cgroups: HashMap::new(),
-        proxies: Proxies::new(Arc::new(shared)),
+        proxies: Proxies::new(Arc::new(shared))
+            .map_err(|e| IoError::at("start the DNS proxy thread", "")(e))?,
         host_netns,
         started: Instant::now(),
         digest: loaded.digest.clone(),

@@ -108,6 +108,9 @@ pub struct Shared {
     /// the agent's syncs of the same map.
     learned: Mutex<BpfHashMap<MapData, ExactKey, Learned>>,
     hub: Arc<Hub>,
+    upstreams: Upstreams,
+    /// The agent's TTL settings (fixed for its lifetime).
+    ttl: crate::resolver::TtlSettings,
     pub stats: ProxyStats,
 }
 
@@ -120,7 +123,14 @@ impl Shared {
         let data = MapData::from_pin(learned_pin)?;
         let map = aya::maps::Map::from_map_data(data)?;
         let learned = BpfHashMap::try_from(map)?;
+        let ttl = attribution
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .learning
+            .settings;
         Ok(Self {
+            upstreams: Upstreams::default(),
+            ttl,
             attribution,
             learned: Mutex::new(learned),
             hub,
@@ -141,14 +151,26 @@ struct Listener {
 pub struct Proxies {
     shared: Arc<Shared>,
     by_runner: HashMap<u32, Listener>,
+    /// The proxies run on a thread of their own, on a single-threaded
+    /// runtime: a query then crosses no thread between its hops, as in a
+    /// classic forwarder's event loop.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Proxies {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self {
+    pub fn new(shared: Arc<Shared>) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("egret-dns".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        Ok(Self {
             shared,
             by_runner: HashMap::new(),
-        }
+            runtime: handle,
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -167,6 +189,8 @@ impl Proxies {
         }
         let keep = self.by_runner.get(&config.id).map_or(preferred, |l| l.port);
         self.by_runner.remove(&config.id);
+        // Sockets register with the runtime they are created under.
+        let _in_proxy_runtime = self.runtime.enter();
         let (port, udp, tcp) = bind_runner(&config, keep)?;
         let id = config.id;
         let listen = config.listen;
@@ -174,20 +198,21 @@ impl Proxies {
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
         for sock in udp {
-            tasks.spawn(serve_udp(
-                Arc::new(sock),
-                self.shared.clone(),
-                config.clone(),
-                limit.clone(),
-            ));
+            tasks.spawn_on(
+                serve_udp(
+                    Arc::new(sock),
+                    self.shared.clone(),
+                    config.clone(),
+                    limit.clone(),
+                ),
+                &self.runtime,
+            );
         }
         for listener in tcp {
-            tasks.spawn(serve_tcp(
-                listener,
-                self.shared.clone(),
-                config.clone(),
-                limit.clone(),
-            ));
+            tasks.spawn_on(
+                serve_tcp(listener, self.shared.clone(), config.clone(), limit.clone()),
+                &self.runtime,
+            );
         }
         self.by_runner.insert(
             id,
@@ -503,11 +528,7 @@ async fn answer(
             Some(&request),
         ))
     };
-    // A fresh ID towards upstream: the job's own ID could be predictable.
-    let upstream_id = getrandom::u32().map_or(id ^ 0x5a5a, |r| r as u16);
-    let mut forwarded = query.to_vec();
-    forwarded[..2].copy_from_slice(&upstream_id.to_be_bytes());
-    let Some(raw) = forward(&forwarded, transport, &runner.upstream, upstream_id).await else {
+    let Some(raw) = forward(query, transport, &runner.upstream, &shared.upstreams).await else {
         return servfail();
     };
     let Ok(mut response) = Message::from_vec(&raw) else {
@@ -520,14 +541,7 @@ async fn answer(
         return servfail();
     }
     let private_ok = rules.iter().any(|r| r.private_answers);
-    let cap = shared
-        .attribution
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .learning
-        .settings
-        .cap;
-    let screened = screen(&mut response, cap, private_ok);
+    let screened = screen(&mut response, shared.ttl.cap, private_ok);
     shared
         .stats
         .stripped
@@ -554,9 +568,7 @@ async fn answer(
         response.metadata.id = id;
         return response.to_vec().ok().or_else(servfail);
     }
-    let mut out = raw;
-    out[..2].copy_from_slice(&id.to_be_bytes());
-    Some(out)
+    Some(raw)
 }
 
 struct Screened {
@@ -646,50 +658,173 @@ fn learn(
     Ok(())
 }
 
-/// Sends the query to each upstream in turn until one answers.
+/// Sends the query to each upstream in turn until one answers; the reply
+/// carries the query's own ID again.
 async fn forward(
     query: &[u8],
     transport: Transport,
     upstream: &[SocketAddr],
-    id: u16,
+    pools: &Upstreams,
 ) -> Option<Vec<u8>> {
+    let mut query = query.to_vec();
+    let id = [query[0], query[1]];
     for server in upstream {
         let reply = match transport {
             Transport::Udp => {
-                tokio::time::timeout(UPSTREAM_TIMEOUT, forward_udp(query, *server, id)).await
+                let socket = match pools.pick(*server) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%server, error = %e, "cannot open an upstream socket");
+                        continue;
+                    }
+                };
+                tokio::time::timeout(UPSTREAM_TIMEOUT, socket.exchange(&mut query)).await
             }
             Transport::Tcp => {
-                tokio::time::timeout(UPSTREAM_TIMEOUT, forward_tcp(query, *server)).await
+                // A fresh ID towards upstream: the job's own could be
+                // predictable.
+                let fresh = getrandom::u32().map_or(0x5a5a, |r| r as u16);
+                query[..2].copy_from_slice(&fresh.to_be_bytes());
+                tokio::time::timeout(UPSTREAM_TIMEOUT, forward_tcp(&query, *server))
+                    .await
+                    .map(|r| {
+                        r.and_then(|bytes| {
+                            if bytes.len() >= 12 && bytes[..2] == fresh.to_be_bytes() {
+                                Ok(bytes)
+                            } else {
+                                Err(io::Error::other("reply to another query"))
+                            }
+                        })
+                    })
             }
         };
         match reply {
-            Ok(Ok(bytes)) if bytes.len() >= 12 && bytes[..2] == id.to_be_bytes() => {
+            Ok(Ok(mut bytes)) => {
+                bytes[..2].copy_from_slice(&id);
                 return Some(bytes);
             }
             Ok(Err(e)) => tracing::debug!(%server, error = %e, "upstream failed"),
-            _ => tracing::debug!(%server, "upstream did not answer in time"),
+            Err(_) => tracing::debug!(%server, "upstream did not answer in time"),
         }
     }
     None
 }
 
-async fn forward_udp(query: &[u8], server: SocketAddr, id: u16) -> io::Result<Vec<u8>> {
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
-    sock.send(query).await?;
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        // Only the reply to this query; anything else is noise or spoofing.
-        if n >= 12 && buf[..2] == id.to_be_bytes() {
-            buf.truncate(n);
-            return Ok(buf);
+/// Long-lived UDP sockets towards each upstream, several per server, each
+/// query on a random one with a random ID that no other query in flight on
+/// that socket holds. Replies are matched by ID; connected sockets take
+/// replies from the server only.
+#[derive(Default)]
+pub struct Upstreams {
+    by_server: Mutex<HashMap<SocketAddr, Vec<Arc<UpstreamSocket>>>>,
+}
+
+/// Sockets per upstream server: source-port entropy on top of the ID.
+const SOCKETS_PER_UPSTREAM: usize = 8;
+
+impl Upstreams {
+    fn pick(&self, server: SocketAddr) -> io::Result<Arc<UpstreamSocket>> {
+        let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = all.entry(server).or_default();
+        if pool.len() < SOCKETS_PER_UPSTREAM {
+            pool.push(UpstreamSocket::open(server)?);
+            return Ok(pool[pool.len() - 1].clone());
         }
+        let n = getrandom::u32().unwrap_or(0) as usize % pool.len();
+        Ok(pool[n].clone())
+    }
+}
+
+pub struct UpstreamSocket {
+    sock: Arc<UdpSocket>,
+    pending: Mutex<HashMap<u16, tokio::sync::oneshot::Sender<Vec<u8>>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UpstreamSocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl UpstreamSocket {
+    fn open(server: SocketAddr) -> io::Result<Arc<Self>> {
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let std_sock = std::net::UdpSocket::bind(local)?;
+        std_sock.connect(server)?;
+        std_sock.set_nonblocking(true)?;
+        let sock = Arc::new(UdpSocket::from_std(std_sock)?);
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
+            let me = me.clone();
+            let reader_sock = sock.clone();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_535];
+                loop {
+                    // An ICMP error on the connected socket surfaces here;
+                    // the query it concerned times out.
+                    let Ok(n) = reader_sock.recv(&mut buf).await else {
+                        continue;
+                    };
+                    let Some(me) = me.upgrade() else { return };
+                    if n < 12 {
+                        continue;
+                    }
+                    let id = u16::from_be_bytes([buf[0], buf[1]]);
+                    let waiter = me
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(buf[..n].to_vec());
+                    }
+                }
+            });
+            Self {
+                sock,
+                pending: Mutex::new(HashMap::new()),
+                reader,
+            }
+        }))
+    }
+
+    /// Sends `query` under a fresh ID (written into it) and waits for the
+    /// reply. Dropped when the caller times out, which frees the ID.
+    async fn exchange(&self, query: &mut [u8]) -> io::Result<Vec<u8>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.len() > usize::from(u16::MAX) / 2 {
+                return Err(io::Error::other("too many queries in flight"));
+            }
+            let id = loop {
+                let id = getrandom::u32().map_or(0, |r| r as u16);
+                if !pending.contains_key(&id) {
+                    break id;
+                }
+            };
+            pending.insert(id, tx);
+            id
+        };
+        struct Forget<'a>(&'a UpstreamSocket, u16);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, id);
+        query[..2].copy_from_slice(&id.to_be_bytes());
+        self.sock.send(query).await?;
+        rx.await
+            .map_err(|_| io::Error::other("upstream socket closed"))
     }
 }
 

@@ -140,13 +140,23 @@ pub struct Tracked {
     pub failures: u32,
 }
 
-/// What the DNS proxy learned for one name a runner's job resolved.
+/// What the DNS proxy handed a runner's jobs for one address: the union of
+/// the ports of every name that produced it, until the latest expiry.
 #[derive(Debug, Default)]
-pub struct Proxied {
+pub struct ProxiedAddress {
     pub ports: Vec<PortRule>,
-    /// Address → when it stops being allowed (TTL + grace).
-    pub ips: HashMap<IpAddr, Instant>,
+    pub until: Option<Instant>,
+    /// The most recent names that produced it, for event attribution.
+    pub names: Vec<String>,
 }
+
+/// Names kept per address for attribution: a CDN address shared by
+/// thousands of names would otherwise make every lookup slow.
+const NAMES_PER_ADDRESS: usize = 8;
+/// Names whose addresses are counted against `max_ips_per_name`; beyond
+/// it, the least recently answered are forgotten (their addresses stay
+/// allowed until they expire).
+const COUNTED_NAMES: usize = 16_384;
 
 /// Every host the policy names, per runner, with what was learned for it,
 /// and every answer the DNS proxy handed to a job.
@@ -154,12 +164,17 @@ pub struct Proxied {
 pub struct Learning {
     pub settings: TtlSettings,
     pub tracked: Vec<Tracked>,
-    /// (runner, queried name) → what the proxy learned for it. Entries a
-    /// previous agent left in the pinned map are kept under the name "".
-    pub proxied: HashMap<(u32, String), Proxied>,
-    /// (runner, address) → the names in `proxied` that produced it.
-    proxied_by_ip: HashMap<(u32, IpAddr), Vec<String>>,
+    /// (runner, address) → what the proxy handed out for it. Entries a
+    /// previous agent left in the pinned map are restored here, nameless.
+    pub proxied: HashMap<(u32, IpAddr), ProxiedAddress>,
+    /// (runner, queried name) → its addresses with their expiry, to cap how
+    /// many one name may hold.
+    per_name: HashMap<(u32, String), HashMap<IpAddr, Instant>>,
 }
+
+/// How much a repeated answer may extend an address's expiry before the
+/// map entry is rewritten: well inside every grace period.
+const REWRITE_SLACK: Duration = Duration::from_secs(1);
 
 /// A change to one learned-map entry: its new value, or `None` to delete it.
 pub type LearnedChange = (ExactKey, Option<egret_common::maps::Learned>);
@@ -174,7 +189,8 @@ impl Learning {
 
     /// Credits an answer the proxy is about to release to `name`: every
     /// address is allowed on `ports` for the clamped TTL plus the grace
-    /// period. Returns the map entries to write before the job sees it.
+    /// period. Returns the map entries to write before the job sees it:
+    /// none when the map already holds what the answer needs.
     pub fn learn_answer(
         &mut self,
         runner: u32,
@@ -185,42 +201,35 @@ impl Learning {
     ) -> Vec<LearnedChange> {
         let now = Instant::now();
         let until = now + self.settings.clamp(ttl) + self.settings.grace;
-        let cap = self.settings.max_ips_per_name.max(1);
-        let entry = self.proxied.entry((runner, name.to_owned())).or_default();
-        entry.ports = ports.to_vec();
-        let mut touched: Vec<IpAddr> = Vec::new();
+        self.count_against_cap(runner, name, ips, until, now);
+        let mut touched = Vec::new();
         for ip in ips {
-            let slot = entry.ips.entry(*ip).or_insert(until);
-            *slot = (*slot).max(until);
-            touched.push(*ip);
-        }
-        let mut evicted = Vec::new();
-        if entry.ips.len() > cap {
-            let mut by_expiry: Vec<(Instant, IpAddr)> = entry
-                .ips
-                .iter()
-                .filter(|(ip, _)| !ips.contains(ip))
-                .map(|(ip, t)| (*t, *ip))
-                .collect();
-            by_expiry.sort_unstable();
-            for (_, ip) in by_expiry.into_iter().take(entry.ips.len() - cap) {
-                entry.ips.remove(&ip);
-                evicted.push(ip);
+            let credit = self.proxied.entry((runner, *ip)).or_default();
+            let mut changed = false;
+            // Within a second of what the map holds: no write needed, the
+            // entry outlives what the job will cache.
+            if credit.until.is_none_or(|u| u + REWRITE_SLACK < until) {
+                credit.until = Some(credit.until.map_or(until, |u| u.max(until)));
+                changed = true;
             }
-        }
-        for ip in &touched {
-            let names = self.proxied_by_ip.entry((runner, *ip)).or_default();
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_owned());
+            if !ports.iter().all(|p| credit.ports.contains(p)) {
+                credit.ports.extend_from_slice(ports);
+                credit.ports = datapath::merge_rules(std::mem::take(&mut credit.ports));
+                changed = true;
             }
-        }
-        for ip in &evicted {
-            self.uncredit(runner, *ip, name);
+            if !credit.names.iter().any(|n| n == name) {
+                if credit.names.len() == NAMES_PER_ADDRESS {
+                    credit.names.remove(0);
+                }
+                credit.names.push(name.to_owned());
+            }
+            if changed {
+                touched.push(*ip);
+            }
         }
         let mono_now = monotonic_ns();
         touched
             .into_iter()
-            .chain(evicted)
             .map(|ip| {
                 let key = ExactKey {
                     runner,
@@ -231,11 +240,50 @@ impl Learning {
             .collect()
     }
 
-    fn uncredit(&mut self, runner: u32, ip: IpAddr, name: &str) {
-        if let Some(names) = self.proxied_by_ip.get_mut(&(runner, ip)) {
-            names.retain(|n| n != name);
-            if names.is_empty() {
-                self.proxied_by_ip.remove(&(runner, ip));
+    /// Keeps at most `max_ips_per_name` addresses per name: the ones closest
+    /// to expiry stop counting, and, unless another answer renews them, lapse
+    /// at their expiry.
+    fn count_against_cap(
+        &mut self,
+        runner: u32,
+        name: &str,
+        ips: &[IpAddr],
+        until: Instant,
+        now: Instant,
+    ) {
+        let cap = self.settings.max_ips_per_name.max(1);
+        if self.per_name.capacity() < COUNTED_NAMES {
+            // All at once: growing it step by step would stall an answer
+            // now and then for the rehash.
+            self.per_name.reserve(COUNTED_NAMES - self.per_name.len());
+        }
+        if self.per_name.len() >= COUNTED_NAMES {
+            self.per_name
+                .retain(|_, ips| ips.values().any(|u| *u > now));
+            if self.per_name.len() >= COUNTED_NAMES {
+                self.per_name.clear();
+            }
+        }
+        let entry = self.per_name.entry((runner, name.to_owned())).or_default();
+        for ip in ips {
+            entry.insert(*ip, until);
+        }
+        if entry.len() <= cap {
+            return;
+        }
+        let mut by_expiry: Vec<(Instant, IpAddr)> = entry
+            .iter()
+            .filter(|(ip, _)| !ips.contains(ip))
+            .map(|(ip, t)| (*t, *ip))
+            .collect();
+        by_expiry.sort_unstable();
+        let excess = entry.len() - cap;
+        for (_, ip) in by_expiry.into_iter().take(excess) {
+            entry.remove(&ip);
+            // The address keeps what it was granted, no longer renewed
+            // through this name.
+            if let Some(credit) = self.proxied.get_mut(&(runner, ip)) {
+                credit.names.retain(|n| n != name);
             }
         }
     }
@@ -256,34 +304,23 @@ impl Learning {
             let ip = datapath::ip_of(key.addr);
             let until = now + Duration::from_nanos(value.expires_ns - mono_now);
             let count = (value.rules.count as usize).min(egret_common::rules::MAX_PORT_RULES);
-            let entry = self.proxied.entry((key.runner, String::new())).or_default();
-            entry.ports.extend_from_slice(&value.rules.rules[..count]);
-            entry.ports = datapath::merge_rules(std::mem::take(&mut entry.ports));
-            entry.ips.insert(ip, until);
-            self.proxied_by_ip
-                .entry((key.runner, ip))
-                .or_default()
-                .push(String::new());
+            let credit = self.proxied.entry((key.runner, ip)).or_default();
+            credit.ports.extend_from_slice(&value.rules.rules[..count]);
+            credit.ports = datapath::merge_rules(std::mem::take(&mut credit.ports));
+            credit.until = Some(credit.until.map_or(until, |u| u.max(until)));
         }
     }
 
     /// Forgets proxied answers that lapsed, and those of runners no longer
     /// in the policy.
     pub fn prune(&mut self, now: Instant, runners: &std::collections::HashSet<u32>) {
-        let mut gone: Vec<(u32, IpAddr, String)> = Vec::new();
-        for ((runner, name), p) in &mut self.proxied {
-            p.ips.retain(|ip, until| {
-                let keep = *until > now && runners.contains(runner);
-                if !keep {
-                    gone.push((*runner, *ip, name.clone()));
-                }
-                keep
-            });
-        }
-        self.proxied.retain(|_, p| !p.ips.is_empty());
-        for (runner, ip, name) in gone {
-            self.uncredit(runner, ip, &name);
-        }
+        self.proxied.retain(|(runner, _), credit| {
+            runners.contains(runner) && credit.until.is_some_and(|u| u > now)
+        });
+        self.per_name.retain(|(runner, _), ips| {
+            ips.retain(|_, u| *u > now);
+            runners.contains(runner) && !ips.is_empty()
+        });
     }
 
     /// The learned-map value for one address: the union of the ports of
@@ -308,12 +345,10 @@ impl Learning {
                 credit(&t.ports, *until);
             }
         }
-        for name in self.proxied_by_ip.get(&(runner, ip)).into_iter().flatten() {
-            if let Some(p) = self.proxied.get(&(runner, name.clone()))
-                && let Some(until) = p.ips.get(&ip)
-            {
-                credit(&p.ports, *until);
-            }
+        if let Some(p) = self.proxied.get(&(runner, ip))
+            && let Some(until) = p.until
+        {
+            credit(&p.ports, until);
         }
         let until = latest?;
         Some(learned_value(runner, ports, until, now, mono_now))
@@ -424,24 +459,26 @@ impl Learning {
     pub fn desired(&self, now: Instant) -> HashMap<ExactKey, egret_common::maps::Learned> {
         let mono_now = monotonic_ns();
         let mut rules: HashMap<ExactKey, (Vec<PortRule>, Instant)> = HashMap::new();
-        let tracked = self.tracked.iter().map(|t| (t.runner, &t.ports, &t.ips));
+        let tracked = self.tracked.iter().flat_map(|t| {
+            t.ips
+                .iter()
+                .map(move |(ip, until)| (t.runner, *ip, &t.ports, *until))
+        });
         let proxied = self
             .proxied
             .iter()
-            .map(|((runner, _), p)| (*runner, &p.ports, &p.ips));
-        for (runner, ports, ips) in tracked.chain(proxied) {
-            for (ip, until) in ips {
-                if *until <= now {
-                    continue;
-                }
-                let key = ExactKey {
-                    runner,
-                    addr: datapath::addr_of(*ip),
-                };
-                let slot = rules.entry(key).or_insert_with(|| (Vec::new(), *until));
-                slot.0.extend(ports.iter().copied());
-                slot.1 = slot.1.max(*until);
+            .filter_map(|((runner, ip), p)| p.until.map(|until| (*runner, *ip, &p.ports, until)));
+        for (runner, ip, ports, until) in tracked.chain(proxied) {
+            if until <= now {
+                continue;
             }
+            let key = ExactKey {
+                runner,
+                addr: datapath::addr_of(ip),
+            };
+            let slot = rules.entry(key).or_insert_with(|| (Vec::new(), until));
+            slot.0.extend(ports.iter().copied());
+            slot.1 = slot.1.max(until);
         }
         rules
             .into_iter()
@@ -459,11 +496,10 @@ impl Learning {
             .filter(|t| t.runner == runner && t.ips.contains_key(&ip))
             .map(|t| t.host.as_str())
             .chain(
-                self.proxied_by_ip
+                self.proxied
                     .get(&(runner, ip))
                     .into_iter()
-                    .flatten()
-                    .filter(|n| !n.is_empty())
+                    .flat_map(|p| p.names.iter())
                     .map(String::as_str),
             )
             .collect();
@@ -615,7 +651,7 @@ mod tests {
             "443 from a.test, 22 from b.test"
         );
         assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
-        // A third address for b.test evicts the one closest to expiry.
+        // A third address for b.test pushes out the one closest to expiry.
         l.learn_answer(
             1,
             "b.test",
@@ -630,12 +666,22 @@ mod tests {
             &["203.0.113.3".parse().unwrap()],
             Duration::from_secs(600),
         );
-        assert_eq!(l.proxied[&(1, "b.test".to_owned())].ips.len(), 2);
-        let evicted = changes
-            .iter()
-            .find(|(k, _)| k.addr == datapath::addr_of("203.0.113.2".parse().unwrap()))
-            .expect("the evicted address is rewritten");
-        assert!(evicted.1.is_none(), "no one else credits it: deleted");
+        assert_eq!(l.per_name[&(1, "b.test".to_owned())].len(), 2);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            l.hosts_for(1, "203.0.113.2".parse().unwrap()),
+            None,
+            "no longer renewed through b.test"
+        );
+        // The same answer again a moment later needs no write.
+        let again = l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        );
+        assert!(again.is_empty(), "{again:?}");
         // Another runner learned nothing.
         assert_eq!(l.hosts_for(2, shared), None);
     }

@@ -32,6 +32,10 @@ pub struct Outcome {
     pub rcode: Option<String>,
     pub answers: Option<Vec<String>>,
     pub peer: Option<String>,
+    /// Load actions: latency percentiles and replies per second.
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+    pub qps: Option<u64>,
 }
 
 impl Outcome {

@@ -99,6 +99,7 @@ rebind.test A 10.0.0.5 60
 meta.test A 169.254.169.254 60
 mixed.test A 203.0.113.22 60
 mixed.test A 10.0.0.5 60
+*.bench.test A 203.0.113.30 60
 ";
 
 /// Every address of this block answers in the internet namespace, on
@@ -246,6 +247,23 @@ impl World {
         ]);
         self.containers.push(ns);
         self.containers.last().expect("just pushed")
+    }
+
+    /// A second DNS fixture at `addr` in the internet namespace, serving
+    /// the default zone from memory without logging: an upstream fast
+    /// enough for benchmarks.
+    pub fn start_fast_dns(&mut self, addr: &str) {
+        self.internet
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+        let zone = self.dir.join("fast-zone.txt");
+        std::fs::write(&zone, ZONE).expect("write zone");
+        let args = vec![
+            "dns".to_owned(),
+            format!("{addr}:53"),
+            zone.display().to_string(),
+            "-".to_owned(),
+        ];
+        self.start_fixture(Side::Internet, &args);
     }
 
     /// The `n`th namespace [`World::container`] made.

@@ -13,13 +13,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test world.
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test world,
+/// dnsmasq for a benchmark.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
     "iproute2",
+    // The forwarder `cargo xtask bench dns` compares the proxy with.
+    "dnsmasq-base",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -65,6 +68,9 @@ enum Bench {
     Reload,
     /// TCP bulk throughput with and without egret's packet-level backstop.
     Stream,
+    /// DNS latency and throughput through the proxy, against the upstream
+    /// directly and against dnsmasq as a forwarder.
+    Dns,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +113,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 Bench::Lockdown => "bench-lockdown",
                 Bench::Reload => "bench-reload",
                 Bench::Stream => "bench-stream",
+                Bench::Dns => "bench-dns",
             };
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }

@@ -53,6 +53,20 @@ enum Command {
         #[arg(long, default_value_t = 400)]
         megabytes: u32,
     },
+    BenchDns {
+        /// Queries per second of the latency runs.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Milliseconds per run.
+        #[arg(long, default_value_t = 3000)]
+        ms: u64,
+        /// Clients of the throughput runs, each asking again once answered.
+        #[arg(long, default_value_t = 16)]
+        clients: u32,
+        /// Rounds; each runs every path once, in turn.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+    },
     BenchConnect {
         /// Alternating rounds per side.
         #[arg(long, default_value_t = 12)]
@@ -76,6 +90,12 @@ fn main() -> ExitCode {
         Command::BenchLockdown { runs } => bench_lockdown(runs),
         Command::BenchReload { runs } => bench_reload(runs),
         Command::BenchStream { rounds, megabytes } => bench_stream(rounds, megabytes),
+        Command::BenchDns {
+            rate,
+            ms,
+            clients,
+            rounds,
+        } => bench_dns(rate, ms, clients, rounds),
     }
 }
 
@@ -416,6 +436,125 @@ fn bench_stream(rounds: u32, megabytes: u32) -> ExitCode {
         100.0 * e / b
     );
     ExitCode::SUCCESS
+}
+
+/// The benchmark upstream: the default zone served from memory.
+const FAST_DNS: &str = "203.0.113.54";
+/// Every query asks a different name, as a build resolving its many
+/// dependencies does, so no forwarder can merge identical queries in flight.
+const LOAD_NAME: &str = "q{n}.bench.test";
+const FLOOD_NAME: &str = "c{c}-q{n}.bench.test";
+/// dnsmasq on the host's loopback, forwarding to [`FAST_DNS`].
+const DNSMASQ: &str = "127.0.0.1:5300";
+
+fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
+    let mut world = World::new();
+    world.start_fast_dns(FAST_DNS);
+    let mut cgroup = TestCgroup::new("egret-bench");
+    let guarded = cgroup.child("egret");
+    let policy = world.path("bench.yaml");
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    dns:\n      upstream: [{FAST_DNS}]\n    allow:\n      - host: \"*.bench.test\"\n        ports: [443]\n"
+        ),
+    );
+    let pins = Pins::new(&world);
+    let _agent = Agent::start(&world, &pins, &policy, &[]);
+    let Some(dnsmasq) = which_dnsmasq() else {
+        eprintln!("dnsmasq not found: `cargo xtask setup` installs dnsmasq-base");
+        return ExitCode::from(2);
+    };
+    let mut cmd = std::process::Command::new(dnsmasq);
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-daemon",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--port=5300",
+        // A forwarder like the proxy: no cache to answer from.
+        "--cache-size=0",
+        "--dns-forward-max=1000",
+        "--pid-file=",
+        "--user=root",
+        "--log-facility=-",
+        &format!("--server={FAST_DNS}"),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut dnsmasq = world.host.spawn(&mut cmd, None);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let upstream = format!("{FAST_DNS}:53");
+    // (label, cgroup, server the client asks)
+    let paths: [(&str, Option<&str>, &str); 3] = [
+        ("upstream directly", None, &upstream),
+        ("dnsmasq forwarder", None, DNSMASQ),
+        ("egret DNS proxy", Some("egret"), &upstream),
+    ];
+    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, u64)> =
+        vec![(Vec::new(), Vec::new(), Vec::new(), 0); paths.len()];
+    for _ in 0..rounds {
+        for (i, (label, rel, server)) in paths.iter().enumerate() {
+            let procs = rel.map(|r| cgroup.procs(r));
+            let load = job::one(
+                &world.host,
+                procs.as_deref(),
+                &format!("dns-load:{rate}:{ms}:{LOAD_NAME}:{server}"),
+            );
+            assert!(load.ok(), "{label}: {load:?}");
+            let flood = job::one(
+                &world.host,
+                procs.as_deref(),
+                &format!("dns-flood:{ms}:{clients}:{FLOOD_NAME}:{server}"),
+            );
+            assert!(flood.ok(), "{label}: {flood:?}");
+            let r = &mut results[i];
+            r.0.push(load.p50_ns.unwrap_or(0) as f64 / 1000.0);
+            r.1.push(load.p99_ns.unwrap_or(0) as f64 / 1000.0);
+            r.2.push(flood.qps.unwrap_or(0) as f64);
+            r.3 += load.count.unwrap_or(0) - load.oks.unwrap_or(0);
+        }
+    }
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+
+    println!(
+        "egret bench dns: A queries, each for another name under an allowed *.bench.test, {rounds} rounds; latency at {rate} queries/s for {ms} ms, throughput with {clients} clients"
+    );
+    println!(
+        "  {:<20} {:>10} {:>10} {:>12} {:>8}",
+        "path", "p50 (us)", "p99 (us)", "queries/s", "lost"
+    );
+    let mut medians = Vec::new();
+    for ((label, _, _), (p50, p99, qps, lost)) in paths.iter().zip(results.iter_mut()) {
+        let m = (median(p50), median(p99), median(qps));
+        println!(
+            "  {label:<20} {:>10.0} {:>10.0} {:>12.0} {:>8}",
+            m.0, m.1, m.2, lost
+        );
+        medians.push(m);
+    }
+    println!(
+        "  added by the proxy: p50 {:+.0} us, p99 {:+.0} us (target: p99 under 1000 us)",
+        medians[2].0 - medians[0].0,
+        medians[2].1 - medians[0].1
+    );
+    println!(
+        "  throughput, proxy / dnsmasq: {:.0}% (target >= 100%)",
+        100.0 * medians[2].2 / medians[1].2.max(1.0)
+    );
+    ExitCode::SUCCESS
+}
+
+fn which_dnsmasq() -> Option<PathBuf> {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 fn world_sysctl(world: &World, key: &str, value: &str) {

@@ -207,15 +207,24 @@ fn a_values(value: &str) -> Vec<std::net::Ipv4Addr> {
 fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf, udp: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let q = request.queries.first()?.clone();
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-        let _ = writeln!(
-            f,
-            "{} {}",
-            q.name().to_ascii().trim_end_matches('.'),
-            q.query_type()
-        );
-    }
-    let zone = read_zone(zone_path);
+    // LOG "-": a benchmark upstream; the zone is read once, nothing logged.
+    static FIXED_ZONE: std::sync::OnceLock<Vec<ZoneRecord>> = std::sync::OnceLock::new();
+    let fixed = log.as_os_str() == "-";
+    let reread;
+    let zone: &[ZoneRecord] = if fixed {
+        FIXED_ZONE.get_or_init(|| read_zone(zone_path))
+    } else {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(
+                f,
+                "{} {}",
+                q.name().to_ascii().trim_end_matches('.'),
+                q.query_type()
+            );
+        }
+        reread = read_zone(zone_path);
+        &reread
+    };
     let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
     response.metadata.authoritative = true;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
@@ -226,13 +235,20 @@ fn answer(query: &[u8], zone_path: &PathBuf, log: &PathBuf, udp: bool) -> Option
     // Follow CNAMEs inside the zone, as a recursive resolver would hand back.
     for _ in 0..8 {
         let mut next = None;
-        for r in zone.iter().filter(|r| r.name == name) {
+        // `*.suffix` answers every name below the suffix.
+        let matching = |r: &&ZoneRecord| {
+            r.name == name
+                || (r.name.is_wildcard()
+                    && name != r.name.base_name()
+                    && r.name.base_name().zone_of(&name))
+        };
+        for r in zone.iter().filter(matching) {
             found_name = true;
             let rdata = match r.rtype {
                 RecordType::A if q.query_type() == RecordType::A => {
                     for ip in a_values(&r.value) {
                         response.add_answer(Record::from_rdata(
-                            r.name.clone(),
+                            name.clone(),
                             r.ttl,
                             RData::A(rdata::A(ip)),
                         ));
@@ -333,6 +349,10 @@ struct Outcome {
     rcode: Option<String>,
     answers: Option<Vec<String>>,
     peer: Option<String>,
+    /// Load actions: latency percentiles and replies per second.
+    p50_ns: Option<u64>,
+    p99_ns: Option<u64>,
+    qps: Option<u64>,
 }
 
 fn failure(action: &str, e: &std::io::Error) -> Outcome {
@@ -468,6 +488,118 @@ fn resolve(name: &str, rtype: RecordType, via: &Via) -> std::io::Result<DnsReply
     Ok(reply)
 }
 
+fn query_bytes(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(hickory_proto::op::Query::query(
+        Name::from_ascii(format!("{name}.")).expect("name"),
+        RecordType::A,
+    ));
+    q.to_vec().expect("encode")
+}
+
+/// Sends at a fixed rate from one thread and receives on another; returns
+/// how many were sent and the latency of each answered one.
+fn dns_load(
+    rate: u64,
+    duration: Duration,
+    name: &str,
+    server: SocketAddr,
+) -> std::io::Result<(u64, Vec<u64>)> {
+    let sock = UdpSocket::bind(unspecified_for(&server))?;
+    sock.connect(server)?;
+    let total = (rate * duration.as_millis() as u64 / 1000).min(65_536) as usize;
+    let sent_at: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> = std::sync::Arc::new(
+        (0..total)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
+    let receiver = {
+        let sock = sock.try_clone()?;
+        let sent_at = sent_at.clone();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        std::thread::spawn(move || {
+            let mut latencies = Vec::with_capacity(total);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n < 2 {
+                    continue;
+                }
+                let id = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+                let now = monotonic_ns();
+                if let Some(t) = sent_at.get(id) {
+                    let at = t.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if at != 0 {
+                        latencies.push(now - at);
+                    }
+                }
+                if latencies.len() == total {
+                    break;
+                }
+            }
+            latencies
+        })
+    };
+    let queries: Vec<Vec<u8>> = (0..total)
+        .map(|i| query_bytes(i as u16, &name.replace("{n}", &i.to_string())))
+        .collect();
+    let interval_ns = 1_000_000_000 / rate.max(1);
+    let start = monotonic_ns();
+    for (i, q) in queries.iter().enumerate() {
+        let due = start + i as u64 * interval_ns;
+        // Sleep, never spin: a spinning sender would take a core from the
+        // servers under test on a small machine.
+        let now = monotonic_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        sent_at[i].store(monotonic_ns(), std::sync::atomic::Ordering::Relaxed);
+        sock.send(q)?;
+    }
+    let mut latencies = receiver.join().unwrap_or_default();
+    latencies.sort_unstable();
+    Ok((total as u64, latencies))
+}
+
+fn dns_flood(until: Instant, name: &str, server: SocketAddr) -> u64 {
+    let Ok(sock) = UdpSocket::bind(unspecified_for(&server)) else {
+        return 0;
+    };
+    if sock.connect(server).is_err()
+        || sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .is_err()
+    {
+        return 0;
+    }
+    let mut answered = 0;
+    let mut buf = [0u8; 4096];
+    let mut id: u16 = 0;
+    while Instant::now() < until {
+        id = id.wrapping_add(1);
+        let query = query_bytes(id, &name.replace("{n}", &answered.to_string()));
+        if sock.send(&query).is_err() {
+            break;
+        }
+        while let Ok(n) = sock.recv(&mut buf) {
+            if n >= 2 && buf[..2] == id.to_be_bytes() {
+                answered += 1;
+                break;
+            }
+        }
+    }
+    answered
+}
+
+/// The p-th percentile of sorted samples; 0 for none.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
 fn record_type(t: &str) -> RecordType {
     match t {
         "A" => RecordType::A,
@@ -539,6 +671,51 @@ fn run_action(action: &str) -> Outcome {
                     o
                 }
             }
+        }
+        // dns-load:RATE:MS:NAME:SERVER — open loop: RATE queries a second
+        // for MS milliseconds on one connected UDP socket; latency of each.
+        "dns-load" => {
+            let mut f = rest.splitn(4, ':');
+            let (rate, ms, name, server) = (
+                f.next().expect("rate").parse::<u64>().expect("rate"),
+                f.next().expect("ms").parse::<u64>().expect("ms"),
+                f.next().expect("name").to_owned(),
+                parse(f.next().expect("server")),
+            );
+            match dns_load(rate, Duration::from_millis(ms), &name, server) {
+                Ok((sent, latencies)) => {
+                    let mut o = success(action);
+                    o.count = Some(sent);
+                    o.oks = Some(latencies.len() as u64);
+                    o.p50_ns = Some(percentile(&latencies, 50.0));
+                    o.p99_ns = Some(percentile(&latencies, 99.0));
+                    o
+                }
+                Err(e) => failure(action, &e),
+            }
+        }
+        // dns-flood:MS:CLIENTS:NAME:SERVER — closed loop: CLIENTS threads,
+        // each asking again as soon as it has its answer.
+        "dns-flood" => {
+            let mut f = rest.splitn(4, ':');
+            let (ms, clients, name, server) = (
+                f.next().expect("ms").parse::<u64>().expect("ms"),
+                f.next().expect("clients").parse::<u32>().expect("clients"),
+                f.next().expect("name").to_owned(),
+                parse(f.next().expect("server")),
+            );
+            let until = Instant::now() + Duration::from_millis(ms);
+            let threads: Vec<_> = (0..clients)
+                .map(|client| {
+                    let name = name.replace("{c}", &client.to_string());
+                    std::thread::spawn(move || dns_flood(until, &name, server))
+                })
+                .collect();
+            let answered: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+            let mut o = success(action);
+            o.oks = Some(answered);
+            o.qps = Some(answered * 1000 / ms.max(1));
+            o
         }
         // dns-rounds:N:NAME:PORT:VIA — N resolve-then-connect rounds;
         // counts connects that worked, got EPERM, or failed otherwise.
