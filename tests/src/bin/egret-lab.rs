@@ -495,8 +495,7 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
         ("dnsmasq forwarder", None, DNSMASQ),
         ("egret DNS proxy", Some("egret"), &upstream),
     ];
-    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, u64)> =
-        vec![(Vec::new(), Vec::new(), Vec::new(), 0); paths.len()];
+    let mut results: Vec<PathSamples> = (0..paths.len()).map(|_| PathSamples::default()).collect();
     for _ in 0..rounds {
         for (i, (label, rel, server)) in paths.iter().enumerate() {
             let procs = rel.map(|r| cgroup.procs(r));
@@ -513,10 +512,10 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
             );
             assert!(flood.ok(), "{label}: {flood:?}");
             let r = &mut results[i];
-            r.0.push(load.p50_ns.unwrap_or(0) as f64 / 1000.0);
-            r.1.push(load.p99_ns.unwrap_or(0) as f64 / 1000.0);
-            r.2.push(flood.qps.unwrap_or(0) as f64);
-            r.3 += load.count.unwrap_or(0) - load.oks.unwrap_or(0);
+            r.p50_us.push(load.p50_ns.unwrap_or(0) as f64 / 1000.0);
+            r.p99_us.push(load.p99_ns.unwrap_or(0) as f64 / 1000.0);
+            r.qps.push(flood.qps.unwrap_or(0) as f64);
+            r.lost += load.count.unwrap_or(0) - load.oks.unwrap_or(0);
         }
     }
     let _ = dnsmasq.kill();
@@ -530,11 +529,15 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
         "path", "p50 (us)", "p99 (us)", "queries/s", "lost"
     );
     let mut medians = Vec::new();
-    for ((label, _, _), (p50, p99, qps, lost)) in paths.iter().zip(results.iter_mut()) {
-        let m = (median(p50), median(p99), median(qps));
+    for ((label, _, _), r) in paths.iter().zip(results.iter_mut()) {
+        let m = (
+            median(&mut r.p50_us),
+            median(&mut r.p99_us),
+            median(&mut r.qps),
+        );
         println!(
             "  {label:<20} {:>10.0} {:>10.0} {:>12.0} {:>8}",
-            m.0, m.1, m.2, lost
+            m.0, m.1, m.2, r.lost
         );
         medians.push(m);
     }
@@ -548,6 +551,15 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
         100.0 * medians[2].2 / medians[1].2.max(1.0)
     );
     ExitCode::SUCCESS
+}
+
+/// What the runs of one path measured.
+#[derive(Default)]
+struct PathSamples {
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+    qps: Vec<f64>,
+    lost: u64,
 }
 
 fn which_dnsmasq() -> Option<PathBuf> {
