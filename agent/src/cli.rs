@@ -212,6 +212,10 @@ pub struct AgentArgs {
     /// so connections opened just before are not cut.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Most addresses one name keeps renewed through the DNS proxy (a CDN
+    /// rotating through many); beyond it, the oldest lapse at their expiry.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub dns_max_ips_per_name: usize,
 }
 
 #[derive(clap::Args)]
@@ -336,6 +340,7 @@ fn agent(args: AgentArgs) -> ExitCode {
             floor: args.ttl_floor,
             cap: args.ttl_cap,
             grace: args.grace,
+            max_ips_per_name: args.dns_max_ips_per_name,
             ..TtlSettings::default()
         },
     };
