@@ -66,6 +66,10 @@ enum Command {
         /// Rounds; each runs every path once, in turn.
         #[arg(long, default_value_t = 2)]
         rounds: u32,
+        /// Ask the same name every time (lets dnsmasq merge identical
+        /// queries in flight).
+        #[arg(long)]
+        one_name: bool,
     },
     BenchConnect {
         /// Alternating rounds per side.
@@ -95,7 +99,8 @@ fn main() -> ExitCode {
             ms,
             clients,
             rounds,
-        } => bench_dns(rate, ms, clients, rounds),
+            one_name,
+        } => bench_dns(rate, ms, clients, rounds, one_name),
     }
 }
 
@@ -447,7 +452,12 @@ const FLOOD_NAME: &str = "c{c}-q{n}.bench.test";
 /// dnsmasq on the host's loopback, forwarding to [`FAST_DNS`].
 const DNSMASQ: &str = "127.0.0.1:5300";
 
-fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
+fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32, one_name: bool) -> ExitCode {
+    let (load_name, flood_name) = if one_name {
+        ("same.bench.test", "same.bench.test")
+    } else {
+        (LOAD_NAME, FLOOD_NAME)
+    };
     let mut world = World::new();
     world.start_fast_dns(FAST_DNS);
     let mut cgroup = TestCgroup::new("egret-bench");
@@ -502,13 +512,13 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
             let load = job::one(
                 &world.host,
                 procs.as_deref(),
-                &format!("dns-load:{rate}:{ms}:{LOAD_NAME}:{server}"),
+                &format!("dns-load:{rate}:{ms}:{load_name}:{server}"),
             );
             assert!(load.ok(), "{label}: {load:?}");
             let flood = job::one(
                 &world.host,
                 procs.as_deref(),
-                &format!("dns-flood:{ms}:{clients}:{FLOOD_NAME}:{server}"),
+                &format!("dns-flood:{ms}:{clients}:{flood_name}:{server}"),
             );
             assert!(flood.ok(), "{label}: {flood:?}");
             let r = &mut results[i];
@@ -522,7 +532,12 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32) -> ExitCode {
     let _ = dnsmasq.wait();
 
     println!(
-        "egret bench dns: A queries, each for another name under an allowed *.bench.test, {rounds} rounds; latency at {rate} queries/s for {ms} ms, throughput with {clients} clients"
+        "egret bench dns: A queries {} under an allowed *.bench.test, {rounds} rounds; latency at {rate} queries/s for {ms} ms, throughput with {clients} clients",
+        if one_name {
+            "all for one name"
+        } else {
+            "each for another name"
+        }
     );
     println!(
         "  {:<20} {:>10} {:>10} {:>12} {:>8}",
