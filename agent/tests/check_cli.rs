@@ -83,6 +83,9 @@ fn golden_bad_inputs() {
         ("bad-port-text", runner("      - cidr: 10.0.0.0/8\n        ports: [https]\n"), "bad-port-text.yaml:7:17: error: 'https' is not a port number or a range such as 8000-8100"),
         ("empty-ports", runner("      - cidr: 10.0.0.0/8\n        ports: []\n"), "empty-ports.yaml:7:16: error: ports is empty; leave it out to allow every port"),
         ("yaml-syntax", b"version: 1\nrunners: [\n".to_vec(), "yaml-syntax.yaml:2:10: error: unclosed bracket '['"),
+        ("listen-loopback", b"version: 1\nrunners:\n  - name: ci\n    cgroup: /a\n    dns:\n      listen: 127.0.0.1\n".to_vec(), "listen-loopback.yaml:6:15: error: dns.listen '127.0.0.1' must be an address of the host that containers reach, such as the docker bridge gateway 172.17.0.1"),
+        ("bad-refusal", b"version: 1\nrunners:\n  - name: ci\n    cgroup: /a\n    dns:\n      refuse_with: drop\n".to_vec(), "bad-refusal.yaml:6:20: error: unknown value `drop` (expected one of: refused, nxdomain)"),
+        ("private-answers-cidr", runner("      - cidr: 10.0.0.0/8\n        private_answers: true\n"), "private-answers-cidr.yaml:7:26: error: `private_answers` applies to `host` entries: it keeps their DNS answers in private ranges"),
     ];
     assert!(cases.len() >= 20);
     for (name, bytes, expected) in cases {

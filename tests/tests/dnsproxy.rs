@@ -468,3 +468,53 @@ fn dns_over_tls_and_doh_resolvers_need_an_entry_naming_them() {
     let o = s.job(&["tcp:1.1.1.1:443", "tcp:198.51.100.66:853"]);
     assert!(o.iter().all(|o| o.ok()), "{o:?}");
 }
+
+#[test]
+fn an_audit_runner_has_refused_names_answered_and_reported() {
+    if !privileged("an_audit_runner_has_refused_names_answered_and_reported") {
+        return;
+    }
+    let s = Scenario::start("audit", ALLOW);
+    let o = &s.job(&[&format!("dns:audit-me.attacker.test:A:{VIA_UDP}")])[0];
+    // Forwarded: the fixture answers, and saw it.
+    assert_eq!(o.rcode.as_deref(), Some("NXDomain"), "{o:?}");
+    assert!(fixture_saw(&s, "audit-me.attacker.test"));
+    let ev = s
+        .wait_event(|e| e["reason"] == "dns_refused" && e["pid"] == o.pid)
+        .expect("event");
+    assert_eq!(ev["action"], "audit", "{ev}");
+}
+
+#[test]
+fn dns_follows_lockdown() {
+    if !privileged("dns_follows_lockdown") {
+        return;
+    }
+    let s = Scenario::start(
+        "enforce",
+        "- host: gitlab.test\n  ports: [443]\n  forge: true\n- host: registry.test\n  ports: [443]\n",
+    );
+    // Keeping the forge keeps resolving it.
+    assert_eq!(cli(&s.world, &["lockdown", "--keep-forge"]).code, 0);
+    let o = s.job(&[
+        &format!("dns-connect:gitlab.test:A:443:{VIA_UDP}"),
+        &format!("dns-connect:registry.test:A:443:{VIA_UDP}"),
+    ]);
+    assert_eq!(
+        o[0].banner.as_deref(),
+        Some("fixture 203.0.113.10:443"),
+        "{o:?}"
+    );
+    assert!(o[1].eperm(), "only the forge under --keep-forge: {o:?}");
+    assert_eq!(cli(&s.world, &["unlock"]).code, 0);
+
+    // A full lockdown refuses DNS at the socket.
+    assert_eq!(cli(&s.world, &["lockdown"]).code, 0);
+    let o = &s.job(&[&format!("dns:gitlab.test:A:{VIA_UDP}")])[0];
+    assert!(o.eperm(), "{o:?}");
+    let ev = s
+        .wait_event(|e| e["reason"] == "lockdown" && e["pid"] == o.pid)
+        .expect("event");
+    assert_eq!(ev["port"], 53, "{ev}");
+    assert_eq!(cli(&s.world, &["unlock"]).code, 0);
+}
