@@ -518,3 +518,28 @@ fn dns_follows_lockdown() {
     assert_eq!(ev["port"], 53, "{ev}");
     assert_eq!(cli(&s.world, &["unlock"]).code, 0);
 }
+
+#[test]
+fn a_reload_changes_which_names_resolve() {
+    if !privileged("a_reload_changes_which_names_resolve") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let ask = format!("dns:files.pkg.test:A:{VIA_UDP}");
+    assert_eq!(s.job(&[&ask])[0].rcode.as_deref(), Some("NoError"));
+    world::write_file(
+        &s.policy,
+        &egret_tests::scenario::policy(
+            &s.runner_cgroup,
+            "enforce",
+            "- host: gitlab.test\n  ports: [443]\n",
+        ),
+    );
+    let out = cli(&s.world, &["reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let o = s.job(&[&ask, &format!("dns-connect:gitlab.test:A:443:{VIA_UDP}")]);
+    assert_eq!(o[0].rcode.as_deref(), Some("Refused"), "{o:?}");
+    assert!(o[1].ok(), "{o:?}");
+    // The proxy kept its port across the reload.
+    assert!(status_port(&s) > 0);
+}
