@@ -278,6 +278,7 @@ impl Agent {
             policy: self.opts.policy.display().to_string(),
             policy_digest: self.digest.clone(),
             last_reload: self.last_reload.clone(),
+            dns: self.proxies.shared().stats.counts(),
         });
         serde_json::to_value(s).unwrap_or_default()
     }

@@ -100,6 +100,17 @@ pub struct ProxyStats {
     pub stripped: AtomicU64,
 }
 
+impl ProxyStats {
+    pub fn counts(&self) -> crate::status::DnsCounts {
+        crate::status::DnsCounts {
+            answered: self.answered.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            stripped: self.stripped.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// What every listener shares.
 pub struct Shared {
     pub attribution: Arc<Mutex<Attribution>>,

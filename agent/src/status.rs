@@ -34,6 +34,22 @@ pub struct AgentInfo {
     pub policy: String,
     pub policy_digest: String,
     pub last_reload: Option<ReloadResult>,
+    /// What the DNS proxies did since the agent started.
+    #[serde(default)]
+    pub dns: DnsCounts,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, Clone)]
+pub struct DnsCounts {
+    /// Queries for allowed names answered from upstream.
+    pub answered: u64,
+    /// Queries for names no policy entry allows.
+    pub refused: u64,
+    /// Queries that got SERVFAIL (upstream unreachable, bad answer) or were
+    /// dropped under load.
+    pub failed: u64,
+    /// Answers dropped by the rebinding guard.
+    pub stripped: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, Default, Clone)]
@@ -143,6 +159,11 @@ pub fn render(s: &Status) -> String {
                 a.version, a.pid, a.uptime_s
             );
             let _ = writeln!(out, "policy:   {} ({})", a.policy, a.policy_digest);
+            let _ = writeln!(
+                out,
+                "dns:      {} answered, {} refused, {} failed, {} rebinding answers dropped",
+                a.dns.answered, a.dns.refused, a.dns.failed, a.dns.stripped
+            );
             if let Some(r) = &a.last_reload {
                 let _ = writeln!(
                     out,

@@ -149,6 +149,14 @@ fn a_name_outside_the_policy_is_refused_and_never_leaves() {
         o.iter().all(|o| o.rcode.as_deref() == Some("Refused")),
         "{o:?}"
     );
+    let out = cli(&s.world, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status json");
+    assert!(
+        v["agent"]["dns"]["refused"].as_u64() >= Some(6),
+        "{}",
+        v["agent"]["dns"]
+    );
+    assert!(cli(&s.world, &["status"]).stdout.contains("refused"));
     let seen = s.world.dns_queries();
     assert!(
         !seen
