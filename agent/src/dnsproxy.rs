@@ -51,6 +51,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries in flight per runner; more are dropped (the client retries).
 const MAX_IN_FLIGHT: usize = 2048;
+/// TCP clients per runner at once; more are disconnected, so a job cannot
+/// exhaust the agent's file descriptors.
+const MAX_TCP_CLIENTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -427,13 +430,25 @@ async fn serve_tcp(
     config: Arc<RwLock<Arc<RunnerDns>>>,
     limit: Arc<Semaphore>,
 ) {
+    let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "DNS proxy cannot accept a TCP client");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(seat) = clients.clone().try_acquire_owned() else {
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let (shared, config, limit) = (shared.clone(), config.clone(), limit.clone());
         tokio::spawn(async move {
             let _ = serve_tcp_client(stream, peer, &shared, &config, &limit).await;
+            drop(seat);
         });
     }
 }
