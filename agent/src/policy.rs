@@ -613,7 +613,7 @@ struct RawRunner {
     #[serde(default)]
     dns: Option<RawDns>,
     #[serde(default)]
-    allow: Vec<Spanned<RawAllow>>,
+    allow: Vec<Spanned<Box<RawAllow>>>,
 }
 
 #[derive(Deserialize)]
@@ -920,7 +920,8 @@ fn validate_runner(
     }
     let mut entries = Entries::default();
     for entry in raw.allow {
-        validate_allow(entry, ctx, diags, &mut entries);
+        let unboxed = Spanned::new(*entry.value, entry.referenced, entry.defined);
+        validate_allow(unboxed, ctx, diags, &mut entries);
     }
     if error_count(diags) > errors_before {
         return None;
