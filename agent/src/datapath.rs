@@ -801,6 +801,10 @@ pub fn compile_cidrs(
 /// drops exact duplicates, so unions stay within the per-entry limit where
 /// possible.
 pub fn merge_rules(rules: Vec<PortRule>) -> Vec<PortRule> {
+    // Most entries carry one rule: nothing to merge.
+    if rules.len() <= 1 {
+        return rules;
+    }
     let mut groups: HashMap<(u8, u8), Vec<(u16, u16)>> = HashMap::new();
     for r in rules {
         groups
