@@ -18,7 +18,8 @@ use serde::Serialize;
 /// egret attaches kernel programs to the cgroups your runners' jobs live in.
 /// A job can then reach only what its runner's policy allows: the forge,
 /// package registries, DNS. Cloud metadata endpoints and the runner's own
-/// network are always refused, and every refusal is reported.
+/// network are always refused, a job resolves only the names its runner
+/// allows, and every refusal is reported.
 #[derive(Parser)]
 #[command(name = "egret", version, propagate_version = true)]
 pub struct Cli {
@@ -37,6 +38,11 @@ pub enum Command {
     /// Programs and maps are pinned in bpffs, so stopping or killing the agent
     /// leaves enforcement exactly as it was; a restarted agent re-adopts them.
     /// Only `egret teardown` removes enforcement. SIGHUP reloads the policy.
+    ///
+    /// The agent also runs each runner's DNS proxy: every DNS query a job
+    /// sends, to any resolver, is answered there, and only for names the
+    /// policy allows, whose addresses become reachable before the job sees
+    /// them. While the agent is down, new lookups fail.
     ///
     /// Events go to stdout as one JSON object per line; logs go to stderr.
     Agent(AgentArgs),
