@@ -103,6 +103,23 @@ pub struct ProxyStats {
     pub stripped: AtomicU64,
 }
 
+/// Per runner: the start of the current second and the scans made in it.
+#[derive(Default)]
+struct ScanBudget(Mutex<HashMap<u32, (std::time::Instant, u32)>>);
+
+impl ScanBudget {
+    /// Whether this runner may have one more process scan now.
+    fn allow(&self, runner: u32, now: std::time::Instant) -> bool {
+        let mut scans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, count) = scans.entry(runner).or_insert((now, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= SCANS_PER_SECOND
+    }
+}
+
 impl ProxyStats {
     pub fn counts(&self) -> crate::status::DnsCounts {
         crate::status::DnsCounts {
@@ -114,6 +131,10 @@ impl ProxyStats {
     }
 }
 
+/// Process scans per runner per second that name the process behind a
+/// refused query.
+const SCANS_PER_SECOND: u32 = 50;
+
 /// What every listener shares.
 pub struct Shared {
     pub attribution: Arc<Mutex<Attribution>>,
@@ -123,6 +144,7 @@ pub struct Shared {
     learned: Mutex<BpfHashMap<MapData, ExactKey, Learned>>,
     hub: Arc<Hub>,
     upstreams: Upstreams,
+    scans: ScanBudget,
     /// The agent's TTL settings (fixed for its lifetime).
     ttl: crate::resolver::TtlSettings,
     pub stats: ProxyStats,
@@ -144,6 +166,7 @@ impl Shared {
             .settings;
         Ok(Self {
             upstreams: Upstreams::default(),
+            scans: ScanBudget::default(),
             ttl,
             attribution,
             learned: Mutex::new(learned),
@@ -877,12 +900,20 @@ async fn report_refusal(
     peer: SocketAddr,
 ) {
     let (runner, shared, name) = (runner.clone(), shared.clone(), name.to_owned());
+    let scan = shared.scans.allow(runner.id, std::time::Instant::now());
     let _ = tokio::task::spawn_blocking(move || {
-        let owner = crate::runners::socket_owner(
-            &runner.cgroup_dir,
-            transport == Transport::Tcp,
-            peer.port(),
-        );
+        // Beyond the budget (a job flooding refused names) the events still
+        // come, without the process: scanning /proc per query would let a
+        // job make the agent spin.
+        let owner = scan
+            .then(|| {
+                crate::runners::socket_owner(
+                    &runner.cgroup_dir,
+                    transport == Transport::Tcp,
+                    peer.port(),
+                )
+            })
+            .flatten();
         let cgroup_root = shared
             .attribution
             .lock()

@@ -131,3 +131,13 @@ fn upstreams_prefer_the_runner_then_the_agent() {
         vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]
     );
 }
+
+#[test]
+fn process_scans_are_budgeted_per_runner_and_second() {
+    let budget = ScanBudget::default();
+    let t0 = std::time::Instant::now();
+    assert!((0..SCANS_PER_SECOND).all(|_| budget.allow(1, t0)));
+    assert!(!budget.allow(1, t0), "over the budget");
+    assert!(budget.allow(2, t0), "another runner has its own");
+    assert!(budget.allow(1, t0 + Duration::from_secs(1)), "a new second");
+}
