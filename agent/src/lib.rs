@@ -3,7 +3,9 @@
 //! One module per concern: `policy` reads YAML, `baseline` holds what no
 //! policy can open, `runners` maps runners to cgroups, `datapath` owns the
 //! pinned programs and maps, `resolver` turns hostnames into addresses,
-//! `events` streams denials, `daemon` ties them together for `egret agent`.
+//! `dnsproxy` answers the jobs' DNS for allowed names only, `events`
+//! streams denials, `control` serves the CLI, `lockdown` is incident mode,
+//! `daemon` ties them together for `egret agent`.
 
 pub mod baseline;
 pub mod control;
