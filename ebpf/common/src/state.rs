@@ -51,6 +51,15 @@ impl RunnerState {
     pub const fn has(&self, flag: u32) -> bool {
         self.flags & flag != 0
     }
+
+    /// Whether `target:port` (normalised) is this runner's DNS proxy: its
+    /// port on loopback, or on the address containers reach it at.
+    #[inline(always)]
+    pub fn is_dns_proxy(&self, target: &crate::addr::Addr, port: u16) -> bool {
+        self.dns_proxy_port != 0
+            && port == self.dns_proxy_port
+            && (crate::addr::is_loopback(target) || *target == self.dns_listen)
+    }
 }
 
 pub mod lockdown_flags {
@@ -143,6 +152,23 @@ mod tests {
         assert!(l.in_force(9));
         assert!(!l.in_force(10));
         assert!(!Lockdown::default().in_force(0));
+    }
+
+    #[test]
+    fn the_dns_proxy_is_its_port_on_loopback_or_the_listen_address() {
+        use crate::addr::mapped_v4;
+        let mut s = RunnerState::default();
+        assert!(
+            !s.is_dns_proxy(&mapped_v4([127, 0, 0, 1]), 0),
+            "no proxy yet"
+        );
+        s.dns_proxy_port = 5300;
+        s.dns_listen = mapped_v4([172, 17, 0, 1]);
+        assert!(s.is_dns_proxy(&mapped_v4([127, 0, 0, 1]), 5300));
+        assert!(s.is_dns_proxy(&crate::addr::LOOPBACK_V6, 5300));
+        assert!(s.is_dns_proxy(&mapped_v4([172, 17, 0, 1]), 5300));
+        assert!(!s.is_dns_proxy(&mapped_v4([127, 0, 0, 1]), 5301));
+        assert!(!s.is_dns_proxy(&mapped_v4([203, 0, 113, 53]), 5300));
     }
 
     #[test]

@@ -135,20 +135,28 @@ pub fn egret_getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn restore_peer_v6(ctx: &SockAddrContext) {
+    // SAFETY: a valid context; the verifier checks the field access.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    if let Some(origin) = proxied_origin(ctx, user_ip6(ctx), port) {
+        write_v6(ctx, &origin.addr, origin.port);
+    }
+}
+
+/// The v6 address of a sock_addr context, read one 32-bit word at a time,
+/// the only access size the verifier accepts for it.
+#[inline(always)]
+fn user_ip6(ctx: &SockAddrContext) -> Addr {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: as in egret_recvmsg4, one 32-bit word at a time.
-    let (w0, w1, w2, w3, port) = unsafe {
-        (
+    // SAFETY: a valid context; the verifier checks the field accesses.
+    let words = unsafe {
+        [
             (*sa).user_ip6[0],
             (*sa).user_ip6[1],
             (*sa).user_ip6[2],
             (*sa).user_ip6[3],
-            (*sa).user_port,
-        )
+        ]
     };
-    if let Some(origin) = proxied_origin(ctx, addr::from_words([w0, w1, w2, w3]), port) {
-        write_v6(ctx, &origin.addr, origin.port);
-    }
+    addr::from_words(words)
 }
 
 /// The resolver a socket's DNS query was redirected from, when `peer` is
@@ -157,11 +165,7 @@ fn restore_peer_v6(ctx: &SockAddrContext) {
 fn proxied_origin(ctx: &SockAddrContext, peer: Addr, port_be: u32) -> Option<DnsOrigin> {
     let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
     let state = STATE.get(runner)?;
-    if state.dns_proxy_port == 0 || u16::from_be(port_be as u16) != state.dns_proxy_port {
-        return None;
-    }
-    let peer = addr::normalize(peer);
-    if !addr::is_loopback(&peer) && peer != state.dns_listen {
+    if !state.is_dns_proxy(&addr::normalize(peer), u16::from_be(port_be as u16)) {
         return None;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -199,14 +203,14 @@ fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&
         count(runner, counter::ERRORS);
         return refuse(reason::DNS_REFUSED);
     };
-    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
-        count(runner, counter::ERRORS);
-        return refuse(reason::DNS_REFUSED);
-    };
     // `--keep-forge` keeps DNS: the forge is reached by name.
-    if (own.in_force(now) && !own.keeps_forge()) || (global.in_force(now) && !global.keeps_forge())
-    {
-        return refuse(reason::LOCKDOWN);
+    match lock_of(runner, || now) {
+        None => {
+            count(runner, counter::ERRORS);
+            return refuse(reason::DNS_REFUSED);
+        }
+        Some(Lock::Closed) => return refuse(reason::LOCKDOWN),
+        Some(Lock::ForgeOnly | Lock::Open) => {}
     }
     if !state.has(flags::CONFIGURED) || state.dns_proxy_port == 0 {
         return refuse(reason::DNS_REFUSED);
@@ -460,20 +464,43 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
     }))
 }
 
+/// What the lockdowns in force (of this runner, of every runner) leave open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Open,
+    /// Only rules marked `forge`, and DNS to reach the forge by name: every
+    /// lockdown in force keeps the forge.
+    ForgeOnly,
+    Closed,
+}
+
+/// The lockdown state of `runner`; `None` when the map cannot be read. The
+/// clock is read only when a lockdown is active, for its deadline.
+#[inline(always)]
+fn lock_of(runner: u32, now: impl Fn() -> u64) -> Option<Lock> {
+    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
+        return None;
+    };
+    let active = |l: &Lockdown| l.flags & egret_common::state::lockdown_flags::ACTIVE != 0;
+    if !active(own) && !active(global) {
+        return Some(Lock::Open);
+    }
+    let now = now();
+    let (own_in_force, global_in_force) = (own.in_force(now), global.in_force(now));
+    Some(if !own_in_force && !global_in_force {
+        Lock::Open
+    } else if (!own_in_force || own.keeps_forge()) && (!global_in_force || global.keeps_forge()) {
+        Lock::ForgeOnly
+    } else {
+        Lock::Closed
+    })
+}
+
 /// Whether a lockdown of this runner, or of every runner, is in force.
 #[inline(always)]
 fn locked_down() -> bool {
     let runner = unsafe { core::ptr::read_volatile(&RUNNER_ID) };
-    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
-        return true;
-    };
-    let active = |l: &Lockdown| l.flags & egret_common::state::lockdown_flags::ACTIVE != 0;
-    if !active(own) && !active(global) {
-        return false;
-    }
-    // Only an active lockdown needs the clock, for its deadline.
-    let now = unsafe { bpf_ktime_get_ns() };
-    own.in_force(now) || global.in_force(now)
+    lock_of(runner, || unsafe { bpf_ktime_get_ns() }) != Some(Lock::Open)
 }
 
 /// The destination of a sock_addr call, as the job gave it.
@@ -527,22 +554,11 @@ fn is_dns(dst: &Destination) -> bool {
 #[inline(always)]
 fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: as in judge_v4; user_ip6 is read one 32-bit word at a time, the
-    // only access size the verifier accepts for it.
-    let (w0, w1, w2, w3, port, proto) = unsafe {
-        (
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
-            (*sa).user_port,
-            (*sa).protocol,
-        )
-    };
-    let given = addr::from_words([w0, w1, w2, w3]);
+    // SAFETY: as in judge_v4.
+    let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let dst = Destination {
         netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        given,
+        given: user_ip6(ctx),
         port: u16::from_be(port as u16),
         proto: proto as u8,
         family: 6,
@@ -617,29 +633,22 @@ fn decide(runner: u32, dst: &Destination, now: u64) -> Outcome {
     if !state.has(flags::CONFIGURED) {
         return Outcome::Deny(reason::NOT_ALLOWED);
     }
-    let (Some(own), Some(global)) = (LOCKDOWN.get(runner), LOCKDOWN.get(GLOBAL_RUNNER)) else {
-        count(runner, counter::ERRORS);
-        return Outcome::Deny(reason::NOT_ALLOWED);
+    let forge_only = match lock_of(runner, || now) {
+        None => {
+            count(runner, counter::ERRORS);
+            return Outcome::Deny(reason::NOT_ALLOWED);
+        }
+        Some(Lock::Closed) => return Outcome::Deny(reason::LOCKDOWN),
+        // Under lockdown only rules marked `forge` can still match.
+        Some(Lock::ForgeOnly) => true,
+        Some(Lock::Open) => false,
     };
-    let own_in_force = own.in_force(now);
-    let global_in_force = global.in_force(now);
-    // Under lockdown only rules marked `forge` can still match, and only if
-    // every lockdown in force keeps the forge.
-    let forge_only = own_in_force || global_in_force;
-    if forge_only
-        && !((!own_in_force || own.keeps_forge()) && (!global_in_force || global.keeps_forge()))
-    {
-        return Outcome::Deny(reason::LOCKDOWN);
-    }
 
     let target = addr::normalize(dst.given);
 
     // The runner's own DNS proxy, reached after a redirect (the backstop
     // sees the rewritten address) or directly.
-    if state.dns_proxy_port != 0
-        && dst.port == state.dns_proxy_port
-        && (addr::is_loopback(&target) || target == state.dns_listen)
-    {
+    if state.is_dns_proxy(&target, dst.port) {
         return Outcome::Allow;
     }
 
