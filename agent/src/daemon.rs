@@ -106,13 +106,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
         attr.learning = Learning::new(opts.ttl);
         // What the proxy learned before a restart stays until it expires.
-        let pinned: Vec<_> = datapath
-            .maps
-            .learned
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .collect();
-        attr.learning.restore(pinned);
+        attr.learning
+            .restore(datapath.learned().map(|(k, v)| (*k, *v)));
     }
     let hub = Arc::new(control::Hub::default());
     let shared = dnsproxy::Shared::new(

@@ -544,26 +544,10 @@ impl Datapath {
         .map_err(map_err(names::LEARNED))
     }
 
-    /// Learned entries currently in the kernel for a runner.
-    pub fn learned_of(&self, runner: u32) -> impl Iterator<Item = (&ExactKey, &Learned)> {
-        self.learned_mirror
-            .iter()
-            .filter(move |(k, _)| k.runner == runner)
-    }
-
-    /// Inserts learned entries directly (benchmarks; the DNS proxy later).
-    pub fn insert_learned(
-        &mut self,
-        entries: impl IntoIterator<Item = (ExactKey, Learned)>,
-    ) -> Result<()> {
-        for (k, v) in entries {
-            self.maps
-                .learned
-                .insert(k, v, 0)
-                .map_err(map_err(names::LEARNED))?;
-            self.learned_mirror.insert(k, v);
-        }
-        Ok(())
+    /// Learned entries currently in the kernel, as read at open and kept
+    /// in step since.
+    pub fn learned(&self) -> impl Iterator<Item = (&ExactKey, &Learned)> {
+        self.learned_mirror.iter()
     }
 }
 

@@ -696,13 +696,7 @@ fn learn(
     let changes = attr.learning.learn_answer(runner, name, ports, ips, ttl);
     let mut map = shared.learned.lock().unwrap_or_else(|e| e.into_inner());
     for (key, value) in changes {
-        match value {
-            Some(v) => map.insert(key, v, 0)?,
-            None => match map.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e),
-            },
-        }
+        map.insert(key, value, 0)?;
     }
     Ok(())
 }

@@ -142,10 +142,10 @@ pub struct Tracked {
 
 /// What the DNS proxy handed a runner's jobs for one address: the union of
 /// the ports of every name that produced it, until the latest expiry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProxiedAddress {
     pub ports: Vec<PortRule>,
-    pub until: Option<Instant>,
+    pub until: Instant,
     /// The most recent names that produced it, for event attribution.
     pub names: Vec<String>,
 }
@@ -176,9 +176,6 @@ pub struct Learning {
 /// map entry is rewritten: well inside every grace period.
 const REWRITE_SLACK: Duration = Duration::from_secs(1);
 
-/// A change to one learned-map entry: its new value, or `None` to delete it.
-pub type LearnedChange = (ExactKey, Option<egret_common::maps::Learned>);
-
 impl Learning {
     pub fn new(settings: TtlSettings) -> Self {
         Self {
@@ -198,18 +195,25 @@ impl Learning {
         ports: &[PortRule],
         ips: &[IpAddr],
         ttl: Duration,
-    ) -> Vec<LearnedChange> {
+    ) -> Vec<(ExactKey, egret_common::maps::Learned)> {
         let now = Instant::now();
         let until = now + self.settings.clamp(ttl) + self.settings.grace;
         self.count_against_cap(runner, name, ips, until, now);
         let mut touched = Vec::new();
         for ip in ips {
-            let credit = self.proxied.entry((runner, *ip)).or_default();
             let mut changed = false;
+            let credit = self.proxied.entry((runner, *ip)).or_insert_with(|| {
+                changed = true;
+                ProxiedAddress {
+                    ports: Vec::new(),
+                    until,
+                    names: Vec::new(),
+                }
+            });
             // Within a second of what the map holds: no write needed, the
             // entry outlives what the job will cache.
-            if credit.until.is_none_or(|u| u + REWRITE_SLACK < until) {
-                credit.until = Some(credit.until.map_or(until, |u| u.max(until)));
+            if credit.until + REWRITE_SLACK < until {
+                credit.until = until;
                 changed = true;
             }
             if !ports.iter().all(|p| credit.ports.contains(p)) {
@@ -230,12 +234,12 @@ impl Learning {
         let mono_now = monotonic_ns();
         touched
             .into_iter()
-            .map(|ip| {
+            .filter_map(|ip| {
                 let key = ExactKey {
                     runner,
                     addr: datapath::addr_of(ip),
                 };
-                (key, self.value_for(runner, ip, now, mono_now))
+                Some((key, self.value_for(runner, ip, now, mono_now)?))
             })
             .collect()
     }
@@ -304,19 +308,25 @@ impl Learning {
             let ip = datapath::ip_of(key.addr);
             let until = now + Duration::from_nanos(value.expires_ns - mono_now);
             let count = (value.rules.count as usize).min(egret_common::rules::MAX_PORT_RULES);
-            let credit = self.proxied.entry((key.runner, ip)).or_default();
+            let credit = self
+                .proxied
+                .entry((key.runner, ip))
+                .or_insert_with(|| ProxiedAddress {
+                    ports: Vec::new(),
+                    until,
+                    names: Vec::new(),
+                });
             credit.ports.extend_from_slice(&value.rules.rules[..count]);
             credit.ports = datapath::merge_rules(std::mem::take(&mut credit.ports));
-            credit.until = Some(credit.until.map_or(until, |u| u.max(until)));
+            credit.until = credit.until.max(until);
         }
     }
 
     /// Forgets proxied answers that lapsed, and those of runners no longer
     /// in the policy.
     pub fn prune(&mut self, now: Instant, runners: &std::collections::HashSet<u32>) {
-        self.proxied.retain(|(runner, _), credit| {
-            runners.contains(runner) && credit.until.is_some_and(|u| u > now)
-        });
+        self.proxied
+            .retain(|(runner, _), credit| runners.contains(runner) && credit.until > now);
         self.per_name.retain(|(runner, _), ips| {
             ips.retain(|_, u| *u > now);
             runners.contains(runner) && !ips.is_empty()
@@ -345,10 +355,8 @@ impl Learning {
                 credit(&t.ports, *until);
             }
         }
-        if let Some(p) = self.proxied.get(&(runner, ip))
-            && let Some(until) = p.until
-        {
-            credit(&p.ports, until);
+        if let Some(p) = self.proxied.get(&(runner, ip)) {
+            credit(&p.ports, p.until);
         }
         let until = latest?;
         Some(learned_value(runner, ports, until, now, mono_now))
@@ -467,7 +475,7 @@ impl Learning {
         let proxied = self
             .proxied
             .iter()
-            .filter_map(|((runner, ip), p)| p.until.map(|until| (*runner, *ip, &p.ports, until)));
+            .map(|((runner, ip), p)| (*runner, *ip, &p.ports, p.until));
         for (runner, ip, ports, until) in tracked.chain(proxied) {
             if until <= now {
                 continue;
@@ -645,11 +653,7 @@ mod tests {
         let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
         let changes = l.learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120));
         let (_, value) = &changes[0];
-        assert_eq!(
-            value.expect("entry").rules.count,
-            2,
-            "443 from a.test, 22 from b.test"
-        );
+        assert_eq!(value.rules.count, 2, "443 from a.test, 22 from b.test");
         assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
         // A third address for b.test pushes out the one closest to expiry.
         l.learn_answer(
