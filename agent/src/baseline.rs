@@ -161,16 +161,18 @@ fn parse(net: &str) -> IpNet {
         .unwrap_or_else(|_| unreachable!("baseline entry {net} is a valid CIDR"))
 }
 
+/// [`METADATA`], parsed once: (endpoint, exempt port, what it is).
+static METADATA_PARSED: std::sync::LazyLock<Vec<(IpNet, u16, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        METADATA
+            .iter()
+            .map(|m| (parse(m.net), m.exempt_port, m.what))
+            .collect()
+    });
+
 /// The metadata endpoint a policy CIDR would include, if any.
 pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
-    static PARSED: std::sync::LazyLock<Vec<(IpNet, u16, &'static str)>> =
-        std::sync::LazyLock::new(|| {
-            METADATA
-                .iter()
-                .map(|m| (parse(m.net), m.exempt_port, m.what))
-                .collect()
-        });
-    PARSED.iter().find_map(|(endpoint, exempt, what)| {
+    METADATA_PARSED.iter().find_map(|(endpoint, exempt, what)| {
         (*exempt == 0 && net.contains(&endpoint.network())).then_some(*what)
     })
 }
@@ -186,22 +188,22 @@ pub enum Rebinding {
 }
 
 pub fn rebinding_target(ip: IpAddr) -> Option<Rebinding> {
-    static NETS: std::sync::LazyLock<(Vec<IpNet>, Vec<IpNet>)> = std::sync::LazyLock::new(|| {
+    static PRIVATE: std::sync::LazyLock<Vec<IpNet>> = std::sync::LazyLock::new(|| {
         let mut private: Vec<IpNet> = lateral_nets().collect();
         private.extend(
             ["127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"]
                 .iter()
                 .map(|n| parse(n)),
         );
-        (metadata_nets().map(|(n, _)| n).collect(), private)
+        private
     });
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    if NETS.0.iter().any(|n| n.contains(&ip)) {
+    if METADATA_PARSED.iter().any(|(n, _, _)| n.contains(&ip)) {
         Some(Rebinding::Metadata)
-    } else if NETS.1.iter().any(|n| n.contains(&ip)) {
+    } else if PRIVATE.iter().any(|n| n.contains(&ip)) {
         Some(Rebinding::Private)
     } else {
         None

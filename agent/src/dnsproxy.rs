@@ -917,12 +917,9 @@ async fn report_refusal(
         let record = events::EventRecord {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             runner: runner.name.clone(),
-            cgroup: owner.as_ref().and_then(|o| {
-                o.cgroup_dir
-                    .strip_prefix(&cgroup_root)
-                    .ok()
-                    .map(|p| format!("/{}", p.display()))
-            }),
+            cgroup: owner
+                .as_ref()
+                .and_then(|o| crate::runners::relative(&cgroup_root, &o.cgroup_dir)),
             cgroup_id: owner.as_ref().map_or(0, |o| o.cgroup_id),
             pid: owner.as_ref().map_or(0, |o| o.pid),
             comm: owner.as_ref().map_or_else(String::new, |o| o.comm.clone()),

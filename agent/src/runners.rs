@@ -93,28 +93,44 @@ pub fn ensure_cgroup(runner: &str, dir: &Path, create: bool) -> Result<(), Cgrou
 /// to the cgroup2 root. Used to name the job cgroup in events; bounded so a
 /// huge tree cannot stall event delivery.
 pub fn find_by_id(root: &Path, dir: &Path, id: u64) -> Option<String> {
-    const MAX_VISITS: usize = 10_000;
+    walk_cgroups(dir, 10_000, |d| {
+        let found = std::fs::metadata(d).is_ok_and(|m| m.ino() == id);
+        found.then(|| relative(root, d)).flatten()
+    })
+}
+
+/// A cgroup directory as policies and events name it: relative to the
+/// cgroup2 root, with a leading `/`.
+pub fn relative(root: &Path, dir: &Path) -> Option<String> {
+    let rel = dir.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
+/// Visits `dir` and the cgroups below it, depth first, until `visit`
+/// returns something; gives up after `max_visits` cgroups so a huge tree
+/// cannot stall the caller.
+fn walk_cgroups<T>(
+    dir: &Path,
+    max_visits: usize,
+    mut visit: impl FnMut(&Path) -> Option<T>,
+) -> Option<T> {
     let mut stack = vec![dir.to_owned()];
     let mut visits = 0;
     while let Some(d) = stack.pop() {
         visits += 1;
-        if visits > MAX_VISITS {
+        if visits > max_visits {
             return None;
         }
-        let Ok(meta) = std::fs::metadata(&d) else {
-            continue;
-        };
-        if meta.ino() == id {
-            let rel = d.strip_prefix(root).ok()?;
-            return Some(format!("/{}", rel.display()));
+        if let Some(found) = visit(&d) {
+            return Some(found);
         }
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
     None
@@ -134,20 +150,13 @@ pub struct SocketOwner {
 /// Bounded, best effort: used to name the process behind a refused DNS
 /// query, whose socket is still open while it waits for the answer.
 pub fn socket_owner(dir: &Path, tcp: bool, local_port: u16) -> Option<SocketOwner> {
-    const MAX_CGROUPS: usize = 2_000;
     let tables: &[&str] = if tcp {
         &["tcp", "tcp6"]
     } else {
         &["udp", "udp6"]
     };
     let mut inodes_by_netns: std::collections::HashMap<PathBuf, Vec<u64>> = Default::default();
-    let mut stack = vec![dir.to_owned()];
-    let mut visits = 0;
-    while let Some(d) = stack.pop() {
-        visits += 1;
-        if visits > MAX_CGROUPS {
-            return None;
-        }
+    walk_cgroups(dir, 2_000, |d| {
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             let proc_dir = PathBuf::from(format!("/proc/{pid}"));
@@ -168,24 +177,16 @@ pub fn socket_owner(dir: &Path, tcp: bool, local_port: u16) -> Option<SocketOwne
                 continue;
             }
             let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
-            let cgroup_id = std::fs::metadata(&d).map(|m| m.ino()).unwrap_or(0);
+            let cgroup_id = std::fs::metadata(d).map(|m| m.ino()).unwrap_or(0);
             return Some(SocketOwner {
                 pid,
                 comm: comm.trim_end().to_owned(),
-                cgroup_dir: d,
+                cgroup_dir: d.to_owned(),
                 cgroup_id,
             });
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+        None
+    })
 }
 
 /// Inodes of the sockets in a `/proc/net/{tcp,udp}[6]` table whose local

@@ -289,15 +289,7 @@ fn bench_connect(rounds: u32, connects: u32) -> ExitCode {
             i % 256
         ));
     }
-    let policy = world.path("bench.yaml");
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    allow:\n{allow}"
-        ),
-    );
-    let pins = Pins::new(&world);
-    let _agent = Agent::start(&world, &pins, &policy, &[]);
+    let (pins, _agent) = guard(&world, "bench", &guarded, &format!("    allow:\n{allow}"));
     let loaded = load_exact_ips(&pins, EXACT);
     println!(
         "egret bench connect: {CIDRS} CIDRs in the policy, {loaded} exact IPs in the learned map"
@@ -332,17 +324,15 @@ fn bench_lockdown(runs: u32) -> ExitCode {
     world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
     let mut cgroup = TestCgroup::new("egret-bench");
     let guarded = cgroup.child("ci");
-    let policy = world.path("bench.yaml");
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n  - name: ci\n    cgroup: {guarded}\n    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9000]\n"
-        ),
+    let (_pins, _agent) = guard(
+        &world,
+        "ci",
+        &guarded,
+        "    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9000]\n",
     );
-    let pins = Pins::new(&world);
-    let _agent = Agent::start(&world, &pins, &policy, &[]);
     let action = format!("until-eperm:{}:5000", world::BENCH_SINK);
     let mut latencies = Vec::new();
+    let mut cut_runs = 0;
     for _ in 0..runs {
         let running = job::start(&world.host, Some(&cgroup.procs("ci")), &[&action]);
         // Let the job get into its loop first.
@@ -352,6 +342,9 @@ fn bench_lockdown(runs: u32) -> ExitCode {
         assert_eq!(out.code, 0, "{}", out.stderr);
         let o = running.wait().remove(0);
         assert!(o.ok(), "{o:?}");
+        if o.others.unwrap_or(0) > 0 {
+            cut_runs += 1;
+        }
         latencies.push(
             o.elapsed_ns
                 .expect("first EPERM time")
@@ -369,6 +362,9 @@ fn bench_lockdown(runs: u32) -> ExitCode {
         ms(latencies[latencies.len() / 2]),
         ms(latencies[latencies.len() * 9 / 10]),
         ms(*latencies.last().expect("runs > 0"))
+    );
+    println!(
+        "  runs where a connect in flight had its handshake cut first (timed out after 100 ms, then EPERM): {cut_runs}"
     );
     ExitCode::SUCCESS
 }
@@ -459,15 +455,12 @@ fn bench_stream(rounds: u32, megabytes: u32) -> ExitCode {
     let mut cgroup = TestCgroup::new("egret-bench");
     cgroup.child("bare");
     let guarded = cgroup.child("egret");
-    let policy = world.path("bench.yaml");
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9001]\n"
-        ),
+    let (_pins, _agent) = guard(
+        &world,
+        "bench",
+        &guarded,
+        "    allow:\n      - cidr: 203.0.113.10/32\n        ports: [9001]\n",
     );
-    let pins = Pins::new(&world);
-    let _agent = Agent::start(&world, &pins, &policy, &[]);
     let action = format!("bulk:{}:{megabytes}", world::BENCH_DISCARD);
     let (mut bare, mut guarded_rates) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -510,15 +503,14 @@ fn bench_dns(rate: u64, ms: u64, clients: u32, rounds: u32, one_name: bool) -> E
     world.start_fast_dns(FAST_DNS);
     let mut cgroup = TestCgroup::new("egret-bench");
     let guarded = cgroup.child("egret");
-    let policy = world.path("bench.yaml");
-    world::write_file(
-        &policy,
+    let (_pins, _agent) = guard(
+        &world,
+        "bench",
+        &guarded,
         &format!(
-            "version: 1\nrunners:\n  - name: bench\n    cgroup: {guarded}\n    dns:\n      upstream: [{FAST_DNS}]\n    allow:\n      - host: \"*.bench.test\"\n        ports: [443]\n"
+            "    dns:\n      upstream: [{FAST_DNS}]\n    allow:\n      - host: \"*.bench.test\"\n        ports: [443]\n"
         ),
     );
-    let pins = Pins::new(&world);
-    let _agent = Agent::start(&world, &pins, &policy, &[]);
     let Some(dnsmasq) = which_dnsmasq() else {
         eprintln!("dnsmasq not found: `cargo xtask setup` installs dnsmasq-base");
         return ExitCode::from(2);
@@ -630,6 +622,20 @@ fn which_dnsmasq() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// Writes a policy of one runner, `name` at `cgroup` with the given
+/// settings (indented YAML lines), and starts an agent enforcing it.
+/// Bind the pair so the agent drops first: `let (pins, agent) = ...`.
+fn guard(world: &World, name: &str, cgroup: &str, settings: &str) -> (Pins, Agent) {
+    let policy = world.path("bench.yaml");
+    world::write_file(
+        &policy,
+        &format!("version: 1\nrunners:\n  - name: {name}\n    cgroup: {cgroup}\n{settings}"),
+    );
+    let pins = Pins::new(world);
+    let agent = Agent::start(world, &pins, &policy, &[]);
+    (pins, agent)
 }
 
 fn world_sysctl(world: &World, key: &str, value: &str) {
