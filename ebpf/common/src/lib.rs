@@ -14,8 +14,10 @@
 pub mod addr;
 pub mod event;
 pub mod maps;
+pub mod programs;
 pub mod rules;
 pub mod state;
+pub mod verdict;
 
 #[cfg(feature = "user")]
 mod user;
@@ -24,13 +26,6 @@ mod user;
 /// pinned map written with another layout: pins live in a directory named
 /// after this version.
 pub const ABI_VERSION: u32 = 2;
-
-/// Return values of `cgroup/connect*` and `cgroup/sendmsg*` programs.
-pub mod verdict {
-    /// The kernel fails the syscall with EPERM.
-    pub const DENY: i32 = 0;
-    pub const ALLOW: i32 = 1;
-}
 
 /// Ports with a meaning of their own to the programs.
 pub mod port {

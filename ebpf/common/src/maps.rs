@@ -24,6 +24,9 @@ pub const LATERAL: &str = "EGRET_LATERAL";
 /// `HashMap<OwnedKey, Owner>`: loopback and wildcard listeners opened inside
 /// a runner's cgroup, for `loopback: own`.
 pub const OWNED: &str = "EGRET_OWNED";
+/// `HashMap<u64, OwnedKey>`: socket cookie → the [`OWNED`] entry that
+/// socket made, so its release removes exactly that entry.
+pub const BOUND: &str = "EGRET_BOUND";
 /// `LruHashMap<u64, DnsOrigin>`: socket cookie → the resolver a job aimed a
 /// DNS query at before it was redirected to the proxy, so replies appear to
 /// come from there.
@@ -32,6 +35,26 @@ pub const DNS_ORIGINS: &str = "EGRET_DNS_ORIG";
 pub const COUNTERS: &str = "EGRET_COUNTERS";
 /// `RingBuf` of [`crate::event::Event`].
 pub const EVENTS: &str = "EGRET_EVENTS";
+
+/// Every map the kernel object defines, by the name it is pinned under.
+/// ([`RUNNERS`] is the agent's own and not in the object; the loader also
+/// makes maps of the object's data sections, named after them.)
+pub const IN_OBJECT: [&str; 11] = [
+    STATE,
+    LOCKDOWN,
+    CIDRS,
+    LEARNED,
+    METADATA,
+    LATERAL,
+    OWNED,
+    BOUND,
+    DNS_ORIGINS,
+    COUNTERS,
+    EVENTS,
+];
+
+/// The global each runner's copy of the programs is loaded with.
+pub const RUNNER_ID: &str = "RUNNER_ID";
 
 pub const CIDRS_CAPACITY: u32 = 65_536;
 pub const LEARNED_CAPACITY: u32 = 131_072;

@@ -1,0 +1,197 @@
+//! The verdict every socket hook and the packet backstop share, written
+//! once for the kernel and for host tests.
+//!
+//! The programs implement [`Lookup`] over their map statics; tests and the
+//! agent implement it over plain maps, so the verdict order of the design
+//! (lockdown, metadata, policy, loopback, lateral, default) is checked on
+//! the host with no kernel at all.
+
+use crate::{
+    addr::{self, Addr},
+    event::reason,
+    maps::{BaselineEntry, ExactKey, Learned, OwnedKey, baseline_kind},
+    rules::{PortRules, rules_flags},
+    state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags, lockdown_flags},
+};
+
+/// Return values of `cgroup/connect*` and `cgroup/sendmsg*` programs.
+/// The kernel fails the syscall with EPERM.
+pub const DENY: i32 = 0;
+pub const ALLOW: i32 = 1;
+
+/// What the verdict reads from the maps. Every lookup that finds nothing
+/// returns `None`; the verdict treats a missing runner or lockdown entry
+/// as a fault and denies.
+pub trait Lookup {
+    fn runner_state(&self, runner: u32) -> Option<&RunnerState>;
+    /// The lockdown entry of `id` ([`GLOBAL_RUNNER`] for every runner).
+    fn lockdown(&self, id: u32) -> Option<&Lockdown>;
+    /// Longest-prefix match in the metadata baseline.
+    fn metadata(&self, target: &Addr) -> Option<&BaselineEntry>;
+    /// Longest-prefix match in the lateral baseline (neighbours and DoH
+    /// resolvers).
+    fn lateral(&self, target: &Addr) -> Option<&BaselineEntry>;
+    /// The runner's longest-prefix static CIDR entry for `target`.
+    fn cidr(&self, runner: u32, target: &Addr) -> Option<&PortRules>;
+    /// An address the runner's DNS answers taught it.
+    fn learned(&self, key: &ExactKey) -> Option<&Learned>;
+    /// The runner that owns a loopback (or wildcard) listener.
+    fn loopback_owner(&self, key: &OwnedKey) -> Option<u32>;
+}
+
+/// A destination as a sock_addr hook (or the backstop) saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Destination {
+    /// What the job passed (v4 in mapped form), reported in events.
+    pub given: Addr,
+    /// The socket's network namespace, for loopback ownership.
+    pub netns: u64,
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// 4 or 6: the socket's family.
+    pub family: u8,
+    /// [`crate::event::hook`] code.
+    pub hook: u8,
+}
+
+/// What the verdict decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// Denied, with the [`reason`] code.
+    Deny(u8),
+    /// Audit mode: let through, reported with the reason it would have had.
+    Audit(u8),
+    /// A map could not be read: denied as `not_allowed`, and counted as a
+    /// program error.
+    Fault,
+}
+
+/// What the lockdowns in force (of this runner, of every runner) leave open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    Open,
+    /// Only rules marked `forge`, and DNS to reach the forge by name: every
+    /// lockdown in force keeps the forge.
+    ForgeOnly,
+    Closed,
+}
+
+/// The lockdown state of `runner`; `None` when an entry cannot be read. The
+/// clock is read only when a lockdown is active, for its deadline.
+#[inline(always)]
+pub fn lock_of<M: Lookup + ?Sized>(maps: &M, runner: u32, now: impl Fn() -> u64) -> Option<Lock> {
+    let (Some(own), Some(global)) = (maps.lockdown(runner), maps.lockdown(GLOBAL_RUNNER)) else {
+        return None;
+    };
+    let active = |l: &Lockdown| l.flags & lockdown_flags::ACTIVE != 0;
+    if !active(own) && !active(global) {
+        return Some(Lock::Open);
+    }
+    let now = now();
+    let (own_in_force, global_in_force) = (own.in_force(now), global.in_force(now));
+    Some(if !own_in_force && !global_in_force {
+        Lock::Open
+    } else if (!own_in_force || own.keeps_forge()) && (!global_in_force || global.keeps_forge()) {
+        Lock::ForgeOnly
+    } else {
+        Lock::Closed
+    })
+}
+
+/// Whether the destination is DNS, which the hooks redirect to the
+/// runner's proxy instead of judging.
+#[inline(always)]
+pub fn is_dns(dst: &Destination) -> bool {
+    dst.port == crate::port::DNS
+        && (dst.proto == crate::rules::proto::IPPROTO_TCP
+            || dst.proto == crate::rules::proto::IPPROTO_UDP)
+}
+
+/// The verdict order of the design: lockdown, metadata, policy, loopback,
+/// lateral, default. The first match wins. `now` is CLOCK_MONOTONIC ns.
+#[inline(always)]
+pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now: u64) -> Outcome {
+    let Some(state) = maps.runner_state(runner) else {
+        return Outcome::Fault;
+    };
+    if !state.has(flags::CONFIGURED) {
+        return Outcome::Deny(reason::NOT_ALLOWED);
+    }
+    let forge_only = match lock_of(maps, runner, || now) {
+        None => return Outcome::Fault,
+        Some(Lock::Closed) => return Outcome::Deny(reason::LOCKDOWN),
+        // Under lockdown only rules marked `forge` can still match.
+        Some(Lock::ForgeOnly) => true,
+        Some(Lock::Open) => false,
+    };
+
+    let target = addr::normalize(dst.given);
+
+    // The runner's own DNS proxy, reached after a redirect (the backstop
+    // sees the rewritten address) or directly.
+    if state.is_dns_proxy(&target, dst.port) {
+        return Outcome::Allow;
+    }
+
+    if let Some(entry) = maps.metadata(&target)
+        && (entry.exempt_port == 0 || entry.exempt_port != dst.port)
+    {
+        return Outcome::Deny(reason::METADATA);
+    }
+
+    let exact = ExactKey {
+        runner,
+        addr: target,
+    };
+    if let Some(learned) = maps.learned(&exact)
+        && now < learned.expires_ns
+        && learned.rules.permits_with(dst.port, dst.proto, forge_only)
+    {
+        return Outcome::Allow;
+    }
+    let guarded = maps.lateral(&target);
+    let mut lateral = guarded.is_some();
+    if let Some(rules) = maps.cidr(runner, &target)
+        && (!lateral || rules.flags & rules_flags::LATERAL_OK != 0)
+        && rules.permits_with(dst.port, dst.proto, forge_only)
+    {
+        return Outcome::Allow;
+    }
+    if forge_only {
+        return Outcome::Deny(reason::LOCKDOWN);
+    }
+
+    if addr::is_loopback(&target) {
+        let own = || {
+            let key = OwnedKey {
+                netns: dst.netns,
+                port: dst.port,
+                proto: dst.proto,
+                _pad: [0; 5],
+            };
+            maps.loopback_owner(&key) == Some(runner)
+        };
+        if state.has(flags::LOOPBACK_ALLOW) || (!state.has(flags::LOOPBACK_DENY) && own()) {
+            return Outcome::Allow;
+        }
+        // A host service on loopback is a neighbour like any other.
+        lateral = true;
+    }
+
+    let doh = guarded.is_some_and(|e| e.kind == baseline_kind::DOH);
+    let why = if lateral && !doh {
+        reason::LATERAL
+    } else {
+        reason::NOT_ALLOWED
+    };
+    if state.has(flags::AUDIT) {
+        Outcome::Audit(why)
+    } else {
+        Outcome::Deny(why)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,547 @@
+//! The whole verdict order as a table, on plain maps.
+
+extern crate std;
+
+use std::{collections::HashMap, vec::Vec};
+
+use super::*;
+use crate::{
+    addr::mapped_v4,
+    event::hook,
+    rules::{PortRule, proto, rule_flags},
+};
+
+/// Longest-prefix tries and hashes, as the kernel's maps behave.
+#[derive(Default)]
+struct World {
+    states: HashMap<u32, RunnerState>,
+    lockdowns: HashMap<u32, Lockdown>,
+    metadata: Vec<(u32, Addr, BaselineEntry)>,
+    lateral: Vec<(u32, Addr, BaselineEntry)>,
+    cidrs: Vec<(u32, u32, Addr, PortRules)>,
+    learned: HashMap<ExactKey, Learned>,
+    owned: HashMap<OwnedKey, u32>,
+}
+
+fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
+    (0..len as usize).all(|bit| {
+        let mask = 0x80u8 >> (bit % 8);
+        net[bit / 8] & mask == target[bit / 8] & mask
+    })
+}
+
+fn longest<'a, V>(
+    entries: impl Iterator<Item = (u32, &'a Addr, &'a V)>,
+    t: &Addr,
+) -> Option<&'a V> {
+    entries
+        .filter(|(len, net, _)| prefix_match(*len, net, t))
+        .max_by_key(|(len, ..)| *len)
+        .map(|(.., v)| v)
+}
+
+impl Lookup for World {
+    fn runner_state(&self, runner: u32) -> Option<&RunnerState> {
+        self.states.get(&runner)
+    }
+    fn lockdown(&self, id: u32) -> Option<&Lockdown> {
+        self.lockdowns.get(&id)
+    }
+    fn metadata(&self, t: &Addr) -> Option<&BaselineEntry> {
+        longest(self.metadata.iter().map(|(l, a, v)| (*l, a, v)), t)
+    }
+    fn lateral(&self, t: &Addr) -> Option<&BaselineEntry> {
+        longest(self.lateral.iter().map(|(l, a, v)| (*l, a, v)), t)
+    }
+    fn cidr(&self, runner: u32, t: &Addr) -> Option<&PortRules> {
+        longest(
+            self.cidrs
+                .iter()
+                .filter(|(r, ..)| *r == runner)
+                .map(|(_, l, a, v)| (*l, a, v)),
+            t,
+        )
+    }
+    fn learned(&self, key: &ExactKey) -> Option<&Learned> {
+        self.learned.get(key)
+    }
+    fn loopback_owner(&self, key: &OwnedKey) -> Option<u32> {
+        self.owned.get(key).copied()
+    }
+}
+
+const RUNNER: u32 = 1;
+const OTHER: u32 = 2;
+const NETNS: u64 = 4096;
+const NOW: u64 = 1_000_000_000;
+
+fn v4(a: [u8; 4]) -> Addr {
+    mapped_v4(a)
+}
+
+fn v6(s: &str) -> Addr {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+fn rules(list: &[PortRule], lateral_ok: bool) -> PortRules {
+    let mut r = PortRules {
+        count: list.len() as u32,
+        flags: if lateral_ok {
+            rules_flags::LATERAL_OK
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    r.rules[..list.len()].copy_from_slice(list);
+    r
+}
+
+/// A host like the test world's: one runner (and a second one) with a
+/// forge entry, a registry CIDR, a broad 0.0.0.0/0 on port 8443, a learned
+/// address, the metadata and lateral baselines and a DoH resolver.
+fn world() -> World {
+    let mut w = World::default();
+    for id in [GLOBAL_RUNNER, RUNNER, OTHER] {
+        w.lockdowns.insert(id, Lockdown::default());
+    }
+    let state = RunnerState {
+        flags: flags::CONFIGURED,
+        dns_proxy_port: 5353,
+        host_netns: NETNS,
+        ..Default::default()
+    };
+    w.states.insert(RUNNER, state);
+    w.states.insert(OTHER, state);
+    let meta = |a| (128, a, BaselineEntry::default());
+    w.metadata.push(meta(v4([169, 254, 169, 254])));
+    w.metadata.push(meta(v6("fd00:ec2::254")));
+    w.metadata.push((
+        128,
+        v4([168, 63, 129, 16]),
+        BaselineEntry {
+            exempt_port: 53,
+            ..Default::default()
+        },
+    ));
+    w.lateral
+        .push((96 + 8, v4([10, 0, 0, 0]), BaselineEntry::default()));
+    w.lateral
+        .push((96 + 16, v4([169, 254, 0, 0]), BaselineEntry::default()));
+    w.lateral.push((
+        128,
+        v4([1, 1, 1, 1]),
+        BaselineEntry {
+            kind: baseline_kind::DOH,
+            ..Default::default()
+        },
+    ));
+    let forge = PortRule::new(443, 443, proto::TCP).with_flags(rule_flags::FORGE);
+    w.cidrs
+        .push((RUNNER, 128, v4([203, 0, 113, 10]), rules(&[forge], false)));
+    w.cidrs.push((
+        RUNNER,
+        96 + 24,
+        v4([203, 0, 113, 0]),
+        rules(&[PortRule::new(80, 80, proto::TCP)], false),
+    ));
+    w.cidrs.push((
+        RUNNER,
+        96,
+        v4([0, 0, 0, 0]),
+        rules(&[PortRule::new(8443, 8443, proto::ANY)], false),
+    ));
+    w.cidrs.push((
+        RUNNER,
+        128,
+        v4([10, 0, 0, 7]),
+        rules(&[PortRule::all_ports(proto::TCP)], true),
+    ));
+    w.learned.insert(
+        ExactKey {
+            runner: RUNNER,
+            addr: v4([203, 0, 113, 20]),
+        },
+        Learned {
+            expires_ns: NOW + 1,
+            rules: rules(&[PortRule::new(443, 443, proto::TCP)], false),
+        },
+    );
+    w.learned.insert(
+        ExactKey {
+            runner: RUNNER,
+            addr: v4([203, 0, 113, 21]),
+        },
+        Learned {
+            expires_ns: NOW,
+            rules: rules(&[PortRule::new(443, 443, proto::TCP)], false),
+        },
+    );
+    w.owned.insert(
+        OwnedKey {
+            netns: NETNS,
+            port: 8080,
+            proto: proto::IPPROTO_TCP,
+            _pad: [0; 5],
+        },
+        RUNNER,
+    );
+    w.owned.insert(
+        OwnedKey {
+            netns: NETNS,
+            port: 9090,
+            proto: proto::IPPROTO_TCP,
+            _pad: [0; 5],
+        },
+        OTHER,
+    );
+    w
+}
+
+fn tcp(given: Addr, port: u16) -> Destination {
+    Destination {
+        given,
+        netns: NETNS,
+        port,
+        proto: proto::IPPROTO_TCP,
+        family: 4,
+        hook: hook::CONNECT4,
+    }
+}
+
+fn udp(given: Addr, port: u16) -> Destination {
+    Destination {
+        proto: proto::IPPROTO_UDP,
+        hook: hook::SENDMSG4,
+        ..tcp(given, port)
+    }
+}
+
+fn lock(w: &mut World, id: u32, keep_forge: bool) {
+    let mut flags = lockdown_flags::ACTIVE;
+    if keep_forge {
+        flags |= lockdown_flags::KEEP_FORGE;
+    }
+    w.lockdowns.insert(
+        id,
+        Lockdown {
+            flags,
+            ..Default::default()
+        },
+    );
+}
+
+use Outcome::{Allow, Audit, Deny, Fault};
+use reason::{LATERAL, LOCKDOWN, METADATA, NOT_ALLOWED};
+
+#[test]
+fn the_verdict_order_on_an_ordinary_runner() {
+    let w = world();
+    let nat64 = |a: [u8; 4]| {
+        let mut n = v6("64:ff9b::");
+        n[12..].copy_from_slice(&a);
+        n
+    };
+    let table: &[(&str, Destination, Outcome)] = &[
+        ("forge on its port", tcp(v4([203, 0, 113, 10]), 443), Allow),
+        (
+            "forge host inherits nothing from the /24: the trie answers the longest prefix only",
+            tcp(v4([203, 0, 113, 10]), 80),
+            Deny(NOT_ALLOWED),
+        ),
+        ("registry /24 on 80", tcp(v4([203, 0, 113, 99]), 80), Allow),
+        (
+            "registry /24, wrong port",
+            tcp(v4([203, 0, 113, 99]), 81),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "0.0.0.0/0 on 8443",
+            tcp(v4([198, 51, 100, 66]), 8443),
+            Allow,
+        ),
+        (
+            "0.0.0.0/0 over UDP",
+            udp(v4([198, 51, 100, 66]), 8443),
+            Allow,
+        ),
+        (
+            "attacker",
+            tcp(v4([198, 51, 100, 66]), 443),
+            Deny(NOT_ALLOWED),
+        ),
+        ("learned, in time", tcp(v4([203, 0, 113, 20]), 443), Allow),
+        (
+            "learned, expired exactly now",
+            tcp(v4([203, 0, 113, 21]), 443),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "learned, wrong protocol",
+            udp(v4([203, 0, 113, 20]), 443),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "metadata",
+            tcp(v4([169, 254, 169, 254]), 80),
+            Deny(METADATA),
+        ),
+        ("metadata v6", tcp(v6("fd00:ec2::254"), 80), Deny(METADATA)),
+        (
+            "metadata beats 0.0.0.0/0",
+            tcp(v4([169, 254, 169, 254]), 8443),
+            Deny(METADATA),
+        ),
+        (
+            "metadata exemption: Azure DNS",
+            udp(v4([168, 63, 129, 16]), 53),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "Azure WireServer",
+            tcp(v4([168, 63, 129, 16]), 80),
+            Deny(METADATA),
+        ),
+        ("neighbour", tcp(v4([10, 0, 0, 5]), 22), Deny(LATERAL)),
+        (
+            "neighbour under 0.0.0.0/0 stays lateral",
+            tcp(v4([10, 0, 0, 5]), 8443),
+            Deny(LATERAL),
+        ),
+        (
+            "neighbour named explicitly",
+            tcp(v4([10, 0, 0, 7]), 22),
+            Allow,
+        ),
+        ("link-local", tcp(v4([169, 254, 1, 1]), 80), Deny(LATERAL)),
+        (
+            "DoH resolver under 0.0.0.0/0",
+            tcp(v4([1, 1, 1, 1]), 8443),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "own loopback listener",
+            tcp(v4([127, 0, 0, 1]), 8080),
+            Allow,
+        ),
+        (
+            "own listener through 0.0.0.0",
+            tcp(v4([0, 0, 0, 0]), 8080),
+            Allow,
+        ),
+        (
+            "another runner's listener",
+            tcp(v4([127, 0, 0, 1]), 9090),
+            Deny(LATERAL),
+        ),
+        (
+            "host service on loopback",
+            tcp(v4([127, 0, 0, 1]), 22),
+            Deny(LATERAL),
+        ),
+        (
+            "own listener, other netns",
+            Destination {
+                netns: 1,
+                ..tcp(v4([127, 0, 0, 1]), 8080)
+            },
+            Deny(LATERAL),
+        ),
+        ("own DNS proxy", udp(v4([127, 0, 0, 1]), 5353), Allow),
+        (
+            "v4-mapped on a v6 socket",
+            Destination {
+                family: 6,
+                ..tcp(v4([169, 254, 169, 254]), 80)
+            },
+            Deny(METADATA),
+        ),
+        (
+            "NAT64 metadata",
+            tcp(nat64([169, 254, 169, 254]), 80),
+            Deny(METADATA),
+        ),
+        (
+            "NAT64 neighbour",
+            tcp(nat64([10, 0, 0, 5]), 22),
+            Deny(LATERAL),
+        ),
+        ("NAT64 forge", tcp(nat64([203, 0, 113, 10]), 443), Allow),
+        (
+            "ordinary v6",
+            tcp(v6("2001:db8::1"), 443),
+            Deny(NOT_ALLOWED),
+        ),
+    ];
+    for (what, dst, want) in table {
+        assert_eq!(decide(&w, RUNNER, dst, NOW), *want, "{what}");
+    }
+}
+
+#[test]
+fn runners_never_share_entries() {
+    let w = world();
+    assert_eq!(
+        decide(&w, OTHER, &tcp(v4([203, 0, 113, 10]), 443), NOW),
+        Deny(NOT_ALLOWED)
+    );
+    assert_eq!(
+        decide(&w, OTHER, &tcp(v4([203, 0, 113, 20]), 443), NOW),
+        Deny(NOT_ALLOWED),
+        "learned by runner 1 only"
+    );
+    assert_eq!(
+        decide(&w, OTHER, &tcp(v4([127, 0, 0, 1]), 9090), NOW),
+        Allow,
+        "its own listener"
+    );
+}
+
+#[test]
+fn lockdown_denies_first_and_keep_forge_keeps_only_forge_rules() {
+    let mut w = world();
+    lock(&mut w, RUNNER, false);
+    for dst in [
+        tcp(v4([203, 0, 113, 10]), 443),
+        tcp(v4([127, 0, 0, 1]), 8080),
+        tcp(v4([169, 254, 169, 254]), 80),
+        udp(v4([127, 0, 0, 1]), 5353),
+    ] {
+        assert_eq!(decide(&w, RUNNER, &dst, NOW), Deny(LOCKDOWN), "{dst:?}");
+    }
+    assert_eq!(
+        decide(&w, OTHER, &tcp(v4([127, 0, 0, 1]), 9090), NOW),
+        Allow,
+        "another runner is not locked"
+    );
+
+    lock(&mut w, RUNNER, true);
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([203, 0, 113, 10]), 443), NOW),
+        Allow
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([203, 0, 113, 20]), 443), NOW),
+        Deny(LOCKDOWN),
+        "a learned address without the forge flag"
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([127, 0, 0, 1]), 8080), NOW),
+        Deny(LOCKDOWN),
+        "loopback is closed too"
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([169, 254, 169, 254]), 80), NOW),
+        Deny(METADATA)
+    );
+
+    // The host-wide entry covers every runner; keep-forge must hold on
+    // both entries for the forge to stay open.
+    let mut w = world();
+    lock(&mut w, GLOBAL_RUNNER, true);
+    assert_eq!(
+        decide(&w, OTHER, &tcp(v4([127, 0, 0, 1]), 9090), NOW),
+        Deny(LOCKDOWN)
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([203, 0, 113, 10]), 443), NOW),
+        Allow
+    );
+    lock(&mut w, RUNNER, false);
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([203, 0, 113, 10]), 443), NOW),
+        Deny(LOCKDOWN)
+    );
+}
+
+#[test]
+fn a_lockdown_lapses_at_its_deadline() {
+    let mut w = world();
+    w.lockdowns.insert(
+        RUNNER,
+        Lockdown {
+            flags: lockdown_flags::ACTIVE,
+            until_ns: NOW,
+            ..Default::default()
+        },
+    );
+    let forge = tcp(v4([203, 0, 113, 10]), 443);
+    assert_eq!(decide(&w, RUNNER, &forge, NOW - 1), Deny(LOCKDOWN));
+    assert_eq!(decide(&w, RUNNER, &forge, NOW), Allow);
+}
+
+#[test]
+fn audit_lets_lateral_and_default_through_but_not_metadata_or_lockdown() {
+    let mut w = world();
+    w.states.get_mut(&RUNNER).unwrap().flags |= flags::AUDIT;
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([198, 51, 100, 66]), 443), NOW),
+        Audit(NOT_ALLOWED)
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([10, 0, 0, 5]), 22), NOW),
+        Audit(LATERAL)
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([169, 254, 169, 254]), 80), NOW),
+        Deny(METADATA)
+    );
+    lock(&mut w, RUNNER, false);
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([198, 51, 100, 66]), 443), NOW),
+        Deny(LOCKDOWN)
+    );
+}
+
+#[test]
+fn loopback_settings() {
+    let mut w = world();
+    let host_service = tcp(v4([127, 0, 0, 1]), 22);
+    w.states.get_mut(&RUNNER).unwrap().flags |= flags::LOOPBACK_ALLOW;
+    assert_eq!(decide(&w, RUNNER, &host_service, NOW), Allow);
+    let state = w.states.get_mut(&RUNNER).unwrap();
+    state.flags = flags::CONFIGURED | flags::LOOPBACK_DENY;
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([127, 0, 0, 1]), 8080), NOW),
+        Deny(LATERAL),
+        "deny refuses even the job's own listener"
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &udp(v4([127, 0, 0, 1]), 5353), NOW),
+        Allow,
+        "but never the runner's own DNS proxy"
+    );
+}
+
+#[test]
+fn unconfigured_or_unreadable_state_fails_closed() {
+    let mut w = world();
+    let forge = tcp(v4([203, 0, 113, 10]), 443);
+    w.states.get_mut(&RUNNER).unwrap().flags = 0;
+    assert_eq!(decide(&w, RUNNER, &forge, NOW), Deny(NOT_ALLOWED));
+    w.states.remove(&RUNNER);
+    assert_eq!(decide(&w, RUNNER, &forge, NOW), Fault);
+    let mut w = world();
+    w.lockdowns.remove(&GLOBAL_RUNNER);
+    assert_eq!(decide(&w, RUNNER, &forge, NOW), Fault);
+}
+
+#[test]
+fn lock_of_reads_the_clock_only_under_an_active_lockdown() {
+    let mut w = world();
+    let clock = |_: ()| -> u64 { panic!("clock read without a lockdown") };
+    assert_eq!(lock_of(&w, RUNNER, || clock(())), Some(Lock::Open));
+    lock(&mut w, GLOBAL_RUNNER, false);
+    assert_eq!(lock_of(&w, RUNNER, || NOW), Some(Lock::Closed));
+}
+
+#[test]
+fn dns_is_port_53_over_tcp_or_udp() {
+    assert!(is_dns(&udp(v4([1, 2, 3, 4]), 53)));
+    assert!(is_dns(&tcp(v4([1, 2, 3, 4]), 53)));
+    assert!(!is_dns(&tcp(v4([1, 2, 3, 4]), 853)));
+    assert!(!is_dns(&Destination {
+        proto: proto::IPPROTO_ICMP,
+        ..udp(v4([1, 2, 3, 4]), 53)
+    }));
+}

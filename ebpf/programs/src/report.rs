@@ -1,0 +1,116 @@
+//! Counters and events: how a verdict becomes visible to the agent.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+};
+use egret_common::{
+    event::{Event, action, reason},
+    maps::{counter, counter_index},
+    verdict::{ALLOW, DENY, Destination, Outcome, decide},
+};
+
+use crate::maps::{COUNTERS, EVENTS, Kernel, runner_id};
+
+/// Who an event is about: the task for socket hooks; for packets, which
+/// carry no task, the socket's cgroup.
+pub struct Origin {
+    pub pid: u32,
+    pub comm: [u8; 16],
+    pub cgroup_id: u64,
+}
+
+/// The task that made the call a socket hook is judging.
+#[inline(always)]
+pub fn task_origin() -> Origin {
+    Origin {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        // SAFETY: a helper with no arguments, valid in every cgroup hook.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+#[inline(always)]
+pub const fn denial_counter(why: u8) -> u32 {
+    match why {
+        reason::METADATA => counter::DENIED_METADATA,
+        reason::LATERAL => counter::DENIED_LATERAL,
+        reason::LOCKDOWN => counter::DENIED_LOCKDOWN,
+        reason::DNS_REFUSED => counter::DENIED_DNS,
+        _ => counter::DENIED_NOT_ALLOWED,
+    }
+}
+
+#[inline(always)]
+pub fn count(runner: u32, kind: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(runner, kind)) {
+        // SAFETY: a per-CPU slot from a successful lookup; no other writer
+        // runs on this CPU while the program does.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Never blocks: a full ring buffer costs an event, counted, not a verdict.
+#[inline(always)]
+pub fn emit(
+    runner: u32,
+    dst: &Destination,
+    why: u8,
+    act: u8,
+    sock_type: u8,
+    now: u64,
+    origin: &Origin,
+) {
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(runner, counter::EVENTS_DROPPED);
+        return;
+    };
+    slot.write(Event {
+        time_ns: now,
+        cgroup_id: origin.cgroup_id,
+        pid: origin.pid,
+        runner,
+        port: dst.port,
+        family: dst.family,
+        proto: dst.proto,
+        reason: why,
+        action: act,
+        hook: dst.hook,
+        sock_type,
+        addr: dst.given,
+        comm: origin.comm,
+    });
+    slot.submit(0);
+}
+
+/// Takes the shared verdict on `dst` for this runner, counts it, reports
+/// denials and audits, and returns what the hook returns to the kernel.
+#[inline(always)]
+pub fn judge(dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
+    let runner = runner_id();
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (why, act) = match decide(&Kernel, runner, dst, now) {
+        Outcome::Allow => {
+            count(runner, counter::ALLOWED);
+            return ALLOW;
+        }
+        Outcome::Audit(why) => (why, action::AUDIT),
+        Outcome::Deny(why) => (why, action::DENY),
+        Outcome::Fault => {
+            count(runner, counter::ERRORS);
+            (reason::NOT_ALLOWED, action::DENY)
+        }
+    };
+    let audit = act == action::AUDIT;
+    count(
+        runner,
+        if audit {
+            counter::AUDITED
+        } else {
+            denial_counter(why)
+        },
+    );
+    emit(runner, dst, why, act, 0, now, &origin());
+    if audit { ALLOW } else { DENY }
+}

@@ -1,0 +1,99 @@
+//! The packet-level backstop (`cgroup_skb/egress`).
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use egret_common::{
+    addr,
+    event::hook,
+    rules::proto,
+    verdict::{DENY, Destination, Lock, lock_of},
+};
+
+use crate::{
+    maps::{Kernel, runner_id},
+    report::{Origin, judge},
+    sock::SOCK_RAW,
+};
+
+/// TCP and UDP were judged at connect or sendmsg; every other packet
+/// leaving a job's socket (ICMP from ping sockets, raw sockets a runner
+/// opted into) is judged here by its IP header, whatever the socket's
+/// family. Anything unreadable is dropped.
+#[cgroup_skb(egress)]
+pub fn egret_egress(ctx: SkBuffContext) -> i32 {
+    backstop(&ctx).unwrap_or(DENY)
+}
+
+#[inline(always)]
+fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
+    let first: u8 = ctx.load(0)?;
+    // The fast path reads only what it needs: version, protocol, socket type.
+    let (family, ip_proto, l4) = match first >> 4 {
+        4 => (4, ctx.load::<u8>(9)?, usize::from(first & 0x0f) * 4),
+        6 => (6, ctx.load::<u8>(6)?, 40),
+        _ => return Ok(DENY),
+    };
+    let tcp_or_udp = ip_proto == proto::IPPROTO_TCP || ip_proto == proto::IPPROTO_UDP;
+    // TCP and UDP from TCP and UDP sockets were judged at connect or
+    // sendmsg. A raw socket can craft them, so those are judged here.
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's socket pointer, null-checked before use; the
+    // verifier checks the accesses.
+    let sock_type = unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            SOCK_RAW
+        } else {
+            let full = bpf_sk_fullsock(sk);
+            if full.is_null() {
+                SOCK_RAW
+            } else {
+                (*full).type_
+            }
+        }
+    };
+    // Established flows pass without lookups, except under lockdown, which
+    // must cut connections opened before it too.
+    if tcp_or_udp && sock_type != SOCK_RAW && !locked_down() {
+        return Ok(egret_common::verdict::ALLOW);
+    }
+    let given = if family == 4 {
+        addr::mapped_v4(ctx.load::<[u8; 4]>(16)?)
+    } else {
+        ctx.load::<[u8; 16]>(24)?
+    };
+    let icmp = ip_proto == proto::IPPROTO_ICMP || ip_proto == proto::IPPROTO_ICMPV6;
+    // Pinging the host itself reaches no service.
+    if icmp && addr::is_loopback(&addr::normalize(given)) {
+        return Ok(egret_common::verdict::ALLOW);
+    }
+    let port = if tcp_or_udp {
+        u16::from_be(ctx.load::<u16>(l4 + 2)?)
+    } else {
+        0
+    };
+    let dst = Destination {
+        given,
+        netns: 0,
+        port,
+        proto: ip_proto,
+        family,
+        hook: hook::EGRESS,
+    };
+    Ok(judge(&dst, || Origin {
+        pid: 0,
+        comm: [0; 16],
+        // SAFETY: the skb the kernel passed in, which this helper accepts.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+    }))
+}
+
+/// Whether a lockdown of this runner, or of every runner, is in force.
+#[inline(always)]
+fn locked_down() -> bool {
+    // SAFETY: a helper with no arguments.
+    lock_of(&Kernel, runner_id(), || unsafe { bpf_ktime_get_ns() }) != Some(Lock::Open)
+}
