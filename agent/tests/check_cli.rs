@@ -125,6 +125,25 @@ fn warnings_do_not_fail_the_check() {
 }
 
 #[test]
+fn warnings_are_printed_beside_errors() {
+    let dir = Dir::new("warn-and-error");
+    let p = dir.file(
+        "p.yaml",
+        &runner("      - cidr: 169.254.0.0/16\n      - cidr: 203.0.113.0/33\n"),
+    );
+    let (code, out) = check(&[p.as_os_str()]);
+    let out = out.replace(&format!("{}/", dir.0.display()), "");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out.trim_end(),
+        "p.yaml:6:15: warning: 169.254.0.0/16 includes the cloud instance metadata service \
+         (AWS, GCP, Azure, OCI, DigitalOcean, Hetzner, OpenStack); egret never allows cloud \
+         metadata endpoints\n\
+         p.yaml:7:15: error: '203.0.113.0/33' is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32"
+    );
+}
+
+#[test]
 fn json_output_for_ci_annotations() {
     let dir = Dir::new("json");
     let p = dir.file(

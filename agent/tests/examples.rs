@@ -63,7 +63,7 @@ fn the_schema_rejects_what_check_rejects() {
     ] {
         let doc: serde_json::Value = serde_saphyr::from_str(bad).expect("yaml");
         assert!(!validator.is_valid(&doc), "schema accepted: {bad}");
-        let (_, diags) = policy::compile(&[(PathBuf::from("p.yaml"), bad.as_bytes().to_vec())]);
+        let (_, diags) = policy::validate(&[(PathBuf::from("p.yaml"), bad.as_bytes().to_vec())]);
         assert!(
             diags.iter().any(|d| d.severity == Severity::Error),
             "check accepted: {bad}"

@@ -6,7 +6,7 @@ use egret::policy::{self, PolicyError, Severity};
 use proptest::prelude::*;
 
 fn compile(bytes: Vec<u8>) -> Vec<policy::Diagnostic> {
-    policy::compile(&[(PathBuf::from("p.yaml"), bytes)]).1
+    policy::validate(&[(PathBuf::from("p.yaml"), bytes)]).1
 }
 
 /// Runs `f` on its own thread and fails the test if it does not finish: a

@@ -1,7 +1,12 @@
 use super::*;
 
+use std::{net::IpAddr, path::PathBuf};
+
+use egret_common::rules::{PortRule, proto, rule_flags};
+use ipnet::IpNet;
+
 fn check(text: &str) -> Result<Policy, Vec<String>> {
-    let (policy, diags) = compile(&[(PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
+    let (policy, diags) = validate(&[(PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
     let errors: Vec<String> = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -232,7 +237,7 @@ fn empty_file_tabs_and_non_utf8() {
         errors("version: 1\nrunners:\n\t- name: a\n"),
         vec!["p.yaml:3:1: error: tab used for indentation; YAML indents with spaces only"]
     );
-    let (_, d) = compile(&[(PathBuf::from("p.yaml"), b"version: 1\n\xff\xfe\n".to_vec())]);
+    let (_, d) = validate(&[(PathBuf::from("p.yaml"), b"version: 1\n\xff\xfe\n".to_vec())]);
     assert_eq!(
         d[0].to_string(),
         "p.yaml:2:1: error: file is not valid UTF-8"
@@ -241,7 +246,7 @@ fn empty_file_tabs_and_non_utf8() {
 
 #[test]
 fn metadata_in_a_cidr_warns() {
-    let (policy, d) = compile(&[(
+    let (policy, d) = validate(&[(
         PathBuf::from("p.yaml"),
         b"version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    allow:\n      - cidr: 0.0.0.0/0\n"
             .to_vec(),
@@ -302,7 +307,7 @@ fn runner(allow: &str) -> String {
 }
 
 fn warnings(text: &str) -> Vec<String> {
-    let (_, d) = compile(&[(PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
+    let (_, d) = validate(&[(PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
     d.iter()
         .filter(|d| d.severity == Severity::Warning)
         .map(ToString::to_string)
@@ -422,7 +427,7 @@ fn every_embedded_preset_is_valid() {
             ""
         };
         let text = runner(&format!("      - preset: {name}{with}\n"));
-        let (policy, d) = compile(&[(PathBuf::from("p.yaml"), text.into_bytes())]);
+        let (policy, d) = validate(&[(PathBuf::from("p.yaml"), text.into_bytes())]);
         assert!(policy.is_some() && d.is_empty(), "{name}: {d:?}");
         let r = &policy.unwrap().runners[0];
         assert!(
@@ -436,7 +441,7 @@ fn every_embedded_preset_is_valid() {
 fn user_presets_extend_and_override() {
     let preset = "preset: internal-mirror\nversion: 2\ndescription: our mirror\nallow:\n  - host: mirror.corp.example\n    ports: [8443]\n";
     let npm = "preset: npm\nversion: 7\nallow:\n  - host: npm.corp.example\n    ports: [443]\n";
-    let (policy, d) = compile(&[
+    let (policy, d) = validate(&[
         (
             PathBuf::from("mirror.preset.yaml"),
             preset.as_bytes().to_vec(),
@@ -459,7 +464,7 @@ fn user_presets_extend_and_override() {
 #[test]
 fn errors_inside_a_user_preset_point_into_it() {
     let preset = "preset: broken\nversion: 1\nallow:\n  - cidr: 10.0.0.300/32\n";
-    let (_, d) = compile(&[
+    let (_, d) = validate(&[
         (
             PathBuf::from("broken.preset.yaml"),
             preset.as_bytes().to_vec(),
@@ -503,7 +508,7 @@ fn undefined_variables_are_located_with_a_suggestion() {
 
 #[test]
 fn conflicting_variables_across_files_are_errors() {
-    let (_, d) = compile(&[
+    let (_, d) = validate(&[
         (
             PathBuf::from("a.yaml"),
             b"version: 1\nvars:\n  X: one\n".to_vec(),
