@@ -1,0 +1,106 @@
+//! `egret agent`: the daemon.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use egret::{
+    daemon::{self, AgentOptions},
+    datapath::Pins,
+    learned::TtlSettings,
+};
+
+use super::{Paths, chain};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Policy file, or a directory whose *.yaml files are merged.
+    #[arg(long, value_name = "PATH")]
+    pub policy: PathBuf,
+    /// bpffs, state directory and control socket. A private bpffs is
+    /// mounted at --bpffs when none is there.
+    #[command(flatten)]
+    pub paths: Paths,
+    /// A group whose members may use the control socket besides root.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Resolver for runners whose policy names no `dns.upstream`; repeat
+    /// for several. Default: the host's resolver configuration.
+    #[arg(long = "dns-upstream", value_name = "IP")]
+    pub dns_upstream: Vec<std::net::IpAddr>,
+    /// Do not reload when the policy files change; only on SIGHUP or
+    /// `egret reload`.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Create runner cgroups that do not exist yet, instead of failing.
+    /// Attaching to the cgroup before the runner places jobs in it means no
+    /// job ever runs unguarded.
+    #[arg(long)]
+    pub create_cgroups: bool,
+    /// Shortest time an address learned from DNS stays allowed, whatever TTL
+    /// the answer carried (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::parse_duration)]
+    pub ttl_floor: Duration,
+    /// Longest time an answer is trusted before the name is resolved again.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::parse_duration)]
+    pub ttl_cap: Duration,
+    /// How long an address stays allowed after it dropped out of the answers,
+    /// so connections opened just before are not cut.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::parse_duration)]
+    pub grace: Duration,
+    /// Most addresses one name keeps renewed through the DNS proxy (a CDN
+    /// rotating through many); beyond it, the oldest lapse at their expiry.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub dns_max_ips_per_name: usize,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let socket_group = match args
+        .socket_group
+        .as_deref()
+        .map(nix::unistd::Group::from_name)
+    {
+        None => None,
+        Some(Ok(Some(group))) => Some(group.gid.as_raw()),
+        Some(_) => {
+            eprintln!(
+                "egret agent: --socket-group {}: no such group",
+                args.socket_group.unwrap_or_default()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let opts = AgentOptions {
+        policy: args.policy,
+        pins: Pins::new(args.paths.bpffs),
+        state_dir: args.paths.state_dir,
+        socket: args.paths.socket,
+        socket_group,
+        create_cgroups: args.create_cgroups,
+        watch: !args.no_watch,
+        dns_upstream: args.dns_upstream,
+        ttl: TtlSettings {
+            floor: args.ttl_floor,
+            cap: args.ttl_cap,
+            grace: args.grace,
+            max_ips_per_name: args.dns_max_ips_per_name,
+            ..TtlSettings::default()
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egret: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egret agent: {}", chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
