@@ -10,13 +10,15 @@
 //! size and time, connections in number, and a subscriber that cannot keep
 //! up is cut off with a notice, so no client can stall the agent.
 
-use crate::IoError;
+use crate::{
+    IoError,
+    events::{EventLine, Hub},
+};
 use std::{
-    collections::VecDeque,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -33,10 +35,6 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CLIENTS: usize = 64;
-/// Events kept for `egret events` without `--follow`.
-pub const RECENT_EVENTS: usize = 1000;
-/// How far a follower may fall behind before it is cut off.
-pub const FOLLOW_BACKLOG: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -48,51 +46,6 @@ pub enum ControlError {
     Refused(String),
     #[error("unexpected reply from the agent: {0}")]
     Protocol(String),
-}
-
-/// One event as fanned out to subscribers.
-pub struct EventLine {
-    pub runner: String,
-    pub json: String,
-}
-
-/// Event fan-out: live subscribers plus a bounded memory of recent events.
-pub struct Hub {
-    tx: broadcast::Sender<Arc<EventLine>>,
-    recent: Mutex<VecDeque<Arc<EventLine>>>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self {
-            tx: broadcast::channel(FOLLOW_BACKLOG).0,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
-        }
-    }
-}
-
-impl Hub {
-    pub fn publish(&self, line: EventLine) {
-        let line = Arc::new(line);
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(line.clone());
-        }
-        // No subscriber is not an error.
-        let _ = self.tx.send(line);
-    }
-
-    fn recent(&self) -> Vec<Arc<EventLine>> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
 }
 
 /// Requests only the agent's main loop can answer.
@@ -309,7 +262,7 @@ async fn stream_events(
     runner: Option<&str>,
 ) {
     // Subscribe before reading the backlog so nothing falls in between.
-    let mut rx = hub.tx.subscribe();
+    let mut rx = hub.subscribe();
     let wanted = |l: &EventLine| runner.is_none_or(|r| r == l.runner);
     let mut out = format!("{}\n", json!({ "v": PROTOCOL_VERSION, "ok": true }));
     if !follow {

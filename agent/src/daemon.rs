@@ -1,29 +1,29 @@
 //! `egret agent`: load, pin, attach, keep the maps in step with the policy
 //! and DNS, and stream events. Exiting never removes enforcement.
 
-use crate::IoError;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Instant,
 };
 
-use egret_common::state::{RunnerState, flags};
-use ipnet::IpNet;
 use tokio::{signal::unix::SignalKind, task::JoinSet};
 
 use crate::{
-    baseline,
+    IoError, baseline,
+    compile::{self, CompileError, Host, Plan},
     control::{self, AgentRequest},
-    datapath::{self, Datapath, DatapathError, Pins, RunnerCidrs},
+    datapath::{Attached, Datapath, DatapathError, Pins},
     dnsproxy::{self, Proxies, ProxyError, RunnerDns},
-    events::{self, Attribution},
+    events::{self, Enricher, Hub},
+    learned::{Learning, SharedLearning, TtlSettings},
     lockdown,
     policy::{self, Mode, Policy, PolicyError},
-    resolver::{self, Answer, Learning, Resolvers, TtlSettings},
+    resolver::{self, Answer, Resolvers},
     runners::{self, CgroupError},
+    state_dir::{AppliedRecord, AppliedRunner},
     status::{self, AgentInfo, ReloadResult},
 };
 
@@ -46,6 +46,8 @@ pub struct AgentOptions {
 pub enum AgentError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
@@ -75,7 +77,9 @@ struct Agent {
     cgroup_root: PathBuf,
     datapath: Datapath,
     resolvers: Resolvers,
-    attribution: Arc<Mutex<Attribution>>,
+    /// The addresses DNS made reachable, shared with the DNS proxy.
+    learning: SharedLearning,
+    enricher: Arc<Enricher>,
     /// Runner name → id, for the runners of the applied policy.
     ids: HashMap<String, u32>,
     /// Runner name → cgroup as the policy names it.
@@ -101,19 +105,17 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(IoError::at("create state directory", &opts.state_dir))?;
     let (datapath, ring) = Datapath::open(opts.pins.clone())?;
-    let attribution = Arc::new(Mutex::new(Attribution::new(cgroup_root.clone())));
-    {
-        let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
-        attr.learning = Learning::new(opts.ttl);
-        // What the proxy learned before a restart stays until it expires.
-        attr.learning
-            .restore(datapath.learned().map(|(k, v)| (*k, *v)));
-    }
-    let hub = Arc::new(control::Hub::default());
+    let mut learning = Learning::new(opts.ttl);
+    // What the proxy learned before a restart stays until it expires.
+    learning.restore(datapath.learned().map(|(k, v)| (*k, *v)));
+    let learning = SharedLearning::new(learning.into());
+    let enricher = Arc::new(Enricher::new(cgroup_root.clone(), learning.clone()));
+    let hub = Arc::new(Hub::default());
     let shared = dnsproxy::Shared::new(
-        attribution.clone(),
+        learning.clone(),
         &opts.pins.map(egret_common::maps::LEARNED),
         hub.clone(),
+        cgroup_root.clone(),
     )?;
     let host_netns = dnsproxy::own_netns_cookie()
         .map_err(|e| IoError::at("read the network namespace cookie of", "/proc/self/ns/net")(e))?;
@@ -122,7 +124,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         cgroup_root,
         datapath,
         resolvers: Resolvers::default(),
-        attribution: attribution.clone(),
+        learning,
+        enricher: enricher.clone(),
         ids: HashMap::new(),
         cgroups: HashMap::new(),
         proxies: Proxies::new(Arc::new(shared))
@@ -143,7 +146,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         control_tx,
         agent.opts.socket_group,
     ));
-    let mut pump = tokio::spawn(events::pump(ring, attribution, hub));
+    let mut pump = tokio::spawn(events::pump(ring, enricher, hub));
     let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut watch = tokio::time::interval(POLICY_POLL);
     let mut watcher = PolicyWatch::new(&agent.opts.policy);
@@ -206,8 +209,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 
 impl Agent {
     fn learning<R>(&self, f: impl FnOnce(&mut Learning) -> R) -> R {
-        let mut attr = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut attr.learning)
+        f(&mut self.learning.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn next_deadline(&self) -> Instant {
@@ -280,40 +282,82 @@ impl Agent {
 
     fn expire_lockdowns(&mut self) {
         match lockdown::expire(&mut self.datapath.maps, &self.opts.state_dir) {
-            Ok(expired) if !expired.is_empty() => tracing::warn!(?expired, "lockdown expired"),
-            Ok(_) => {}
+            Ok(report) => {
+                if !report.runners.is_empty() {
+                    tracing::warn!(expired = ?report.runners, "lockdown expired");
+                }
+                for failure in &report.failures {
+                    tracing::error!(%failure, "ending an expired lockdown");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "checking lockdown deadlines failed"),
         }
     }
 
-    /// Brings the kernel in line with `policy`. For a runner seen for the
-    /// first time, its maps and state are written before its programs are
-    /// attached, so it never runs a moment under an empty policy.
+    /// Brings the kernel in line with `policy`: registers its runners,
+    /// compiles the plan, starts their DNS proxies, syncs the maps, then
+    /// attaches. A runner seen for the first time has its maps and state
+    /// written before its programs are attached, so it never runs a moment
+    /// under an empty policy.
     async fn apply(&mut self, policy: &Policy) -> Result<(), AgentError> {
-        let host_subnets = baseline::host_subnets().unwrap_or_else(|e| {
+        let subnets = baseline::host_subnets().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot list the host's interfaces; lateral baseline covers the standard ranges only");
             Vec::new()
         });
-        let mut lateral: Vec<IpNet> = baseline::lateral_nets().collect();
-        lateral.extend(host_subnets);
-        let metadata: Vec<(IpNet, u16)> = baseline::metadata_nets().collect();
-        let doh: Vec<IpNet> = baseline::doh_nets().collect();
-        self.datapath.sync_baseline(&metadata, &lateral, &doh)?;
-        // An allow entry opens a DoH resolver only by naming it, as it opens
-        // a neighbour.
-        lateral.extend(doh);
-
+        let host = Host {
+            cgroup_root: self.cgroup_root.clone(),
+            subnets,
+            netns: self.host_netns,
+        };
         let mut ids = HashMap::new();
-        let mut records = HashMap::new();
         for runner in &policy.runners {
             let dir = runners::cgroup_dir(&self.cgroup_root, &runner.cgroup);
             runners::ensure_cgroup(&runner.name, &dir, self.opts.create_cgroups)?;
             let taken: HashSet<u32> = ids.values().copied().collect();
-            let (id, record) = self.datapath.runner_id(&runner.name, &taken)?;
-            ids.insert(runner.name.clone(), id);
-            records.insert(runner.name.clone(), (record, dir));
+            ids.insert(
+                runner.name.clone(),
+                self.datapath.runner_id(&runner.name, &taken)?,
+            );
+        }
+        let mut plan = compile::plan(policy, &ids, &host)?;
+
+        self.track_hosts(policy, &ids);
+        self.resolve_due().await;
+        self.start_proxies(policy, &mut plan)?;
+        let changed = self.datapath.sync(&plan)?;
+        tracing::debug!(changed, "maps synced to the plan");
+        self.sync_learned(&plan.ids())?;
+        for (name, how) in self.datapath.attach(&plan)? {
+            match how {
+                Attached::New => tracing::info!(runner = %name, "attached programs"),
+                Attached::Readopted => tracing::info!(runner = %name, "re-adopted pinned programs"),
+                Attached::Removed => {
+                    tracing::info!(runner = %name, "runner no longer in policy; detached");
+                }
+            }
+        }
+        self.proxies.retain(&plan.ids());
+        for runner in policy.runners.iter().filter(|r| r.mode == Mode::Audit) {
+            tracing::warn!(runner = %runner.name, "runner is in audit mode: denials are reported, not enforced");
         }
 
+        self.enricher.set_runners(
+            plan.runners
+                .iter()
+                .map(|r| (r.id, (r.name.clone(), r.cgroup_dir.clone())))
+                .collect(),
+        );
+        self.ids = ids;
+        self.cgroups = plan
+            .runners
+            .iter()
+            .map(|r| (r.name.clone(), r.cgroup.clone()))
+            .collect();
+        Ok(())
+    }
+
+    /// Every exact hostname of the policy, per runner, for the resolver.
+    fn track_hosts(&self, policy: &Policy, ids: &HashMap<String, u32>) {
         let hosts: Vec<(u32, String, Vec<IpAddr>, policy::HostRule)> = policy
             .runners
             .iter()
@@ -330,31 +374,21 @@ impl Agent {
             })
             .collect();
         self.learning(|l| l.set_hosts(hosts));
-        self.resolve_due().await;
+    }
 
-        let cidr_input: Vec<RunnerCidrs<'_>> = policy
-            .runners
-            .iter()
-            .map(|r| RunnerCidrs {
-                id: ids[&r.name],
-                name: &r.name,
-                cidrs: &r.cidrs,
-            })
-            .collect();
-        let desired_cidrs = datapath::compile_cidrs(&cidr_input, &lateral)?;
-        let all: HashSet<u32> = ids.values().copied().collect();
-        let changed = self.datapath.sync_cidrs(&all, &desired_cidrs)?;
-        tracing::debug!(changed, "CIDR entries synced");
-        self.sync_learned(&all)?;
-
-        for runner in &policy.runners {
-            let id = ids[&runner.name];
-            let old = self.datapath.maps.runner_state(id).unwrap_or_default();
-            let dir = runners::cgroup_dir(&self.cgroup_root, &runner.cgroup);
-            // The proxy listens before the programs send it anything.
-            let proxy_port = self.proxies.ensure(
+    /// Starts or updates each runner's DNS proxy, and puts its port in the
+    /// runner's planned state. The proxy listens before the programs send
+    /// it anything.
+    fn start_proxies(&mut self, policy: &Policy, plan: &mut Plan) -> Result<(), AgentError> {
+        for (runner, planned) in policy.runners.iter().zip(plan.runners.iter_mut()) {
+            let old = self
+                .datapath
+                .maps
+                .runner_state(planned.id)
+                .unwrap_or_default();
+            planned.state.dns_proxy_port = self.proxies.ensure(
                 RunnerDns {
-                    id,
+                    id: planned.id,
                     name: runner.name.clone(),
                     mode: runner.mode,
                     rules: runner
@@ -369,104 +403,38 @@ impl Agent {
                     ),
                     refuse_with: runner.dns_refuse,
                     listen: runner.dns_listen,
-                    cgroup_dir: dir,
+                    cgroup_dir: planned.cgroup_dir.clone(),
                 },
                 old.dns_proxy_port,
             )?;
-            let mut state = RunnerState {
-                flags: flags::CONFIGURED,
-                dns_proxy_port: proxy_port,
-                _pad: 0,
-                host_netns: self.host_netns,
-                dns_listen: runner.dns_listen.map_or([0; 16], datapath::addr_of),
-            };
-            for kind in &runner.sockets {
-                state.flags |= match kind {
-                    policy::SocketKind::Raw => flags::SOCK_RAW,
-                    policy::SocketKind::Sctp => flags::SOCK_SCTP,
-                };
-            }
-            state.flags |= match runner.loopback {
-                policy::Loopback::Own => 0,
-                policy::Loopback::Allow => flags::LOOPBACK_ALLOW,
-                policy::Loopback::Deny => flags::LOOPBACK_DENY,
-            };
-            if runner.mode == Mode::Audit {
-                state.flags |= flags::AUDIT;
-                tracing::warn!(runner = %runner.name, "runner is in audit mode: denials are reported, not enforced");
-            }
-            self.datapath.maps.set_runner_state(id, state)?;
-            let (record, dir) = &records[&runner.name];
-            let cgroup_id = runners::cgroup_id(dir)?;
-            match record {
-                Some(rec) if self.datapath.attached(rec, cgroup_id) => {
-                    tracing::info!(runner = %runner.name, id, cgroup = %runner.cgroup, "re-adopted pinned programs");
-                }
-                _ => {
-                    self.datapath.attach(&runner.name, id, dir, cgroup_id)?;
-                    tracing::info!(runner = %runner.name, id, cgroup = %runner.cgroup, "attached programs");
-                }
-            }
         }
-
-        for (name, rec) in self.datapath.maps.runner_records() {
-            if !ids.contains_key(&name) {
-                self.datapath.remove_runner(&name, rec.id)?;
-                tracing::info!(runner = %name, "runner no longer in policy; detached");
-            }
-        }
-        self.proxies.retain(&all);
-
-        let mut attr = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
-        attr.runners = policy
-            .runners
-            .iter()
-            .map(|r| {
-                (
-                    ids[&r.name],
-                    (
-                        r.name.clone(),
-                        runners::cgroup_dir(&self.cgroup_root, &r.cgroup),
-                    ),
-                )
-            })
-            .collect();
-        drop(attr);
-        self.ids = ids;
-        self.cgroups = policy
-            .runners
-            .iter()
-            .map(|r| (r.name.clone(), r.cgroup.clone()))
-            .collect();
         Ok(())
     }
 
     /// Writes `<state-dir>/agent.json`: which agent applied which policy to
     /// which runners, and when. Best effort: enforcement never depends on it.
     fn record_applied(&self, files: &[PathBuf]) {
-        let mut runners: Vec<_> = self
+        let mut runners: Vec<AppliedRunner> = self
             .ids
             .iter()
-            .map(|(name, id)| serde_json::json!({ "name": name, "id": id }))
+            .map(|(name, id)| AppliedRunner {
+                name: name.clone(),
+                id: *id,
+                cgroup: self.cgroups.get(name).cloned().unwrap_or_default(),
+            })
             .collect();
-        runners.sort_by_key(|r| r["id"].as_u64());
-        let record = serde_json::json!({
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "applied_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "policy": self.opts.policy,
-            "files": files,
-            "bpffs": self.opts.pins.root,
-            "runners": runners,
-        });
-        let path = self.opts.state_dir.join("agent.json");
-        let tmp = self.opts.state_dir.join("agent.json.tmp");
-        let written = serde_json::to_vec_pretty(&record)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot record the applied policy");
+        runners.sort_by_key(|r| r.id);
+        let record = AppliedRecord {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            policy: self.opts.policy.clone(),
+            files: files.to_vec(),
+            bpffs: self.opts.pins.root.clone(),
+            runners,
+        };
+        if let Err(e) = record.write(&self.opts.state_dir) {
+            tracing::warn!(error = %e, "cannot record the applied policy");
         }
     }
 
@@ -503,16 +471,16 @@ impl Agent {
     fn sync_learned(&mut self, runners: &HashSet<u32>) -> Result<(), DatapathError> {
         // Held through the writes: the DNS proxy writes the same map under
         // this lock, so a sync never overwrites an answer it just learned.
-        let attribution = self.attribution.clone();
-        let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
+        let learning = self.learning.clone();
+        let mut learning = learning.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        attr.learning.prune(now, runners);
+        learning.prune(now, runners);
         let settled: HashSet<u32> = runners
             .iter()
             .copied()
-            .filter(|r| attr.learning.settled(*r))
+            .filter(|r| learning.settled(*r))
             .collect();
-        let desired = attr.learning.desired(now);
+        let desired = learning.desired(now);
         let changed = self.datapath.sync_learned(&settled, &desired)?;
         tracing::debug!(changed, entries = desired.len(), "learned entries synced");
         Ok(())
@@ -551,19 +519,12 @@ impl PolicyWatch {
         }
     }
 
+    /// Over the same files `policy::load` reads; a directory that cannot
+    /// be listed fingerprints as empty, which differs from any good state.
     fn fingerprint(path: &std::path::Path) -> Fingerprint {
         use std::os::unix::fs::MetadataExt as _;
-        let files: Vec<PathBuf> = if path.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            v.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
-            v.sort();
-            v
-        } else {
-            vec![path.to_owned()]
-        };
-        files
+        policy::policy_files(path)
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|f| {
                 let m = std::fs::metadata(&f).ok()?;

@@ -1,12 +1,15 @@
 //! Drains the kernel's event ring buffer, attributes each record (runner,
-//! job cgroup, hostname) and writes it as one JSON object per line.
+//! job cgroup, hostname) and writes it as one JSON object per line, to
+//! stdout and to every subscriber of the [`Hub`].
+
+mod hub;
 
 use std::{
     collections::HashMap,
     io::Write as _,
     net::{IpAddr, Ipv6Addr},
-    path::PathBuf,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -19,25 +22,79 @@ use egret_common::{
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::{datapath, resolver::Learning, runners};
+pub use hub::{EventLine, Hub};
 
-/// What the enricher needs to know about the runners, shared with the agent
-/// loop that keeps it current.
-#[derive(Default)]
-pub struct Attribution {
-    pub cgroup_root: PathBuf,
-    /// Runner id → (name, cgroup directory).
-    pub runners: HashMap<u32, (String, PathBuf)>,
-    pub learning: Learning,
-    cgroup_paths: HashMap<u64, String>,
+use crate::{clock::monotonic_ns, compile, learned::SharedLearning, runners};
+
+/// Cgroup paths remembered by id; past this many the memory starts over,
+/// so a job making cgroups without end cannot grow the agent.
+const CGROUP_PATHS_KEPT: usize = 16_384;
+/// Records drained from the ring buffer before they are written out: the
+/// agent's memory stays bounded however fast denials come.
+const BATCH: usize = 256;
+
+/// Names what an event's ids stand for. Each lock here is held for one
+/// lookup only; the slow part, a walk of the cgroup tree for a new job
+/// cgroup, runs with no lock held, so neither the DNS proxy (which shares
+/// the learned addresses) nor the agent loop ever waits for it.
+pub struct Enricher {
+    cgroup_root: PathBuf,
+    /// Runner id → (name, cgroup directory), replaced on every apply.
+    runners: RwLock<HashMap<u32, (String, PathBuf)>>,
+    cgroup_paths: Mutex<HashMap<u64, String>>,
+    learning: SharedLearning,
 }
 
-impl Attribution {
-    pub fn new(cgroup_root: PathBuf) -> Self {
+impl Enricher {
+    pub fn new(cgroup_root: PathBuf, learning: SharedLearning) -> Self {
         Self {
             cgroup_root,
-            ..Default::default()
+            runners: RwLock::default(),
+            cgroup_paths: Mutex::default(),
+            learning,
         }
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    pub fn set_runners(&self, runners: HashMap<u32, (String, PathBuf)>) {
+        *self.runners.write().unwrap_or_else(|e| e.into_inner()) = runners;
+    }
+
+    fn runner(&self, id: u32) -> Option<(String, PathBuf)> {
+        self.runners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn cgroup_path(&self, runner_dir: &Path, id: u64) -> Option<String> {
+        let cached = self
+            .cgroup_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        if cached.is_some() {
+            return cached;
+        }
+        let found = runners::find_by_id(&self.cgroup_root, runner_dir, id)?;
+        let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if paths.len() >= CGROUP_PATHS_KEPT {
+            paths.clear();
+        }
+        paths.insert(id, found.clone());
+        Some(found)
+    }
+
+    fn host_for(&self, runner: u32, ip: IpAddr) -> Option<String> {
+        self.learning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hosts_for(runner, ip)
     }
 }
 
@@ -81,7 +138,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 /// The destination as the job gave it: a v6 socket's mapped address stays v6.
 pub fn destination(ev: &Event) -> IpAddr {
     if ev.family == 4 {
-        datapath::ip_of(ev.addr)
+        compile::ip_of(ev.addr)
     } else {
         IpAddr::V6(Ipv6Addr::from(ev.addr))
     }
@@ -89,7 +146,7 @@ pub fn destination(ev: &Event) -> IpAddr {
 
 /// The address policy was judged on, which `host` attribution is keyed by.
 fn judged(ev: &Event) -> IpAddr {
-    datapath::ip_of(addr::normalize(ev.addr))
+    compile::ip_of(addr::normalize(ev.addr))
 }
 
 fn socket_type_name(t: u8) -> &'static str {
@@ -114,30 +171,14 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-pub fn enrich(
-    ev: &Event,
-    attribution: &mut Attribution,
-    wall_now: SystemTime,
-    mono_now: u64,
-) -> EventRecord {
+pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u64) -> EventRecord {
     let age = Duration::from_nanos(mono_now.saturating_sub(ev.time_ns));
     let time =
         humantime::format_rfc3339_millis(wall_now.checked_sub(age).unwrap_or(wall_now)).to_string();
-    let (runner, runner_dir) = attribution
-        .runners
-        .get(&ev.runner)
-        .cloned()
+    let (runner, runner_dir) = enricher
+        .runner(ev.runner)
         .unwrap_or_else(|| (format!("#{}", ev.runner), PathBuf::new()));
-    let cgroup = match attribution.cgroup_paths.get(&ev.cgroup_id) {
-        Some(p) => Some(p.clone()),
-        None => {
-            let found = runners::find_by_id(&attribution.cgroup_root, &runner_dir, ev.cgroup_id);
-            if let Some(p) = &found {
-                attribution.cgroup_paths.insert(ev.cgroup_id, p.clone());
-            }
-            found
-        }
-    };
+    let cgroup = enricher.cgroup_path(&runner_dir, ev.cgroup_id);
     let comm_end = ev
         .comm
         .iter()
@@ -155,7 +196,7 @@ pub fn enrich(
         dst: (ev.hook != hook::SOCK_CREATE).then(|| destination(ev).to_string()),
         port: ev.port,
         socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type)),
-        host: attribution.learning.hosts_for(ev.runner, judged(ev)),
+        host: enricher.host_for(ev.runner, judged(ev)),
         reason: reason::name(ev.reason),
         action: action::name(ev.action),
         hook: hook::name(ev.hook),
@@ -164,7 +205,7 @@ pub fn enrich(
 
 /// Writes one event the agent itself produced (the DNS proxy's refusals)
 /// to stdout and to every follower, as the kernel's events are.
-pub fn publish(record: &EventRecord, hub: &crate::control::Hub) {
+pub fn publish(record: &EventRecord, hub: &Hub) {
     let Ok(json) = serde_json::to_string(record) else {
         return;
     };
@@ -173,46 +214,57 @@ pub fn publish(record: &EventRecord, hub: &crate::control::Hub) {
         let _ = writeln!(out, "{json}");
         let _ = out.flush();
     }
-    hub.publish(crate::control::EventLine {
+    hub.publish(EventLine {
         runner: record.runner.clone(),
         json,
     });
 }
 
 /// Reads events until the task is dropped. Writes go to stdout, one line per
-/// event, flushed at once so a pipeline sees denials as they happen.
+/// event, flushed after each batch so a pipeline sees denials as they
+/// happen.
 pub async fn pump(
     ring: RingBuf<MapData>,
-    attribution: Arc<Mutex<Attribution>>,
-    hub: Arc<crate::control::Hub>,
+    enricher: Arc<Enricher>,
+    hub: Arc<Hub>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let mut guard = fd.readable_mut().await?;
+        // Cleared before draining: a record that lands while we drain
+        // makes the fd ready again, so none waits for the next one.
+        guard.clear_ready();
         let ring = guard.get_inner_mut();
-        let mut lines = Vec::new();
-        {
-            let mut attr = attribution.lock().unwrap_or_else(|e| e.into_inner());
-            let wall = SystemTime::now();
-            let mono = crate::resolver::monotonic_ns();
-            while let Some(item) = ring.next() {
+        loop {
+            batch.clear();
+            while batch.len() < BATCH {
+                let Some(item) = ring.next() else { break };
                 if let Some(ev) = decode(&item) {
-                    let record = enrich(&ev, &mut attr, wall, mono);
-                    if let Ok(line) = serde_json::to_string(&record) {
-                        lines.push((record.runner, line));
-                    }
+                    batch.push(ev);
                 }
             }
+            if batch.is_empty() {
+                break;
+            }
+            let wall = SystemTime::now();
+            let mono = monotonic_ns();
+            let lines: Vec<(String, String)> = batch
+                .iter()
+                .filter_map(|ev| {
+                    let record = enrich(ev, &enricher, wall, mono);
+                    Some((record.runner.clone(), serde_json::to_string(&record).ok()?))
+                })
+                .collect();
+            let mut out = std::io::stdout().lock();
+            for (runner, json) in lines {
+                writeln!(out, "{json}")?;
+                hub.publish(EventLine { runner, json });
+            }
+            out.flush()?;
         }
-        guard.clear_ready();
-        let mut out = std::io::stdout().lock();
-        for (runner, json) in lines {
-            writeln!(out, "{json}")?;
-            hub.publish(crate::control::EventLine { runner, json });
-        }
-        out.flush()?;
     }
 }
 
@@ -242,12 +294,14 @@ mod tests {
 
     #[test]
     fn a_mapped_destination_on_a_v6_socket_is_shown_as_given() {
-        let mut attr = Attribution::default();
-        attr.runners
-            .insert(1, ("ci".into(), PathBuf::from("/nonexistent")));
+        let enricher = Enricher::new(PathBuf::from("/nonexistent"), SharedLearning::default());
+        enricher.set_runners(HashMap::from([(
+            1,
+            ("ci".to_owned(), PathBuf::from("/nonexistent")),
+        )]));
         let r = enrich(
             &event(),
-            &mut attr,
+            &enricher,
             SystemTime::UNIX_EPOCH + Duration::from_secs(10),
             1_000,
         );

@@ -1,22 +1,36 @@
 //! egret: an eBPF egress firewall for self-hosted CI runners.
 //!
-//! One module per concern: `policy` reads YAML, `baseline` holds what no
-//! policy can open, `runners` maps runners to cgroups, `datapath` owns the
-//! pinned programs and maps, `resolver` turns hostnames into addresses,
-//! `dnsproxy` answers the jobs' DNS for allowed names only, `events`
-//! streams denials, `control` serves the CLI, `lockdown` is incident mode,
-//! `daemon` ties them together for `egret agent`.
+//! One module per concern, in the order data flows through them:
+//! - `policy` reads and validates YAML into a `Policy`; `baseline` holds
+//!   what no policy can open;
+//! - `compile` turns a policy into a `Plan`: what every map must hold;
+//! - `datapath` owns the pinned programs and maps and syncs them to a plan
+//!   (the verdict the kernel takes on them is `egret_common::verdict`);
+//! - `resolver` looks up the policy's hostnames and `dnsproxy` answers the
+//!   jobs' DNS for allowed names only; both feed `learned`, the addresses
+//!   DNS made reachable;
+//! - `events` reads the kernel's denials, names them and fans them out to
+//!   subscribers; `control` serves them and the other requests of the CLI;
+//! - `lockdown` is incident mode, `status` the report of it all;
+//! - `runners` and `mountinfo` find cgroups, `state_dir` holds what the
+//!   agent keeps on disk, `clock` is the kernel's clock;
+//! - `daemon` ties them together for `egret agent`.
 
 pub mod baseline;
+pub mod clock;
+pub mod compile;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;
 pub mod events;
+pub mod learned;
 pub mod lockdown;
+pub mod mountinfo;
 pub mod policy;
 pub mod resolver;
 pub mod runners;
+pub mod state_dir;
 pub mod status;
 
 /// A filesystem or socket operation that failed: what, where, and why.

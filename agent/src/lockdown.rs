@@ -1,27 +1,25 @@
 //! Incident mode. `egret lockdown` and `egret unlock` flip the pinned
 //! lockdown map the kernel programs read on every verdict, so they take effect
 //! at once, need no program reload and work with no agent running. Every
-//! change is appended to an audit log in the state directory.
+//! change is appended to an audit log in the state directory, together with
+//! anything that failed after it took effect (a freeze or thaw): the
+//! lockdown itself is never held up or undone by those.
 
-use crate::IoError;
 use std::{
-    collections::HashMap,
-    io::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
 use egret_common::state::{GLOBAL_RUNNER, Lockdown, lockdown_flags};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
+    IoError,
+    clock::monotonic_ns,
     datapath::{DatapathError, Maps, Pins},
-    resolver::monotonic_ns,
     runners,
+    state_dir::{self, AuditEntry},
 };
-
-pub const AUDIT_LOG: &str = "lockdown.log";
-pub const APPLIED: &str = "agent.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockdownError {
@@ -29,12 +27,6 @@ pub enum LockdownError {
     Datapath(#[from] DatapathError),
     #[error("no runner named '{name}' is installed (known: {known})")]
     UnknownRunner { name: String, known: String },
-    #[error("cannot find the cgroup of runner '{0}' to freeze it")]
-    NoCgroup(String),
-    #[error(transparent)]
-    Io(#[from] crate::IoError),
-    #[error(transparent)]
-    Cgroup(#[from] runners::CgroupError),
 }
 
 impl LockdownError {
@@ -57,29 +49,6 @@ pub struct Request {
     pub duration: Option<Duration>,
 }
 
-/// One line of the audit log.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AuditEntry {
-    pub time: String,
-    /// `lockdown`, `unlock` or `expired`.
-    pub action: String,
-    pub user: String,
-    pub uid: u32,
-    /// Runner names; `["*"]` for every runner.
-    pub runners: Vec<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub duration_s: Option<f64>,
-    #[serde(default)]
-    pub keep_forge: bool,
-    #[serde(default)]
-    pub freeze: bool,
-    /// Time from the command's start until the kernel maps held the change.
-    #[serde(default)]
-    pub took_us: Option<u64>,
-}
-
 /// What a lockdown or unlock did.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -87,6 +56,10 @@ pub struct Report {
     pub frozen: Vec<String>,
     pub thawed: Vec<String>,
     pub took: Duration,
+    /// What failed after the change took effect: a cgroup that could not
+    /// be found, frozen or thawed, an audit entry that could not be
+    /// written. Every one is also in the audit log where the log works.
+    pub failures: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -171,33 +144,35 @@ pub fn lockdown(pins: &Pins, state_dir: &Path, req: &Request) -> Result<Report, 
     }
     let took = started.elapsed();
 
-    let mut frozen = Vec::new();
-    if req.freeze {
-        for dir in cgroups_of(&maps, state_dir, &targets)? {
-            write_freeze(&dir, true)?;
-            frozen.push(dir.display().to_string());
-        }
-    }
-    let report = Report {
-        runners: targets.iter().map(|t| t.name.clone()).collect(),
-        frozen,
-        thawed: Vec::new(),
-        took,
+    let mut failures = Vec::new();
+    let frozen = if req.freeze {
+        set_frozen(&maps, state_dir, &targets, true, &mut failures)
+    } else {
+        Vec::new()
     };
-    append_audit(
+    let runners: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    record(
         state_dir,
-        &AuditEntry {
+        AuditEntry {
             action: "lockdown".into(),
-            runners: report.runners.clone(),
+            runners: runners.clone(),
             reason: req.reason.clone(),
             duration_s: req.duration.map(|d| d.as_secs_f64()),
             keep_forge: req.keep_forge,
             freeze: req.freeze,
             took_us: Some(took.as_micros() as u64),
+            failures: failures.clone(),
             ..AuditEntry::now("")
         },
+        &mut failures,
     );
-    Ok(report)
+    Ok(Report {
+        runners,
+        frozen,
+        thawed: Vec::new(),
+        took,
+        failures,
+    })
 }
 
 /// Ends lockdowns: of the named runners, or every lockdown (host-wide and
@@ -218,38 +193,38 @@ pub fn unlock(pins: &Pins, state_dir: &Path, names: &[String]) -> Result<Report,
         maps.set_lockdown(t.id, Lockdown::default())?;
     }
     let took = started.elapsed();
-    let mut thawed = Vec::new();
-    for dir in cgroups_of(&maps, state_dir, &to_thaw).unwrap_or_default() {
-        if write_freeze(&dir, false).is_ok() {
-            thawed.push(dir.display().to_string());
-        }
-    }
-    let report = Report {
-        runners: if names.is_empty() {
-            vec!["*".into()]
-        } else {
-            names.to_vec()
+    let mut failures = Vec::new();
+    let thawed = set_frozen(&maps, state_dir, &to_thaw, false, &mut failures);
+    let runners = if names.is_empty() {
+        vec!["*".into()]
+    } else {
+        names.to_vec()
+    };
+    record(
+        state_dir,
+        AuditEntry {
+            action: "unlock".into(),
+            runners: runners.clone(),
+            took_us: Some(took.as_micros() as u64),
+            failures: failures.clone(),
+            ..AuditEntry::now("")
         },
+        &mut failures,
+    );
+    Ok(Report {
+        runners,
         frozen: Vec::new(),
         thawed,
         took,
-    };
-    append_audit(
-        state_dir,
-        &AuditEntry {
-            action: "unlock".into(),
-            runners: report.runners.clone(),
-            took_us: Some(took.as_micros() as u64),
-            ..AuditEntry::now("")
-        },
-    );
-    Ok(report)
+        failures,
+    })
 }
 
 /// Lockdowns that passed their `--for` deadline: the kernel already ignores
 /// them; this clears the entries, thaws what they froze and logs it. The
 /// agent calls it periodically.
-pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Vec<String>, LockdownError> {
+pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Report, LockdownError> {
+    let started = Instant::now();
     let now = monotonic_ns();
     let mut expired = Vec::new();
     let mut all = vec![Target::every_runner()];
@@ -265,78 +240,98 @@ pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Vec<String>, Lockdown
             }
         }
     }
-    for dir in cgroups_of(maps, state_dir, &thaw).unwrap_or_default() {
-        let _ = write_freeze(&dir, false);
-    }
+    let mut failures = Vec::new();
+    let thawed = set_frozen(maps, state_dir, &thaw, false, &mut failures);
     if !expired.is_empty() {
-        append_audit(
+        record(
             state_dir,
-            &AuditEntry {
+            AuditEntry {
                 action: "expired".into(),
                 runners: expired.clone(),
+                failures: failures.clone(),
                 ..AuditEntry::now("egret agent")
             },
+            &mut failures,
         );
     }
-    Ok(expired)
+    Ok(Report {
+        runners: expired,
+        frozen: Vec::new(),
+        thawed,
+        took: started.elapsed(),
+        failures,
+    })
 }
 
-/// The cgroup directories of the targets; the host-wide target stands for
-/// every installed runner. Paths come from what the agent recorded and are
-/// checked against the pinned cgroup id; failing that, the tree is searched.
-fn cgroups_of(
+/// Freezes or thaws the cgroups of `targets`, going on past failures,
+/// which are added to `failures`. Returns the directories it changed.
+fn set_frozen(
     maps: &Maps,
     state_dir: &Path,
     targets: &[Target],
-) -> Result<Vec<PathBuf>, LockdownError> {
-    let root = runners::cgroup2_root()?;
-    let recorded = recorded_cgroups(state_dir);
+    frozen: bool,
+    failures: &mut Vec<String>,
+) -> Vec<String> {
+    let verb = if frozen { "freeze" } else { "thaw" };
+    let mut done = Vec::new();
+    for found in cgroups_of(maps, state_dir, targets) {
+        let result = found.and_then(|dir| {
+            let path = dir.join("cgroup.freeze");
+            std::fs::write(&path, if frozen { "1" } else { "0" })
+                .map(|()| dir.display().to_string())
+                .map_err(|e| IoError::at("write", &path)(e).to_string())
+        });
+        match result {
+            Ok(dir) => done.push(dir),
+            Err(why) => failures.push(format!("{verb}: {why}")),
+        }
+    }
+    done
+}
+
+/// Appends to the audit log; a log that cannot be written is one more
+/// failure to report, never a reason to undo what was done.
+fn record(state_dir: &Path, entry: AuditEntry, failures: &mut Vec<String>) {
+    if let Err(e) = entry.append(state_dir) {
+        tracing::warn!(error = %e, "cannot append to the lockdown audit log");
+        failures.push(format!("audit log: {e}"));
+    }
+}
+
+/// The cgroup directory of each target, or why it cannot be found; the
+/// host-wide target stands for every installed runner. Paths come from
+/// what the agent recorded and are checked against the pinned cgroup id;
+/// failing that, the tree is searched.
+fn cgroups_of(maps: &Maps, state_dir: &Path, targets: &[Target]) -> Vec<Result<PathBuf, String>> {
+    let root = match runners::cgroup2_root() {
+        Ok(root) => root,
+        Err(e) => return vec![Err(e.to_string())],
+    };
+    let recorded = state_dir::recorded_cgroups(state_dir);
     let expanded = if targets.iter().any(|t| t.id == GLOBAL_RUNNER) {
         Target::installed(maps)
     } else {
         targets.to_vec()
     };
-    let mut dirs = Vec::new();
-    for t in expanded {
-        let from_record = recorded
-            .get(&t.name)
-            .map(|rel| runners::cgroup_dir(&root, rel))
-            .filter(|dir| runners::cgroup_id(dir).is_ok_and(|id| id == t.cgroup_id));
-        let dir = from_record
-            .or_else(|| {
-                runners::find_by_id(&root, &root, t.cgroup_id)
-                    .map(|rel| runners::cgroup_dir(&root, &rel))
-            })
-            .ok_or_else(|| LockdownError::NoCgroup(t.name.clone()))?;
-        dirs.push(dir);
-    }
-    Ok(dirs)
-}
-
-/// Runner name → cgroup (as the policy names it), as the agent last
-/// recorded in the state directory; empty when it never ran there.
-pub fn recorded_cgroups(state_dir: &Path) -> HashMap<String, String> {
-    let Ok(bytes) = std::fs::read(state_dir.join(APPLIED)) else {
-        return HashMap::new();
-    };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    v["runners"]
-        .as_array()
+    expanded
         .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            Some((
-                r["name"].as_str()?.to_owned(),
-                r["cgroup"].as_str()?.to_owned(),
-            ))
+        .map(|t| {
+            recorded
+                .get(&t.name)
+                .map(|rel| runners::cgroup_dir(&root, rel))
+                .filter(|dir| runners::cgroup_id(dir).is_ok_and(|id| id == t.cgroup_id))
+                .or_else(|| {
+                    runners::find_by_id(&root, &root, t.cgroup_id)
+                        .map(|rel| runners::cgroup_dir(&root, &rel))
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "the cgroup of runner '{}' (id {}) is gone",
+                        t.name, t.cgroup_id
+                    )
+                })
         })
         .collect()
-}
-
-fn write_freeze(dir: &Path, frozen: bool) -> Result<(), LockdownError> {
-    let path = dir.join("cgroup.freeze");
-    std::fs::write(&path, if frozen { "1" } else { "0" }).map_err(IoError::at("write", &path))?;
-    Ok(())
 }
 
 impl AuditEntry {
@@ -358,6 +353,7 @@ impl AuditEntry {
             keep_forge: false,
             freeze: false,
             took_us: None,
+            failures: Vec::new(),
         }
     }
 }
@@ -372,33 +368,6 @@ fn invoking_user(uid: u32) -> String {
         Ok(sudo) if !sudo.is_empty() && sudo != name => format!("{sudo} (via sudo as {name})"),
         _ => name,
     }
-}
-
-/// Best effort: a full disk must not stop an incident response.
-fn append_audit(state_dir: &Path, entry: &AuditEntry) {
-    let path = state_dir.join(AUDIT_LOG);
-    let result = std::fs::create_dir_all(state_dir).and_then(|()| {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        let line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
-        writeln!(f, "{line}")
-    });
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "cannot append to the lockdown audit log");
-    }
-}
-
-/// The last `n` audit entries, oldest first.
-pub fn audit_tail(state_dir: &Path, n: usize) -> Vec<AuditEntry> {
-    let text = std::fs::read_to_string(state_dir.join(AUDIT_LOG)).unwrap_or_default();
-    let entries: Vec<AuditEntry> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let skip = entries.len().saturating_sub(n);
-    entries.into_iter().skip(skip).collect()
 }
 
 /// A lockdown as `status` shows it.

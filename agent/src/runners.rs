@@ -1,6 +1,6 @@
 //! cgroup2 discovery and the mapping between runners and their cgroups.
 
-use crate::IoError;
+use crate::{IoError, mountinfo};
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -27,39 +27,8 @@ pub enum CgroupError {
 /// The mount point of the cgroup2 hierarchy, read from /proc/self/mountinfo
 /// (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-    find_cgroup2(&info).ok_or(CgroupError::NoCgroup2)
-}
-
-fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        let mount_point = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(mount_point)))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
-fn unescape_mount_path(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let info = mountinfo::read().map_err(CgroupError::MountInfo)?;
+    mountinfo::of_type(&info, "cgroup2").ok_or(CgroupError::NoCgroup2)
 }
 
 /// Absolute filesystem path of a policy cgroup (`/egret.slice/ci`).
@@ -231,39 +200,5 @@ mod tests {
         assert_eq!(super::sockets_on_port(table, 0xD431), vec![424242]);
         assert_eq!(super::sockets_on_port(table, 53), vec![515151]);
         assert!(super::sockets_on_port(table, 80).is_empty());
-    }
-
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_layout() {
-        let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-                    32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            find_cgroup2(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn finds_cgroup2_in_unified_layout_with_optional_fields() {
-        let info =
-            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup")));
-    }
-
-    #[test]
-    fn no_cgroup2() {
-        assert_eq!(
-            find_cgroup2("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"),
-            None
-        );
-    }
-
-    #[test]
-    fn unescapes_octal() {
-        assert_eq!(unescape_mount_path(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
     }
 }

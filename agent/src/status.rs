@@ -10,9 +10,9 @@ use egret_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock::monotonic_ns,
     datapath::{Maps, PROGRAMS, Pins},
     lockdown,
-    resolver::monotonic_ns,
 };
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -136,7 +136,7 @@ pub fn from_pins(
             .map(to_value),
         runners,
         totals,
-        recent_lockdowns: lockdown::audit_tail(state_dir, 5)
+        recent_lockdowns: crate::state_dir::AuditEntry::tail(state_dir, 5)
             .iter()
             .map(to_value)
             .collect(),

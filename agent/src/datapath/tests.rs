@@ -1,160 +1,4 @@
-use egret_common::rules::proto;
-
 use super::*;
-use crate::policy::CidrRule;
-
-fn rule(net: &str, ports: &[(u16, u16)]) -> CidrRule {
-    CidrRule {
-        net: net.parse().unwrap(),
-        ports: ports
-            .iter()
-            .map(|(a, b)| PortRule::new(*a, *b, proto::TCP))
-            .collect(),
-    }
-}
-
-fn lateral() -> Vec<IpNet> {
-    crate::baseline::lateral_nets().collect()
-}
-
-/// Compiles the entries of a single runner, id 1.
-fn compile_one(rules: &[CidrRule]) -> HashMap<CidrEntryKey, PortRules> {
-    compile_cidrs(
-        &[RunnerCidrs {
-            id: 1,
-            name: "ci",
-            cidrs: rules,
-        }],
-        &lateral(),
-    )
-    .unwrap()
-}
-
-fn entry<'a>(out: &'a HashMap<CidrEntryKey, PortRules>, runner: u32, net: &str) -> &'a PortRules {
-    let (prefix, addr) = trie_prefix(&net.parse().unwrap());
-    &out[&(32 + prefix, CidrKey::new(runner, addr))]
-}
-
-#[test]
-fn v4_entries_use_the_mapped_space() {
-    let (prefix, addr) = trie_prefix(&"203.0.113.0/24".parse().unwrap());
-    assert_eq!(prefix, 96 + 24);
-    assert_eq!(addr, mapped_v4([203, 0, 113, 0]));
-    let (prefix, _) = trie_prefix(&"2001:db8::/32".parse().unwrap());
-    assert_eq!(prefix, 32);
-}
-
-#[test]
-fn narrower_entries_inherit_the_ports_of_wider_ones() {
-    let rules = [
-        rule("203.0.0.0/8", &[(443, 443)]),
-        rule("203.0.113.0/24", &[(22, 22)]),
-    ];
-    let out = compile_one(&rules);
-    let narrow = entry(&out, 1, "203.0.113.0/24");
-    assert!(narrow.permits(22, proto::IPPROTO_TCP));
-    assert!(narrow.permits(443, proto::IPPROTO_TCP));
-    let wide = entry(&out, 1, "203.0.0.0/8");
-    assert!(!wide.permits(22, proto::IPPROTO_TCP));
-}
-
-#[test]
-fn runners_never_share_entries() {
-    let a = [rule("203.0.113.0/24", &[(443, 443)])];
-    let b = [rule("203.0.113.0/24", &[(22, 22)])];
-    let out = compile_cidrs(
-        &[
-            RunnerCidrs {
-                id: 1,
-                name: "a",
-                cidrs: &a,
-            },
-            RunnerCidrs {
-                id: 2,
-                name: "b",
-                cidrs: &b,
-            },
-        ],
-        &lateral(),
-    )
-    .unwrap();
-    assert!(!entry(&out, 1, "203.0.113.0/24").permits(22, proto::IPPROTO_TCP));
-    assert!(!entry(&out, 2, "203.0.113.0/24").permits(443, proto::IPPROTO_TCP));
-}
-
-#[test]
-fn only_entries_that_name_a_neighbour_may_open_it() {
-    let rules = [
-        rule("0.0.0.0/0", &[(443, 443)]),
-        rule("10.0.0.5/32", &[(22, 22)]),
-    ];
-    let out = compile_one(&rules);
-    let everything = entry(&out, 1, "0.0.0.0/0");
-    assert_eq!(everything.flags & rules_flags::LATERAL_OK, 0);
-    let neighbour = entry(&out, 1, "10.0.0.5/32");
-    assert_ne!(neighbour.flags & rules_flags::LATERAL_OK, 0);
-    assert!(neighbour.permits(22, proto::IPPROTO_TCP));
-    // 0.0.0.0/0 on 443 must not leak into the neighbour entry.
-    assert!(!neighbour.permits(443, proto::IPPROTO_TCP));
-}
-
-#[test]
-fn too_many_ranges_after_the_union_is_an_error() {
-    let rules: Vec<CidrRule> = (0..(MAX_PORT_RULES as u16 + 1))
-        .map(|i| {
-            rule(
-                &format!("203.0.113.0/{}", 8 + i.min(16)),
-                &[(1000 + 2 * i, 1000 + 2 * i)],
-            )
-        })
-        .collect();
-    let deepest = [rules, vec![rule("203.0.113.0/25", &[(5, 5)])]].concat();
-    let err = compile_cidrs(
-        &[RunnerCidrs {
-            id: 1,
-            name: "ci",
-            cidrs: &deepest,
-        }],
-        &lateral(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, DatapathError::TooManyPortRules { .. }),
-        "{err}"
-    );
-}
-
-#[test]
-fn merge_rules_keeps_protocols_apart() {
-    let merged = merge_rules(vec![
-        PortRule::new(1, 2, proto::TCP),
-        PortRule::new(3, 4, proto::TCP),
-        PortRule::new(3, 4, proto::UDP),
-    ]);
-    assert_eq!(
-        merged,
-        vec![
-            PortRule::new(1, 4, proto::TCP),
-            PortRule::new(3, 4, proto::UDP)
-        ]
-    );
-}
-
-#[test]
-fn merge_rules_keeps_the_forge_mark_apart() {
-    use egret_common::rules::rule_flags::FORGE;
-    let merged = merge_rules(vec![
-        PortRule::new(443, 443, proto::TCP).with_flags(FORGE),
-        PortRule::new(444, 444, proto::TCP),
-    ]);
-    assert_eq!(
-        merged,
-        vec![
-            PortRule::new(443, 443, proto::TCP).with_flags(FORGE),
-            PortRule::new(444, 444, proto::TCP)
-        ]
-    );
-}
 
 #[test]
 fn diff_sync_writes_before_it_removes_and_retries_failed_removals() {
@@ -215,4 +59,48 @@ fn diff_sync_writes_before_it_removes_and_retries_failed_removals() {
     assert!(ops.contains(&"remove 3".to_owned()), "retried: {ops:?}");
     assert_eq!(mirror, desired);
     assert!(changes >= 1);
+}
+
+/// The names the agent loads, attaches, pins and reads must be the ones
+/// the kernel object defines: a map or program that exists only as a
+/// string on one side fails here, not on a runner host.
+#[test]
+fn the_kernel_object_defines_exactly_the_shared_names() {
+    assert!(
+        !OBJECT.is_empty(),
+        "a stub build (EGRET_EBPF_STUB=1) has no kernel object to check; run cargo xtask test"
+    );
+    let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+    let mut maps: Vec<&str> = object
+        .maps
+        .keys()
+        .map(String::as_str)
+        // The loader's own maps of the object's data sections.
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    maps.sort_unstable();
+    let mut want = names::IN_OBJECT.to_vec();
+    want.sort_unstable();
+    assert_eq!(maps, want, "maps in the object vs egret_common::maps");
+    assert!(
+        !want.contains(&names::RUNNERS),
+        "the runner table is the agent's own"
+    );
+    let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+    programs.sort_unstable();
+    let mut want = PROGRAMS.to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        programs, want,
+        "programs in the object vs egret_common::programs"
+    );
+}
+
+#[test]
+fn a_missing_program_is_reported_as_a_program() {
+    let e = DatapathError::MissingProgram(egret_common::programs::EGRESS);
+    assert_eq!(
+        e.to_string(),
+        "program egret_egress is missing from the kernel object"
+    );
 }

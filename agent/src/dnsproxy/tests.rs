@@ -2,7 +2,7 @@ use std::{net::Ipv4Addr, str::FromStr as _};
 
 use hickory_proto::{
     op::Query,
-    rr::{Name, Record, RecordType, rdata},
+    rr::{Name, RData, Record, RecordType, rdata},
 };
 
 use super::*;
@@ -140,4 +140,46 @@ fn process_scans_are_budgeted_per_runner_and_second() {
     assert!(!budget.allow(1, t0), "over the budget");
     assert!(budget.allow(2, t0), "another runner has its own");
     assert!(budget.allow(1, t0 + Duration::from_secs(1)), "a new second");
+}
+
+/// A reply of `answers` A records for `big.test.`, each pointing back at
+/// the question's name, written by hand: hickory will not encode a message
+/// longer than a TCP length prefix can carry.
+fn oversized_reply(answers: u16) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1];
+    m.extend_from_slice(&answers.to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(b"\x03big\x04test\x00\x00\x01\x00\x01");
+    for i in 0..answers {
+        m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 203, 0]);
+        m.extend_from_slice(&i.to_be_bytes());
+    }
+    m
+}
+
+#[test]
+fn tcp_frames_carry_their_exact_length() {
+    let reply = oversized_reply(3);
+    let framed = listen::tcp_frame(reply.clone()).expect("framed");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([framed[0], framed[1]])),
+        reply.len()
+    );
+    assert_eq!(&framed[2..], &reply[..]);
+}
+
+#[test]
+fn a_reply_too_long_for_tcp_is_truncated_not_desynchronised() {
+    let reply = oversized_reply(5000);
+    assert!(reply.len() > usize::from(u16::MAX));
+    let framed = listen::tcp_frame(reply).expect("a truncated reply");
+    let len = usize::from(u16::from_be_bytes([framed[0], framed[1]]));
+    assert_eq!(len, framed.len() - 2, "the prefix says what follows");
+    let m = Message::from_vec(&framed[2..]).expect("a DNS message");
+    assert!(m.metadata.truncation, "TC set: the client knows it is cut");
+    assert!(m.answers.is_empty());
+    assert_eq!(m.metadata.id, 0x1234);
+    assert_eq!(m.queries.len(), 1);
+    // Not even a message: the connection is dropped instead.
+    assert!(listen::tcp_frame(vec![0xffu8; 70_000]).is_none());
 }

@@ -1,0 +1,312 @@
+//! Policy → plan: everything the kernel maps must hold for a validated
+//! policy, worked out on the host with no kernel involved. The agent builds
+//! a [`Plan`] and hands it to `Datapath::sync`; tests check plans directly.
+
+use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+
+use egret_common::{
+    addr::{Addr, MAPPED_PREFIX_LEN, mapped_v4},
+    maps::{BaselineEntry, CIDR_KEY_BITS, CidrKey, baseline_kind},
+    rules::{MAX_PORT_RULES, PortRule, PortRules, rules_flags},
+    state::{RunnerState, flags},
+};
+use ipnet::IpNet;
+
+use crate::{
+    baseline,
+    policy::{self, Loopback, Mode, Policy, SocketKind},
+    runners,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "runner '{runner}': {net} collects {count} port ranges from the entries that cover it; \
+         at most {MAX_PORT_RULES} fit"
+    )]
+    TooManyPortRules {
+        runner: String,
+        net: IpNet,
+        count: usize,
+    },
+    #[error("runner '{0}' has no id: it was not registered before compiling")]
+    NoId(String),
+}
+
+/// A key of the baseline tries: prefix length over 128 bits, and the
+/// address (v4 mapped).
+pub type TrieKey = (u32, Addr);
+/// A CIDR trie key: prefix length plus (runner, address).
+pub type CidrEntryKey = (u32, CidrKey);
+
+/// What the host contributes to a plan besides the policy.
+#[derive(Clone, Debug, Default)]
+pub struct Host {
+    /// The cgroup2 mount point.
+    pub cgroup_root: PathBuf,
+    /// The subnets of the host's own interfaces: lateral, like RFC 1918.
+    pub subnets: Vec<IpNet>,
+    /// The agent's network namespace cookie: jobs there reach their DNS
+    /// proxy on loopback.
+    pub netns: u64,
+}
+
+/// The contents of every map the policy decides.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub metadata: HashMap<TrieKey, BaselineEntry>,
+    /// Neighbours (private ranges, host subnets) and DoH resolvers.
+    pub lateral: HashMap<TrieKey, BaselineEntry>,
+    pub cidrs: HashMap<CidrEntryKey, PortRules>,
+    pub runners: Vec<RunnerPlan>,
+}
+
+/// One runner as the datapath sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunnerPlan {
+    pub name: String,
+    pub id: u32,
+    /// As the policy names it, relative to the cgroup2 root.
+    pub cgroup: String,
+    pub cgroup_dir: PathBuf,
+    /// The state the programs read; `dns_proxy_port` is filled in once the
+    /// runner's proxy listens.
+    pub state: RunnerState,
+}
+
+impl Plan {
+    /// Every runner id the plan configures.
+    pub fn ids(&self) -> std::collections::HashSet<u32> {
+        self.runners.iter().map(|r| r.id).collect()
+    }
+}
+
+/// Compiles `policy` for runners already given ids (`ids`: name → id).
+pub fn plan(
+    policy: &Policy,
+    ids: &HashMap<String, u32>,
+    host: &Host,
+) -> Result<Plan, CompileError> {
+    let id_of = |name: &str| {
+        ids.get(name)
+            .copied()
+            .ok_or_else(|| CompileError::NoId(name.to_owned()))
+    };
+    let mut lateral_nets: Vec<IpNet> = baseline::lateral_nets().collect();
+    lateral_nets.extend(host.subnets.iter().copied());
+    let doh: Vec<IpNet> = baseline::doh_nets().collect();
+    let metadata = baseline::metadata_nets()
+        .map(|(net, port)| {
+            (
+                trie_prefix(&net),
+                BaselineEntry {
+                    exempt_port: port,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let doh_entry = BaselineEntry {
+        kind: baseline_kind::DOH,
+        ..Default::default()
+    };
+    let lateral = doh
+        .iter()
+        .map(|net| (trie_prefix(net), doh_entry))
+        .chain(
+            lateral_nets
+                .iter()
+                .map(|net| (trie_prefix(net), BaselineEntry::default())),
+        )
+        .collect();
+    // An allow entry opens a DoH resolver only by naming it, as it opens a
+    // neighbour.
+    lateral_nets.extend(doh);
+
+    let mut cidr_input = Vec::with_capacity(policy.runners.len());
+    let mut runners = Vec::with_capacity(policy.runners.len());
+    for runner in &policy.runners {
+        let id = id_of(&runner.name)?;
+        cidr_input.push(RunnerCidrs {
+            id,
+            name: &runner.name,
+            cidrs: &runner.cidrs,
+        });
+        runners.push(RunnerPlan {
+            name: runner.name.clone(),
+            id,
+            cgroup: runner.cgroup.clone(),
+            cgroup_dir: runners::cgroup_dir(&host.cgroup_root, &runner.cgroup),
+            state: runner_state(runner, host.netns),
+        });
+    }
+    Ok(Plan {
+        metadata,
+        lateral,
+        cidrs: compile_cidrs(&cidr_input, &lateral_nets)?,
+        runners,
+    })
+}
+
+/// The state the programs read for a runner, before its proxy has a port.
+pub fn runner_state(runner: &policy::Runner, host_netns: u64) -> RunnerState {
+    let mut state = RunnerState {
+        flags: flags::CONFIGURED,
+        dns_proxy_port: 0,
+        _pad: 0,
+        host_netns,
+        dns_listen: runner.dns_listen.map_or([0; 16], addr_of),
+    };
+    for kind in &runner.sockets {
+        state.flags |= match kind {
+            SocketKind::Raw => flags::SOCK_RAW,
+            SocketKind::Sctp => flags::SOCK_SCTP,
+        };
+    }
+    state.flags |= match runner.loopback {
+        Loopback::Own => 0,
+        Loopback::Allow => flags::LOOPBACK_ALLOW,
+        Loopback::Deny => flags::LOOPBACK_DENY,
+    };
+    if runner.mode == Mode::Audit {
+        state.flags |= flags::AUDIT;
+    }
+    state
+}
+
+/// A CIDR as the tries store it: prefix length over 128 bits, v4 mapped.
+pub fn trie_prefix(net: &IpNet) -> (u32, Addr) {
+    match net.trunc() {
+        IpNet::V4(n) => (
+            MAPPED_PREFIX_LEN + u32::from(n.prefix_len()),
+            mapped_v4(n.network().octets()),
+        ),
+        IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
+    }
+}
+
+/// An address as the maps store it.
+pub fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map entry stands for; IPv4-mapped entries are IPv4.
+pub fn ip_of(addr: Addr) -> IpAddr {
+    if egret_common::addr::is_mapped_v4(&addr) {
+        IpAddr::V4(std::net::Ipv4Addr::new(
+            addr[12], addr[13], addr[14], addr[15],
+        ))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(addr))
+    }
+}
+
+/// One runner's static CIDR entries, as policy gave them.
+struct RunnerCidrs<'a> {
+    pub id: u32,
+    pub name: &'a str,
+    pub cidrs: &'a [crate::policy::CidrRule],
+}
+
+/// Compiles CIDR rules into trie entries.
+///
+/// The trie answers with the longest matching prefix only, so each entry's
+/// value carries the union of its own rules and those of every entry of the
+/// same runner that contains it. An entry that names a lateral range
+/// explicitly is marked LATERAL_OK and inherits only from entries that do too,
+/// so `0.0.0.0/0` never opens a neighbour through a narrower entry.
+fn compile_cidrs(
+    runners: &[RunnerCidrs<'_>],
+    lateral: &[IpNet],
+) -> Result<HashMap<CidrEntryKey, PortRules>, CompileError> {
+    let mut out = HashMap::new();
+    for runner in runners {
+        let mut own: HashMap<IpNet, (Vec<PortRule>, bool)> = HashMap::new();
+        for rule in runner.cidrs {
+            let net = rule.net.trunc();
+            let lateral_ok = crate::baseline::names_lateral(&net, lateral);
+            own.entry(net)
+                .or_insert_with(|| (Vec::new(), lateral_ok))
+                .0
+                .extend(rule.ports.iter().copied());
+        }
+        // Only prefix lengths some entry has can hold an ancestor: with the
+        // usual handful of lengths this is a few lookups per entry, not 32.
+        let mut lengths: Vec<(bool, u8)> = own
+            .keys()
+            .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        for (net, (rules, lateral_ok)) in &own {
+            let mut merged = rules.clone();
+            let v4 = net.addr().is_ipv4();
+            let candidates = lengths
+                .iter()
+                .filter(|(is_v4, len)| *is_v4 == v4 && *len < net.prefix_len())
+                .filter_map(|(_, len)| IpNet::new(net.addr(), *len).ok().map(|n| n.trunc()));
+            for ancestor in candidates {
+                if let Some((more, ancestor_lateral_ok)) = own.get(&ancestor)
+                    && (!*lateral_ok || *ancestor_lateral_ok)
+                {
+                    merged.extend(more.iter().copied());
+                }
+            }
+            let merged = merge_rules(merged);
+            if merged.len() > MAX_PORT_RULES {
+                return Err(CompileError::TooManyPortRules {
+                    runner: runner.name.to_owned(),
+                    net: *net,
+                    count: merged.len(),
+                });
+            }
+            let mut value = PortRules {
+                count: merged.len() as u32,
+                flags: if *lateral_ok {
+                    rules_flags::LATERAL_OK
+                } else {
+                    0
+                },
+                ..Default::default()
+            };
+            value.rules[..merged.len()].copy_from_slice(&merged);
+            let (prefix, addr) = trie_prefix(net);
+            out.insert((32 + prefix, CidrKey::new(runner.id, addr)), value);
+        }
+    }
+    debug_assert!(out.keys().all(|(p, _)| *p <= CIDR_KEY_BITS));
+    Ok(out)
+}
+
+/// Joins rules with the same protocols and flags whose ranges touch, and
+/// drops exact duplicates, so unions stay within the per-entry limit where
+/// possible.
+pub fn merge_rules(rules: Vec<PortRule>) -> Vec<PortRule> {
+    // Most entries carry one rule: nothing to merge.
+    if rules.len() <= 1 {
+        return rules;
+    }
+    let mut groups: HashMap<(u8, u8), Vec<(u16, u16)>> = HashMap::new();
+    for r in rules {
+        groups
+            .entry((r.protos, r.flags))
+            .or_default()
+            .push((r.first, r.last));
+    }
+    let mut out: Vec<PortRule> = groups
+        .into_iter()
+        .flat_map(|((protos, flags), ranges)| {
+            crate::policy::merge_ranges(ranges)
+                .into_iter()
+                .map(move |(a, b)| PortRule::new(a, b, protos).with_flags(flags))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests;

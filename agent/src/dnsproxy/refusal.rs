@@ -1,0 +1,90 @@
+//! `dns_refused` events, naming the process behind a refused query within
+//! a budget.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    events::{self},
+    policy::Mode,
+};
+
+/// Per runner: the start of the current second and the scans made in it.
+#[derive(Default)]
+pub(super) struct ScanBudget(Mutex<HashMap<u32, (std::time::Instant, u32)>>);
+
+impl ScanBudget {
+    /// Whether this runner may have one more process scan now.
+    pub(super) fn allow(&self, runner: u32, now: std::time::Instant) -> bool {
+        let mut scans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, count) = scans.entry(runner).or_insert((now, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= SCANS_PER_SECOND
+    }
+}
+
+/// Process scans per runner per second that name the process behind a
+/// refused query.
+pub(super) const SCANS_PER_SECOND: u32 = 50;
+
+/// Publishes a `dns_refused` event, naming the process behind the query
+/// when it can be found among the runner's processes.
+pub(super) async fn report_refusal(
+    runner: &RunnerDns,
+    shared: &Arc<Shared>,
+    name: &str,
+    transport: Transport,
+    peer: SocketAddr,
+) {
+    let (runner, shared, name) = (runner.clone(), shared.clone(), name.to_owned());
+    let scan = shared.scans.allow(runner.id, std::time::Instant::now());
+    let _ = tokio::task::spawn_blocking(move || {
+        // Beyond the budget (a job flooding refused names) the events still
+        // come, without the process: scanning /proc per query would let a
+        // job make the agent spin.
+        let owner = scan
+            .then(|| {
+                crate::runners::socket_owner(
+                    &runner.cgroup_dir,
+                    transport == Transport::Tcp,
+                    peer.port(),
+                )
+            })
+            .flatten();
+        let record = events::EventRecord {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            runner: runner.name.clone(),
+            cgroup: owner
+                .as_ref()
+                .and_then(|o| crate::runners::relative(&shared.cgroup_root, &o.cgroup_dir)),
+            cgroup_id: owner.as_ref().map_or(0, |o| o.cgroup_id),
+            pid: owner.as_ref().map_or(0, |o| o.pid),
+            comm: owner.as_ref().map_or_else(String::new, |o| o.comm.clone()),
+            family: if peer.is_ipv4() { "ipv4" } else { "ipv6" },
+            proto: match transport {
+                Transport::Udp => "udp".into(),
+                Transport::Tcp => "tcp".into(),
+            },
+            dst: None,
+            port: egret_common::port::DNS,
+            socket_type: None,
+            host: Some(name),
+            reason: egret_common::event::reason::name(egret_common::event::reason::DNS_REFUSED),
+            action: match runner.mode {
+                Mode::Enforce => "deny",
+                Mode::Audit => "audit",
+            },
+            hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+        };
+        events::publish(&record, &shared.hub);
+    })
+    .await;
+}

@@ -1,0 +1,648 @@
+//! Addresses a runner may reach because DNS said so: the policy's exact
+//! hostnames, refreshed when their TTL (clamped to a floor and a cap) runs
+//! out, and every answer the DNS proxy handed a job. An address that drops
+//! out of the answers stays allowed for a grace period so a connection in
+//! progress does not lose it mid-flight.
+//!
+//! The agent keeps one [`Learning`] behind its own lock
+//! ([`SharedLearning`]): the DNS proxy takes it for each answer it
+//! releases, so nothing slow ever runs under it.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use egret_common::{maps::ExactKey, rules::PortRule};
+
+use crate::{clock::monotonic_ns, compile, policy::HostRule, resolver::Answer};
+
+/// The one [`Learning`] the agent loop, the DNS proxy and event enrichment
+/// share. Held only for map bookkeeping, never across I/O.
+pub type SharedLearning = Arc<Mutex<Learning>>;
+
+#[derive(Clone, Copy, Debug)]
+pub struct TtlSettings {
+    pub floor: Duration,
+    pub cap: Duration,
+    pub grace: Duration,
+    /// Wait before retrying a name whose lookup failed.
+    pub retry: Duration,
+    /// Most addresses the DNS proxy keeps for one name of one runner; the
+    /// ones closest to expiry make room for new answers.
+    pub max_ips_per_name: usize,
+}
+
+impl Default for TtlSettings {
+    fn default() -> Self {
+        Self {
+            floor: Duration::from_secs(30),
+            cap: Duration::from_secs(3600),
+            grace: Duration::from_secs(60),
+            retry: Duration::from_secs(5),
+            max_ips_per_name: 1000,
+        }
+    }
+}
+
+impl TtlSettings {
+    pub fn clamp(&self, ttl: Duration) -> Duration {
+        ttl.clamp(self.floor, self.cap.max(self.floor))
+    }
+}
+
+/// What is known about one (runner, host).
+#[derive(Debug)]
+pub struct Tracked {
+    pub runner: u32,
+    pub runner_name: String,
+    pub host: String,
+    pub ports: Vec<PortRule>,
+    /// Keep answers in private ranges (see [`crate::baseline::answer_usable`]).
+    pub private_answers: bool,
+    pub upstream: Vec<IpAddr>,
+    /// Address → when it stops being allowed (TTL + grace).
+    pub ips: HashMap<IpAddr, Instant>,
+    pub next_refresh: Instant,
+    pub answered: bool,
+    pub failures: u32,
+}
+
+/// What the DNS proxy handed a runner's jobs for one address: the union of
+/// the ports of every name that produced it, until the latest expiry.
+#[derive(Debug)]
+pub struct ProxiedAddress {
+    pub ports: Vec<PortRule>,
+    pub until: Instant,
+    /// The most recent names that produced it, for event attribution.
+    pub names: Vec<String>,
+}
+
+/// Names kept per address for attribution: a CDN address shared by
+/// thousands of names would otherwise make every lookup slow.
+const NAMES_PER_ADDRESS: usize = 8;
+/// Names whose addresses are counted against `max_ips_per_name`; beyond
+/// it, the least recently answered are forgotten (their addresses stay
+/// allowed until they expire).
+const COUNTED_NAMES: usize = 16_384;
+
+/// Every host the policy names, per runner, with what was learned for it,
+/// and every answer the DNS proxy handed to a job.
+#[derive(Default)]
+pub struct Learning {
+    pub settings: TtlSettings,
+    pub tracked: Vec<Tracked>,
+    /// (runner, address) → what the proxy handed out for it. Entries a
+    /// previous agent left in the pinned map are restored here, nameless.
+    pub proxied: HashMap<(u32, IpAddr), ProxiedAddress>,
+    /// (runner, queried name) → its addresses with their expiry, to cap how
+    /// many one name may hold.
+    per_name: HashMap<(u32, String), HashMap<IpAddr, Instant>>,
+}
+
+/// How much a repeated answer may extend an address's expiry before the
+/// map entry is rewritten: well inside every grace period.
+const REWRITE_SLACK: Duration = Duration::from_secs(1);
+
+impl Learning {
+    pub fn new(settings: TtlSettings) -> Self {
+        Self {
+            settings,
+            ..Default::default()
+        }
+    }
+
+    /// Credits an answer the proxy is about to release to `name`: every
+    /// address is allowed on `ports` for the clamped TTL plus the grace
+    /// period. Returns the map entries to write before the job sees it:
+    /// none when the map already holds what the answer needs.
+    pub fn learn_answer(
+        &mut self,
+        runner: u32,
+        name: &str,
+        ports: &[PortRule],
+        ips: &[IpAddr],
+        ttl: Duration,
+    ) -> Vec<(ExactKey, egret_common::maps::Learned)> {
+        let now = Instant::now();
+        let until = now + self.settings.clamp(ttl) + self.settings.grace;
+        self.count_against_cap(runner, name, ips, until, now);
+        let mut touched = Vec::new();
+        for ip in ips {
+            let mut changed = false;
+            let credit = self.proxied.entry((runner, *ip)).or_insert_with(|| {
+                changed = true;
+                ProxiedAddress {
+                    ports: Vec::new(),
+                    until,
+                    names: Vec::new(),
+                }
+            });
+            // Within a second of what the map holds: no write needed, the
+            // entry outlives what the job will cache.
+            if credit.until + REWRITE_SLACK < until {
+                credit.until = until;
+                changed = true;
+            }
+            if !ports.iter().all(|p| credit.ports.contains(p)) {
+                credit.ports.extend_from_slice(ports);
+                credit.ports = compile::merge_rules(std::mem::take(&mut credit.ports));
+                changed = true;
+            }
+            if !credit.names.iter().any(|n| n == name) {
+                if credit.names.len() == NAMES_PER_ADDRESS {
+                    credit.names.remove(0);
+                }
+                credit.names.push(name.to_owned());
+            }
+            if changed {
+                touched.push(*ip);
+            }
+        }
+        let mono_now = monotonic_ns();
+        touched
+            .into_iter()
+            .filter_map(|ip| {
+                let key = ExactKey {
+                    runner,
+                    addr: compile::addr_of(ip),
+                };
+                Some((key, self.value_for(runner, ip, now, mono_now)?))
+            })
+            .collect()
+    }
+
+    /// Keeps at most `max_ips_per_name` addresses per name: the ones closest
+    /// to expiry stop counting, and, unless another answer renews them, lapse
+    /// at their expiry.
+    fn count_against_cap(
+        &mut self,
+        runner: u32,
+        name: &str,
+        ips: &[IpAddr],
+        until: Instant,
+        now: Instant,
+    ) {
+        let cap = self.settings.max_ips_per_name.max(1);
+        if self.per_name.capacity() < COUNTED_NAMES {
+            // All at once: growing it step by step would stall an answer
+            // now and then for the rehash.
+            self.per_name.reserve(COUNTED_NAMES - self.per_name.len());
+        }
+        if self.per_name.len() >= COUNTED_NAMES {
+            self.per_name
+                .retain(|_, ips| ips.values().any(|u| *u > now));
+            if self.per_name.len() >= COUNTED_NAMES {
+                self.per_name.clear();
+            }
+        }
+        let entry = self.per_name.entry((runner, name.to_owned())).or_default();
+        for ip in ips {
+            entry.insert(*ip, until);
+        }
+        if entry.len() <= cap {
+            return;
+        }
+        let mut by_expiry: Vec<(Instant, IpAddr)> = entry
+            .iter()
+            .filter(|(ip, _)| !ips.contains(ip))
+            .map(|(ip, t)| (*t, *ip))
+            .collect();
+        by_expiry.sort_unstable();
+        let excess = entry.len() - cap;
+        for (_, ip) in by_expiry.into_iter().take(excess) {
+            entry.remove(&ip);
+            // The address keeps what it was granted, no longer renewed
+            // through this name.
+            if let Some(credit) = self.proxied.get_mut(&(runner, ip)) {
+                credit.names.retain(|n| n != name);
+            }
+        }
+    }
+
+    /// Takes over the learned entries a previous agent left in the pinned
+    /// map, so they stay until they expire instead of being swept as
+    /// unknown.
+    pub fn restore(
+        &mut self,
+        entries: impl IntoIterator<Item = (ExactKey, egret_common::maps::Learned)>,
+    ) {
+        let now = Instant::now();
+        let mono_now = monotonic_ns();
+        for (key, value) in entries {
+            if value.expires_ns <= mono_now {
+                continue;
+            }
+            let ip = compile::ip_of(key.addr);
+            let until = now + Duration::from_nanos(value.expires_ns - mono_now);
+            let count = (value.rules.count as usize).min(egret_common::rules::MAX_PORT_RULES);
+            let credit = self
+                .proxied
+                .entry((key.runner, ip))
+                .or_insert_with(|| ProxiedAddress {
+                    ports: Vec::new(),
+                    until,
+                    names: Vec::new(),
+                });
+            credit.ports.extend_from_slice(&value.rules.rules[..count]);
+            credit.ports = compile::merge_rules(std::mem::take(&mut credit.ports));
+            credit.until = credit.until.max(until);
+        }
+    }
+
+    /// Forgets proxied answers that lapsed, and those of runners no longer
+    /// in the policy.
+    pub fn prune(&mut self, now: Instant, runners: &std::collections::HashSet<u32>) {
+        self.proxied
+            .retain(|(runner, _), credit| runners.contains(runner) && credit.until > now);
+        self.per_name.retain(|(runner, _), ips| {
+            ips.retain(|_, u| *u > now);
+            runners.contains(runner) && !ips.is_empty()
+        });
+    }
+
+    /// The learned-map value for one address: the union of the ports of
+    /// every host and answer that produced it, until the latest expiry.
+    fn value_for(
+        &self,
+        runner: u32,
+        ip: IpAddr,
+        now: Instant,
+        mono_now: u64,
+    ) -> Option<egret_common::maps::Learned> {
+        let mut ports = Vec::new();
+        let mut latest: Option<Instant> = None;
+        let mut credit = |p: &[PortRule], until: Instant| {
+            if until > now {
+                ports.extend_from_slice(p);
+                latest = Some(latest.map_or(until, |l: Instant| l.max(until)));
+            }
+        };
+        for t in self.tracked.iter().filter(|t| t.runner == runner) {
+            if let Some(until) = t.ips.get(&ip) {
+                credit(&t.ports, *until);
+            }
+        }
+        if let Some(p) = self.proxied.get(&(runner, ip)) {
+            credit(&p.ports, p.until);
+        }
+        let until = latest?;
+        Some(learned_value(runner, ports, until, now, mono_now))
+    }
+
+    /// Replaces the set of tracked hosts, keeping what was learned for hosts
+    /// that remain (same runner, name and upstream).
+    pub fn set_hosts(&mut self, hosts: Vec<(u32, String, Vec<IpAddr>, HostRule)>) {
+        let mut old: HashMap<(u32, String, Vec<IpAddr>), Tracked> = self
+            .tracked
+            .drain(..)
+            .map(|t| ((t.runner, t.host.clone(), t.upstream.clone()), t))
+            .collect();
+        let now = Instant::now();
+        for (runner, runner_name, upstream, rule) in hosts {
+            let key = (runner, rule.name.clone(), upstream.clone());
+            let tracked = match old.remove(&key) {
+                Some(mut t) => {
+                    t.ports = rule.ports;
+                    t.runner_name = runner_name;
+                    if t.private_answers != rule.private_answers {
+                        t.private_answers = rule.private_answers;
+                        t.ips.clear();
+                        t.answered = false;
+                        t.next_refresh = now;
+                    }
+                    t
+                }
+                None => Tracked {
+                    runner,
+                    runner_name,
+                    host: rule.name,
+                    ports: rule.ports,
+                    private_answers: rule.private_answers,
+                    upstream,
+                    ips: HashMap::new(),
+                    next_refresh: now,
+                    answered: false,
+                    failures: 0,
+                },
+            };
+            // The same name listed twice for a runner (different ports) is
+            // looked up once per entry; cheap, and keeps entries independent.
+            self.tracked.push(tracked);
+        }
+    }
+
+    /// Applies an answer to `tracked[index]`.
+    pub fn apply(&mut self, index: usize, answer: Answer) {
+        let settings = self.settings;
+        let Some(t) = self.tracked.get_mut(index) else {
+            return;
+        };
+        let now = Instant::now();
+        match answer {
+            Answer::Addresses { ips, ttl } => {
+                let ttl = settings.clamp(ttl);
+                let private_ok = t.private_answers;
+                for ip in ips
+                    .into_iter()
+                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok))
+                {
+                    let until = now + ttl + settings.grace;
+                    let slot = t.ips.entry(ip).or_insert(until);
+                    *slot = (*slot).max(until);
+                }
+                t.next_refresh = now + ttl;
+                t.answered = true;
+                t.failures = 0;
+            }
+            Answer::NoAddress => {
+                t.next_refresh = now + settings.floor;
+                t.answered = true;
+                t.failures = 0;
+            }
+            Answer::Failed(why) => {
+                t.failures += 1;
+                let backoff = settings.retry * t.failures.min(12);
+                t.next_refresh = now + backoff;
+                tracing::warn!(runner = %t.runner_name, host = %t.host, error = %why, "lookup failed; keeping what was learned before");
+            }
+        }
+        t.ips.retain(|_, until| *until > now);
+    }
+
+    pub fn due(&self, now: Instant) -> Vec<usize> {
+        (0..self.tracked.len())
+            .filter(|i| self.tracked[*i].next_refresh <= now)
+            .collect()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let refresh = self.tracked.iter().map(|t| t.next_refresh);
+        let expiry = self.tracked.iter().flat_map(|t| t.ips.values().copied());
+        refresh.chain(expiry).min()
+    }
+
+    /// Runners all of whose hosts have had an answer: for those, learned
+    /// entries no longer backed by an answer can be removed.
+    pub fn settled(&self, runner: u32) -> bool {
+        self.tracked
+            .iter()
+            .filter(|t| t.runner == runner)
+            .all(|t| t.answered)
+    }
+
+    /// The learned-IP map contents the tracked answers justify.
+    pub fn desired(&self, now: Instant) -> HashMap<ExactKey, egret_common::maps::Learned> {
+        let mono_now = monotonic_ns();
+        let mut rules: HashMap<ExactKey, (Vec<PortRule>, Instant)> = HashMap::new();
+        let tracked = self.tracked.iter().flat_map(|t| {
+            t.ips
+                .iter()
+                .map(move |(ip, until)| (t.runner, *ip, &t.ports, *until))
+        });
+        let proxied = self
+            .proxied
+            .iter()
+            .map(|((runner, ip), p)| (*runner, *ip, &p.ports, p.until));
+        for (runner, ip, ports, until) in tracked.chain(proxied) {
+            if until <= now {
+                continue;
+            }
+            let key = ExactKey {
+                runner,
+                addr: compile::addr_of(ip),
+            };
+            let slot = rules.entry(key).or_insert_with(|| (Vec::new(), until));
+            slot.0.extend(ports.iter().copied());
+            slot.1 = slot.1.max(until);
+        }
+        rules
+            .into_iter()
+            .map(|(key, (ports, until))| {
+                (key, learned_value(key.runner, ports, until, now, mono_now))
+            })
+            .collect()
+    }
+
+    /// Which host names this runner resolved to `ip`, for event attribution.
+    pub fn hosts_for(&self, runner: u32, ip: IpAddr) -> Option<String> {
+        let mut names: Vec<&str> = self
+            .tracked
+            .iter()
+            .filter(|t| t.runner == runner && t.ips.contains_key(&ip))
+            .map(|t| t.host.as_str())
+            .chain(
+                self.proxied
+                    .get(&(runner, ip))
+                    .into_iter()
+                    .flat_map(|p| p.names.iter())
+                    .map(String::as_str),
+            )
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        (!names.is_empty()).then(|| names.join(","))
+    }
+}
+
+/// One learned-map value. Expiries are rounded up to whole milliseconds so
+/// that recomputing an unchanged entry gives the same value and no write.
+fn learned_value(
+    runner: u32,
+    ports: Vec<PortRule>,
+    until: Instant,
+    now: Instant,
+    mono_now: u64,
+) -> egret_common::maps::Learned {
+    let merged = compile::merge_rules(ports);
+    if merged.len() > egret_common::rules::MAX_PORT_RULES {
+        // Fails closed: the ports that do not fit stay denied.
+        tracing::warn!(
+            runner,
+            "an address shared by several hosts collects more port ranges than fit; the extra ones stay denied"
+        );
+    }
+    let n = merged.len().min(egret_common::rules::MAX_PORT_RULES);
+    let expires = mono_now + until.saturating_duration_since(now).as_nanos() as u64;
+    let mut value = egret_common::maps::Learned {
+        expires_ns: expires.div_ceil(1_000_000) * 1_000_000,
+        rules: Default::default(),
+    };
+    value.rules.count = n as u32;
+    value.rules.rules[..n].copy_from_slice(&merged[..n]);
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, port: u16) -> HostRule {
+        HostRule {
+            name: name.into(),
+            ports: vec![PortRule::new(port, port, egret_common::rules::proto::TCP)],
+            private_answers: false,
+        }
+    }
+
+    #[test]
+    fn ttl_is_clamped() {
+        let s = TtlSettings::default();
+        assert_eq!(s.clamp(Duration::from_secs(1)), s.floor);
+        assert_eq!(s.clamp(Duration::from_secs(999_999)), s.cap);
+        assert_eq!(s.clamp(Duration::from_secs(300)), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn addresses_outlive_their_answer_by_the_grace_period() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("gitlab.test", 443))]);
+        let ip: IpAddr = "203.0.113.10".parse().unwrap();
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec![ip],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        let until = l.tracked[0].ips[&ip];
+        let expected = Instant::now() + Duration::from_secs(120);
+        assert!(until <= expected && until + Duration::from_secs(2) > expected);
+        // A later answer without the address does not take it away early.
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec!["203.0.113.11".parse().unwrap()],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        assert!(l.tracked[0].ips.contains_key(&ip));
+        assert_eq!(l.desired(Instant::now()).len(), 2);
+        assert_eq!(l.hosts_for(1, ip).as_deref(), Some("gitlab.test"));
+        assert_eq!(l.hosts_for(2, ip), None);
+    }
+
+    #[test]
+    fn failures_keep_what_was_learned_and_do_not_settle() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        assert!(!l.settled(1));
+        l.apply(0, Answer::Failed("timeout".into()));
+        assert!(!l.settled(1));
+        l.apply(0, Answer::NoAddress);
+        assert!(l.settled(1));
+    }
+
+    #[test]
+    fn shared_address_merges_ports_of_every_host() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![
+            (1, "ci".into(), vec![], rule("a.test", 443)),
+            (1, "ci".into(), vec![], rule("b.test", 22)),
+        ]);
+        let ip: IpAddr = "2001:db8::10".parse().unwrap();
+        for i in 0..2 {
+            l.apply(
+                i,
+                Answer::Addresses {
+                    ips: vec![ip],
+                    ttl: Duration::from_secs(60),
+                },
+            );
+        }
+        let desired = l.desired(Instant::now());
+        let entry = desired.values().next().unwrap();
+        assert_eq!(entry.rules.count, 2);
+        assert_eq!(l.hosts_for(1, ip).as_deref(), Some("a.test,b.test"));
+    }
+
+    #[test]
+    fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
+        let mut l = Learning::new(TtlSettings {
+            max_ips_per_name: 2,
+            ..TtlSettings::default()
+        });
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        let shared: IpAddr = "203.0.113.1".parse().unwrap();
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec![shared],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
+        let changes = l.learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120));
+        let (_, value) = &changes[0];
+        assert_eq!(value.rules.count, 2, "443 from a.test, 22 from b.test");
+        assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
+        // A third address for b.test pushes out the one closest to expiry.
+        l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.2".parse().unwrap()],
+            Duration::from_secs(60),
+        );
+        let changes = l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        );
+        assert_eq!(l.per_name[&(1, "b.test".to_owned())].len(), 2);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            l.hosts_for(1, "203.0.113.2".parse().unwrap()),
+            None,
+            "no longer renewed through b.test"
+        );
+        // The same answer again a moment later needs no write.
+        let again = l.learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        );
+        assert!(again.is_empty(), "{again:?}");
+        // Another runner learned nothing.
+        assert_eq!(l.hosts_for(2, shared), None);
+    }
+
+    #[test]
+    fn rebinding_answers_are_not_learned_by_the_agent_either() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec![
+                    "10.0.0.5".parse().unwrap(),
+                    "169.254.169.254".parse().unwrap(),
+                ],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        assert!(l.desired(Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn set_hosts_keeps_answers_of_unchanged_hosts() {
+        let mut l = Learning::new(TtlSettings::default());
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+        l.apply(
+            0,
+            Answer::Addresses {
+                ips: vec!["203.0.113.1".parse().unwrap()],
+                ttl: Duration::from_secs(60),
+            },
+        );
+        l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 8443))]);
+        assert!(l.tracked[0].answered);
+        assert_eq!(l.tracked[0].ports[0].first, 8443);
+    }
+}
