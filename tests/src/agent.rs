@@ -219,28 +219,15 @@ pub struct Cli {
     pub stderr: String,
 }
 
-/// Runs `egret <args>` against a world's pins, state directory and socket
-/// (the right flags are appended for each subcommand).
+/// Runs `egret <args>` against a world's pins, state directory and socket,
+/// given as a script would: once, in the environment (`EGRET_BPFFS`,
+/// `EGRET_STATE_DIR`, `EGRET_SOCKET`), whatever the subcommand.
 pub fn cli(world: &World, args: &[&str]) -> Cli {
-    let bpffs = world.path("bpffs").display().to_string();
-    let state = world.path("state").display().to_string();
-    let socket = world.path("egret.sock").display().to_string();
-    let mut full: Vec<&str> = args.to_vec();
-    match args.first().copied() {
-        Some("lockdown" | "unlock") => full.extend(["--bpffs", &bpffs, "--state-dir", &state]),
-        Some("status") => full.extend([
-            "--bpffs",
-            &bpffs,
-            "--state-dir",
-            &state,
-            "--socket",
-            &socket,
-        ]),
-        Some("events" | "reload") => full.extend(["--socket", &socket]),
-        _ => {}
-    }
     let out = Command::new(crate::workspace_bin("egret"))
-        .args(&full)
+        .args(args)
+        .env("EGRET_BPFFS", world.path("bpffs"))
+        .env("EGRET_STATE_DIR", world.path("state"))
+        .env("EGRET_SOCKET", world.path("egret.sock"))
         .stdin(Stdio::null())
         .output()
         .expect("run egret");

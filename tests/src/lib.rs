@@ -35,6 +35,40 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
+/// For a test that finds this kernel cannot show what it tests (no SCTP,
+/// say): says so past libtest's capture, and records the test's name where
+/// `cargo xtask test` reads it, so the vector table says "not testable
+/// here" instead of "proved".
+pub fn not_testable_here(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "NOT TESTABLE HERE: {test}: {why}");
+    if let Some(log) = std::env::var_os("EGRET_UNTESTABLE_LOG") {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| writeln!(f, "{test}"));
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` when it
+/// has not within `timeout`. Returns how long it took.
+pub fn poll_until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} did not happen within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
 /// Path of a binary of this workspace, next to the running test binary
 /// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`), unless
 /// `EGRET_BIN_DIR` points elsewhere.

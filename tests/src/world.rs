@@ -97,7 +97,7 @@ edge.cdn-provider.test A 203.0.113.21 60
 big.test A 203.0.113.160+40 60
 rebind.test A 10.0.0.5 60
 meta.test A 169.254.169.254 60
-mixed.test A 203.0.113.22 60
+mixed.test A 203.0.113.21 60
 mixed.test A 10.0.0.5 60
 *.bench.test A 203.0.113.30 60
 ";

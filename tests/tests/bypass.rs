@@ -22,10 +22,6 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
     ] {
         s.assert_egret_refuses(action);
     }
-    // SCTP: refused either by the kernel (no SCTP module here) or by egret.
-    let sctp = &s.job(&["sctp:203.0.113.10:443"])[0];
-    assert!(!sctp.ok(), "{sctp:?}");
-
     let ev = s
         .wait_event(|e| {
             e["reason"] == "socket_kind" && e["proto"] == "icmp" && e["socket_type"] == "raw"
@@ -98,6 +94,40 @@ fn raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop() {
         "{}",
         s.agent().logs()
     );
+}
+
+#[test]
+fn sctp_sockets_are_refused_at_socket() {
+    const TEST: &str = "sctp_sockets_are_refused_at_socket";
+    if !privileged(TEST) {
+        return;
+    }
+    // Whether this kernel has SCTP at all: asked outside any runner (a
+    // socket() call sends nothing).
+    // SAFETY: socket(2) with constant arguments; the descriptor is closed
+    // at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        egret_tests::not_testable_here(
+            TEST,
+            &format!(
+                "this kernel has no SCTP ({err}); egret's refusal cannot be told from the kernel's"
+            ),
+        );
+        return;
+    }
+    // SAFETY: the descriptor just opened, closed once.
+    unsafe { libc::close(fd) };
+    let s = Scenario::start("enforce", ALLOW);
+    let inside = &s.job(&["sctp:203.0.113.10:443"])[0];
+    assert!(inside.eperm(), "{inside:?}");
+    // Outside the runner the socket opens and the connect goes out (no
+    // SCTP fixture answers it, so it fails some other way).
+    let outside = &s.outsider(&["sctp:203.0.113.10:443"])[0];
+    assert!(!outside.eperm(), "{outside:?}");
+    s.wait_event(|e| e["reason"] == "socket_kind" && e["proto"] == "sctp")
+        .expect("socket_kind event for SCTP");
 }
 
 #[test]

@@ -107,6 +107,13 @@ fn teardown_is_the_only_way_out() {
     let mut s = Scenario::start("enforce", ALLOW);
     s.kill_agent();
     assert!(s.job(&["tcp:169.254.169.254:80"])[0].eperm());
+    // Where the code keeps the pins of this ABI version.
+    let abi = egret::datapath::Pins::new(&s.pins.bpffs).abi_dir();
+    assert!(
+        abi.ends_with(format!("v{}", egret_common::ABI_VERSION)) && abi.exists(),
+        "{}",
+        abi.display()
+    );
     let (code, out) = agent::teardown(&s.pins);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("jobs are unrestricted"), "{out}");
@@ -119,7 +126,7 @@ fn teardown_is_the_only_way_out() {
         o.iter().all(|o| o.ok()),
         "after teardown the cgroup is unrestricted: {o:?}"
     );
-    assert!(!s.pins.bpffs.join("v1").exists(), "pins removed");
+    assert!(!abi.exists(), "pins removed: {}", abi.display());
     let (code, out) = agent::teardown(&s.pins);
     assert_eq!(code, 0, "a second teardown is harmless: {out}");
 }
@@ -137,7 +144,8 @@ fn a_bad_policy_is_a_user_error() {
         logs.contains("policy.yaml:9:15: error: '203.0.113.10/33' is not a CIDR"),
         "{logs}"
     );
-    assert!(!s.pins.bpffs.join("v1").exists(), "nothing was loaded");
+    let abi = egret::datapath::Pins::new(&s.pins.bpffs).abi_dir();
+    assert!(!abi.exists(), "nothing was loaded: {}", abi.display());
 }
 
 #[test]

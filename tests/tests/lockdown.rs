@@ -208,9 +208,10 @@ fn lockdown_cuts_connections_opened_before_it() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(cli(&s.world, &["lockdown", "--runner", "ci"]).code, 0);
     let held = &held.wait()[0];
-    assert!(
-        !held.ok(),
-        "an established connection carries nothing after lockdown: {held:?}"
+    assert_eq!(
+        (held.banner.as_deref(), held.errno),
+        (Some("fixture 203.0.113.10:443"), Some(libc::EAGAIN)),
+        "connected before the lockdown, then nothing came back: {held:?}"
     );
     assert!(
         s.wait_event(|e| e["hook"] == "egress" && e["reason"] == "lockdown")
@@ -227,4 +228,104 @@ fn lockdown_cuts_connections_opened_before_it() {
         held.ok(),
         "the forge connection survives --keep-forge: {held:?}"
     );
+}
+
+#[test]
+fn a_freeze_that_fails_is_audited_and_the_lockdown_holds() {
+    if !privileged("a_freeze_that_fails_is_audited_and_the_lockdown_holds") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    // With the agent gone and the runner's cgroup removed, there is nothing
+    // to freeze; the pins still enforce on whatever remains attached.
+    s.kill_agent();
+    let dir = s.cgroup.dir("ci");
+    std::fs::remove_dir(&dir).expect("remove the empty runner cgroup");
+    let out = cli(
+        &s.world,
+        &["lockdown", "--runner", "ci", "--freeze", "--reason", "IR-7"],
+    );
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("LOCKDOWN of ci"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("freeze: the cgroup of runner 'ci'")
+            && out.stderr.contains("the lockdown is in force"),
+        "{}",
+        out.stderr
+    );
+    let log = std::fs::read_to_string(s.world.path("state").join("lockdown.log")).expect("log");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("an entry")).expect("json");
+    assert_eq!(last["action"], "lockdown", "{last}");
+    assert_eq!(last["reason"], "IR-7", "{last}");
+    assert!(
+        last["failures"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("freeze:")),
+        "{last}"
+    );
+    let status = cli(&s.world, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status");
+    assert!(v["runners"][0]["lockdown"].is_object(), "{v}");
+    // Unlock thaws nothing and says why, and the lockdown is over.
+    let out = cli(&s.world, &["unlock", "--runner", "ci"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("thaw:"), "{}", out.stderr);
+    let log = std::fs::read_to_string(s.world.path("state").join("lockdown.log")).expect("log");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("an entry")).expect("json");
+    assert_eq!(last["action"], "unlock", "{last}");
+    assert!(last["failures"].is_array(), "{last}");
+    std::fs::create_dir(&dir).expect("put the cgroup back for cleanup");
+}
+
+#[test]
+fn status_without_an_agent_names_each_runners_cgroup() {
+    if !privileged("status_without_an_agent_names_each_runners_cgroup") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    s.kill_agent();
+    let out = cli(&s.world, &["status", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status");
+    assert!(v["agent"].is_null(), "{v}");
+    assert_eq!(v["runners"][0]["cgroup"], s.runner_cgroup.as_str(), "{v}");
+}
+
+#[test]
+fn every_command_takes_the_same_path_options() {
+    if !privileged("every_command_takes_the_same_path_options") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let flags = |cmd: &[&str]| {
+        let mut args: Vec<String> = cmd.iter().map(|a| (*a).to_owned()).collect();
+        for (flag, path) in [
+            ("--bpffs", s.world.path("bpffs")),
+            ("--state-dir", s.world.path("state")),
+            ("--socket", s.world.path("egret.sock")),
+        ] {
+            args.push(flag.to_owned());
+            args.push(path.display().to_string());
+        }
+        std::process::Command::new(egret_tests::workspace_bin("egret"))
+            .args(&args)
+            .output()
+            .expect("egret")
+    };
+    for cmd in [
+        &["status"][..],
+        &["events"],
+        &["reload"],
+        &["lockdown", "--runner", "ci"],
+        &["unlock", "--runner", "ci"],
+    ] {
+        let out = flags(cmd);
+        assert!(
+            out.status.success(),
+            "egret {cmd:?} with every path flag: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -155,3 +155,94 @@ fn merge_rules_keeps_the_forge_mark_apart() {
         ]
     );
 }
+
+/// A whole policy through `plan`: what every map and each runner's state
+/// will hold, with no kernel involved.
+#[test]
+fn a_policy_plans_every_map_and_each_runners_state() {
+    let text = "version: 1
+runners:
+  - name: ci
+    cgroup: /egret.slice/ci
+    mode: audit
+    loopback: allow
+    sockets: [raw]
+    dns:
+      listen: 172.17.0.1
+    allow:
+      - cidr: 203.0.113.0/24
+        ports: [443]
+      - cidr: 10.0.0.5/32
+  - name: other
+    cgroup: /egret.slice/other
+    allow:
+      - cidr: 0.0.0.0/0
+        ports: [8443]
+";
+    let (policy, diags) =
+        crate::policy::validate(&[(std::path::PathBuf::from("p.yaml"), text.as_bytes().to_vec())]);
+    let policy = policy.unwrap_or_else(|| panic!("{diags:?}"));
+    let ids = HashMap::from([("ci".to_owned(), 3), ("other".to_owned(), 4)]);
+    let host = Host {
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        subnets: vec!["192.0.2.0/24".parse().unwrap()],
+        netns: 4026531840,
+    };
+    let plan = plan(&policy, &ids, &host).expect("plan");
+
+    let ci = &plan.runners[0];
+    assert_eq!((ci.name.as_str(), ci.id), ("ci", 3));
+    assert_eq!(
+        ci.cgroup_dir,
+        PathBuf::from("/sys/fs/cgroup/egret.slice/ci")
+    );
+    assert_eq!(
+        ci.state.flags,
+        flags::CONFIGURED | flags::AUDIT | flags::LOOPBACK_ALLOW | flags::SOCK_RAW
+    );
+    assert_eq!(ci.state.host_netns, 4026531840);
+    assert_eq!(ci.state.dns_listen, mapped_v4([172, 17, 0, 1]));
+    assert_eq!(
+        ci.state.dns_proxy_port, 0,
+        "filled in once the proxy listens"
+    );
+    assert_eq!(plan.runners[1].state.flags, flags::CONFIGURED);
+    assert_eq!(plan.ids(), [3, 4].into_iter().collect());
+
+    // Metadata never opens; the host's own subnet is lateral like RFC 1918;
+    // DoH resolvers are kept apart from neighbours.
+    assert!(
+        plan.metadata
+            .contains_key(&trie_prefix(&"169.254.169.254/32".parse().unwrap()))
+    );
+    assert!(
+        plan.lateral
+            .contains_key(&trie_prefix(&"192.0.2.0/24".parse().unwrap()))
+    );
+    assert_eq!(
+        plan.lateral[&trie_prefix(&"1.1.1.1/32".parse().unwrap())].kind,
+        baseline_kind::DOH
+    );
+    // Each runner's CIDRs under its own id; the neighbour it names may be
+    // opened, the broad entry of the other runner may not.
+    assert!(entry(&plan.cidrs, 3, "203.0.113.0/24").permits(443, proto::IPPROTO_TCP));
+    assert_ne!(
+        entry(&plan.cidrs, 3, "10.0.0.5/32").flags & rules_flags::LATERAL_OK,
+        0
+    );
+    assert_eq!(
+        entry(&plan.cidrs, 4, "0.0.0.0/0").flags & rules_flags::LATERAL_OK,
+        0
+    );
+    assert_eq!(plan.cidrs.len(), 3);
+}
+
+#[test]
+fn a_runner_without_an_id_is_an_error_not_a_guess() {
+    let (policy, _) = crate::policy::validate(&[(
+        std::path::PathBuf::from("p.yaml"),
+        b"version: 1\nrunners:\n  - name: ci\n    cgroup: /ci\n".to_vec(),
+    )]);
+    let err = plan(&policy.unwrap(), &HashMap::new(), &Host::default()).unwrap_err();
+    assert!(matches!(err, CompileError::NoId(name) if name == "ci"));
+}

@@ -1,0 +1,168 @@
+use super::*;
+
+fn rule(name: &str, port: u16) -> HostRule {
+    HostRule {
+        name: name.into(),
+        ports: vec![PortRule::new(port, port, egret_common::rules::proto::TCP)],
+        private_answers: false,
+    }
+}
+
+#[test]
+fn ttl_is_clamped() {
+    let s = TtlSettings::default();
+    assert_eq!(s.clamp(Duration::from_secs(1)), s.floor);
+    assert_eq!(s.clamp(Duration::from_secs(999_999)), s.cap);
+    assert_eq!(s.clamp(Duration::from_secs(300)), Duration::from_secs(300));
+}
+
+#[test]
+fn addresses_outlive_their_answer_by_the_grace_period() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("gitlab.test", 443))]);
+    let ip: IpAddr = "203.0.113.10".parse().unwrap();
+    l.apply(
+        0,
+        Answer::Addresses {
+            ips: vec![ip],
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let until = l.tracked[0].ips[&ip];
+    let expected = Instant::now() + Duration::from_secs(120);
+    assert!(until <= expected && until + Duration::from_secs(2) > expected);
+    // A later answer without the address does not take it away early.
+    l.apply(
+        0,
+        Answer::Addresses {
+            ips: vec!["203.0.113.11".parse().unwrap()],
+            ttl: Duration::from_secs(60),
+        },
+    );
+    assert!(l.tracked[0].ips.contains_key(&ip));
+    assert_eq!(l.desired(Instant::now()).len(), 2);
+    assert_eq!(l.hosts_for(1, ip).as_deref(), Some("gitlab.test"));
+    assert_eq!(l.hosts_for(2, ip), None);
+}
+
+#[test]
+fn failures_keep_what_was_learned_and_do_not_settle() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+    assert!(!l.settled(1));
+    l.apply(0, Answer::Failed("timeout".into()));
+    assert!(!l.settled(1));
+    l.apply(0, Answer::NoAddress);
+    assert!(l.settled(1));
+}
+
+#[test]
+fn shared_address_merges_ports_of_every_host() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_hosts(vec![
+        (1, "ci".into(), vec![], rule("a.test", 443)),
+        (1, "ci".into(), vec![], rule("b.test", 22)),
+    ]);
+    let ip: IpAddr = "2001:db8::10".parse().unwrap();
+    for i in 0..2 {
+        l.apply(
+            i,
+            Answer::Addresses {
+                ips: vec![ip],
+                ttl: Duration::from_secs(60),
+            },
+        );
+    }
+    let desired = l.desired(Instant::now());
+    let entry = desired.values().next().unwrap();
+    assert_eq!(entry.rules.count, 2);
+    assert_eq!(l.hosts_for(1, ip).as_deref(), Some("a.test,b.test"));
+}
+
+#[test]
+fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
+    let mut l = Learning::new(TtlSettings {
+        max_ips_per_name: 2,
+        ..TtlSettings::default()
+    });
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+    let shared: IpAddr = "203.0.113.1".parse().unwrap();
+    l.apply(
+        0,
+        Answer::Addresses {
+            ips: vec![shared],
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
+    let changes = l.learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120));
+    let (_, value) = &changes[0];
+    assert_eq!(value.rules.count, 2, "443 from a.test, 22 from b.test");
+    assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
+    // A third address for b.test pushes out the one closest to expiry.
+    l.learn_answer(
+        1,
+        "b.test",
+        &ssh,
+        &["203.0.113.2".parse().unwrap()],
+        Duration::from_secs(60),
+    );
+    let changes = l.learn_answer(
+        1,
+        "b.test",
+        &ssh,
+        &["203.0.113.3".parse().unwrap()],
+        Duration::from_secs(600),
+    );
+    assert_eq!(l.per_name[&(1, "b.test".to_owned())].len(), 2);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        l.hosts_for(1, "203.0.113.2".parse().unwrap()),
+        None,
+        "no longer renewed through b.test"
+    );
+    // The same answer again a moment later needs no write.
+    let again = l.learn_answer(
+        1,
+        "b.test",
+        &ssh,
+        &["203.0.113.3".parse().unwrap()],
+        Duration::from_secs(600),
+    );
+    assert!(again.is_empty(), "{again:?}");
+    // Another runner learned nothing.
+    assert_eq!(l.hosts_for(2, shared), None);
+}
+
+#[test]
+fn rebinding_answers_are_not_learned_by_the_agent_either() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+    l.apply(
+        0,
+        Answer::Addresses {
+            ips: vec![
+                "10.0.0.5".parse().unwrap(),
+                "169.254.169.254".parse().unwrap(),
+            ],
+            ttl: Duration::from_secs(60),
+        },
+    );
+    assert!(l.desired(Instant::now()).is_empty());
+}
+
+#[test]
+fn set_hosts_keeps_answers_of_unchanged_hosts() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 443))]);
+    l.apply(
+        0,
+        Answer::Addresses {
+            ips: vec!["203.0.113.1".parse().unwrap()],
+            ttl: Duration::from_secs(60),
+        },
+    );
+    l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 8443))]);
+    assert!(l.tracked[0].answered);
+    assert_eq!(l.tracked[0].ports[0].first, 8443);
+}
