@@ -63,6 +63,40 @@ pub const fn is_nat64(a: &Addr) -> bool {
         && a[11] == 0
 }
 
+/// NAT64 local-use prefix `64:ff9b:1::/48` (RFC 8215): operators cut
+/// prefixes of their own from it, with any RFC 6052 layout of /48 or more.
+pub const NAT64_LOCAL_USE: [u8; 6] = [0x00, 0x64, 0xff, 0x9b, 0x00, 0x01];
+
+#[inline(always)]
+pub const fn is_nat64_local_use(a: &Addr) -> bool {
+    a[0] == NAT64_LOCAL_USE[0]
+        && a[1] == NAT64_LOCAL_USE[1]
+        && a[2] == NAT64_LOCAL_USE[2]
+        && a[3] == NAT64_LOCAL_USE[3]
+        && a[4] == NAT64_LOCAL_USE[4]
+        && a[5] == NAT64_LOCAL_USE[5]
+}
+
+/// The IPv4 address an RFC 6052 address carries behind a NAT64 prefix of
+/// `len` bits (32, 40, 48, 56, 64 or 96; bits 64 to 71 are skipped, as the
+/// RFC reserves them); `None` for any other length.
+#[inline(always)]
+pub const fn nat64_embedded(a: &Addr, len: u8) -> Option<[u8; 4]> {
+    match len {
+        32 => Some([a[4], a[5], a[6], a[7]]),
+        40 => Some([a[5], a[6], a[7], a[9]]),
+        48 => Some([a[6], a[7], a[9], a[10]]),
+        56 => Some([a[7], a[9], a[10], a[11]]),
+        64 => Some([a[9], a[10], a[11], a[12]]),
+        96 => Some([a[12], a[13], a[14], a[15]]),
+        _ => None,
+    }
+}
+
+/// The layouts a prefix of the local-use block may use: whichever the
+/// operator chose.
+pub const LOCAL_USE_LAYOUTS: [u8; 4] = [48, 56, 64, 96];
+
 /// The address a verdict is taken on: NAT64 destinations are judged by the
 /// IPv4 address they embed, so `64:ff9b::a9fe:a9fe` is the metadata service.
 #[inline(always)]
@@ -111,6 +145,26 @@ mod tests {
         let words = [0, 1, 2, 3]
             .map(|i| u32::from_ne_bytes([ip[4 * i], ip[4 * i + 1], ip[4 * i + 2], ip[4 * i + 3]]));
         assert_eq!(from_words(words), ip);
+    }
+
+    #[test]
+    fn every_rfc6052_layout_finds_the_same_v4() {
+        // 192.0.2.33 behind 2001:db8::/32, /40, /48, /56, /64 and /96, as
+        // RFC 6052 section 2.4 lays them out.
+        let cases: [(u8, &str); 6] = [
+            (32, "2001:db8:c000:221::"),
+            (40, "2001:db8:1c0:2:21::"),
+            (48, "2001:db8:122:c000:2:2100::"),
+            (56, "2001:db8:122:3c0:0:221::"),
+            (64, "2001:db8:122:344:c0:2:2100:0"),
+            (96, "2001:db8:122:344::192.0.2.33"),
+        ];
+        extern crate std;
+        for (len, text) in cases {
+            let a = text.parse::<std::net::Ipv6Addr>().unwrap().octets();
+            assert_eq!(nat64_embedded(&a, len), Some([192, 0, 2, 33]), "/{len}");
+        }
+        assert_eq!(nat64_embedded(&[0; 16], 80), None);
     }
 
     #[test]

@@ -10,6 +10,19 @@ pub mod reason {
     pub const LOCKDOWN: u8 = 4;
     pub const DNS_REFUSED: u8 = 5;
     pub const SOCKET_KIND: u8 = 6;
+    /// A refused `setsockopt()`: `proto` holds the level, `port` the
+    /// option number.
+    pub const SOCKET_OPTION: u8 = 7;
+    /// A runner reached its share of the learned-address map, which every
+    /// runner shares: the name it asked for got SERVFAIL, and no other
+    /// runner noticed.
+    pub const QUOTA: u8 = 8;
+
+    /// Whether a denial of this reason is reported through the urgent
+    /// ring buffer, which a flood of ordinary denials cannot fill.
+    pub const fn urgent(code: u8) -> bool {
+        matches!(code, METADATA | LOCKDOWN)
+    }
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -19,6 +32,8 @@ pub mod reason {
             LOCKDOWN => "lockdown",
             DNS_REFUSED => "dns_refused",
             SOCKET_KIND => "socket_kind",
+            SOCKET_OPTION => "socket_option",
+            QUOTA => "quota",
             _ => "unknown",
         }
     }
@@ -49,6 +64,7 @@ pub mod hook {
     pub const EGRESS: u8 = 6;
     /// The agent's DNS proxy (events it writes itself).
     pub const DNS_PROXY: u8 = 7;
+    pub const SETSOCKOPT: u8 = 8;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -59,6 +75,7 @@ pub mod hook {
             SENDMSG6 => "sendmsg6",
             SOCK_CREATE => "sock_create",
             EGRESS => "egress",
+            SETSOCKOPT => "setsockopt",
             _ => "unknown",
         }
     }

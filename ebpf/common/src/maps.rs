@@ -31,26 +31,36 @@ pub const BOUND: &str = "EGRET_BOUND";
 /// DNS query at before it was redirected to the proxy, so replies appear to
 /// come from there.
 pub const DNS_ORIGINS: &str = "EGRET_DNS_ORIG";
+/// `LpmTrie<Addr, Nat64Entry>`: the NAT64 prefixes a policy declares,
+/// whose destinations are judged by the IPv4 address they carry (the
+/// well-known `64:ff9b::/96` needs no entry).
+pub const NAT64: &str = "EGRET_NAT64";
 /// `PerCpuArray<u64>` indexed by [`counter_index`].
 pub const COUNTERS: &str = "EGRET_COUNTERS";
-/// `RingBuf` of [`crate::event::Event`].
+/// `RingBuf` of [`crate::event::Event`]: every denial and audit.
 pub const EVENTS: &str = "EGRET_EVENTS";
+/// `RingBuf` of [`crate::event::Event`] for the denials that must never be
+/// lost in a flood of ordinary ones: metadata and lockdown. A job filling
+/// [`EVENTS`] with millions of refused connects cannot crowd them out.
+pub const URGENT_EVENTS: &str = "EGRET_URGENT";
 
 /// Every map the kernel object defines, by the name it is pinned under.
 /// ([`RUNNERS`] is the agent's own and not in the object; the loader also
 /// makes maps of the object's data sections, named after them.)
-pub const IN_OBJECT: [&str; 11] = [
+pub const IN_OBJECT: [&str; 13] = [
     STATE,
     LOCKDOWN,
     CIDRS,
     LEARNED,
     METADATA,
     LATERAL,
+    NAT64,
     OWNED,
     BOUND,
     DNS_ORIGINS,
     COUNTERS,
     EVENTS,
+    URGENT_EVENTS,
 ];
 
 /// The global each runner's copy of the programs is loaded with.
@@ -60,7 +70,13 @@ pub const CIDRS_CAPACITY: u32 = 65_536;
 pub const LEARNED_CAPACITY: u32 = 131_072;
 pub const BASELINE_CAPACITY: u32 = 1_024;
 pub const EVENTS_BYTES: u32 = 1 << 20;
-pub const OWNED_CAPACITY: u32 = 65_536;
+pub const URGENT_EVENTS_BYTES: u32 = 1 << 18;
+/// Room for 1,024 loopback listeners per runner. (No per-runner quota is
+/// enforced in the kernel yet: see docs/threat-model.md.)
+pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * 1_024;
+/// `BPF_F_NO_PREALLOC`: entries are allocated as listeners appear, so the
+/// room every runner's share needs costs nothing until used.
+pub const NO_PREALLOC: u32 = 1;
 pub const DNS_ORIGINS_CAPACITY: u32 = 65_536;
 
 /// Prefix length of a full key in the per-runner CIDR trie: the runner id is
@@ -108,26 +124,46 @@ pub struct Learned {
 }
 const _: () = assert!(core::mem::size_of::<Learned>() == 8 + core::mem::size_of::<PortRules>());
 
-/// A listening port in one network namespace.
+/// A listener in one network namespace: its address (loopback, or the
+/// unspecified address of a wildcard bind; IPv4 mapped), port and protocol.
+/// Keyed by address too, so a job that binds `[::1]:P` or `127.0.0.2:P`
+/// owns exactly that, never a host service on `127.0.0.1:P`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OwnedKey {
     /// `bpf_get_netns_cookie`: loopback is per network namespace.
     pub netns: u64,
+    pub addr: Addr,
     pub port: u16,
     /// IP protocol number.
     pub proto: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<OwnedKey>() == 16);
+const _: () = assert!(core::mem::size_of::<OwnedKey>() == 32);
 
+impl OwnedKey {
+    #[inline(always)]
+    pub const fn new(netns: u64, addr: Addr, port: u16, proto: u8) -> Self {
+        Self {
+            netns,
+            addr,
+            port,
+            proto,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// Who owns a listener: the runner, and the socket, so that only that
+/// socket's release removes the entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     pub runner: u32,
     pub _pad: u32,
+    pub cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<Owner>() == 8);
+const _: () = assert!(core::mem::size_of::<Owner>() == 16);
 
 /// A baseline deny entry.
 #[repr(C)]
@@ -150,6 +186,17 @@ pub mod baseline_kind {
     /// resolves past the proxy.
     pub const DOH: u8 = 1;
 }
+
+/// A NAT64 prefix: where its destinations carry their IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nat64Entry {
+    /// The RFC 6052 layout: the prefix length, 32 to 96.
+    pub layout: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<Nat64Entry>() == 8);
+pub const NAT64_CAPACITY: u32 = 64;
 
 /// The resolver a redirected DNS query was aimed at.
 #[repr(C)]
@@ -178,7 +225,11 @@ pub mod counter {
     pub const DENIED_SOCKET_KIND: u32 = 8;
     /// DNS queries refused in the kernel: no proxy, or lockdown.
     pub const DENIED_DNS: u32 = 9;
-    pub const KINDS: u32 = 10;
+    pub const DENIED_SOCKET_OPTION: u32 = 10;
+    /// Learned addresses refused past the runner's share (counted by the
+    /// agent's DNS proxy).
+    pub const QUOTA: u32 = 11;
+    pub const KINDS: u32 = 12;
     pub const NAMES: [&str; KINDS as usize] = [
         "allowed",
         "denied_not_allowed",
@@ -190,6 +241,8 @@ pub mod counter {
         "errors",
         "denied_socket_kind",
         "denied_dns",
+        "denied_socket_option",
+        "quota",
     ];
 }
 

@@ -15,9 +15,11 @@ pub const POST_BIND6: &str = "egret_post_bind6";
 pub const SOCK_RELEASE: &str = "egret_sock_release";
 /// The packet-level backstop (`cgroup_skb/egress`).
 pub const EGRESS: &str = "egret_egress";
+/// `cgroup/setsockopt`: options that would carry data past the hooks.
+pub const SETSOCKOPT: &str = "egret_setsockopt";
 
 /// Every program, in the order the agent attaches them.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     CONNECT4,
     CONNECT6,
     SENDMSG4,
@@ -30,5 +32,6 @@ pub const ALL: [&str; 13] = [
     POST_BIND4,
     POST_BIND6,
     SOCK_RELEASE,
+    SETSOCKOPT,
     EGRESS,
 ];

@@ -23,6 +23,9 @@ pub mod flags {
     pub const LOOPBACK_ALLOW: u32 = 1 << 5;
     /// `loopback: deny`: no loopback destination at all.
     pub const LOOPBACK_DENY: u32 = 1 << 6;
+    /// `multicast: true`: jobs may join multicast groups, whose membership
+    /// reports the kernel sends on their behalf.
+    pub const MULTICAST: u32 = 1 << 7;
 }
 
 /// What the agent configures for a runner. Lockdown lives in a map of its

@@ -2,7 +2,7 @@
 
 use crate::{
     event::Event,
-    maps::{BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, OwnedKey, Owner},
+    maps::{BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey, Owner},
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
 };
@@ -23,3 +23,4 @@ unsafe impl aya::Pod for OwnedKey {}
 unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}
 unsafe impl aya::Pod for DnsOrigin {}
+unsafe impl aya::Pod for Nat64Entry {}

@@ -9,7 +9,7 @@
 use crate::{
     addr::{self, Addr},
     event::reason,
-    maps::{BaselineEntry, ExactKey, Learned, OwnedKey, baseline_kind},
+    maps::{BaselineEntry, ExactKey, Learned, Nat64Entry, OwnedKey, baseline_kind},
     rules::{PortRules, rules_flags},
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags, lockdown_flags},
 };
@@ -37,6 +37,9 @@ pub trait Lookup {
     fn learned(&self, key: &ExactKey) -> Option<&Learned>;
     /// The runner that owns a loopback (or wildcard) listener.
     fn loopback_owner(&self, key: &OwnedKey) -> Option<u32>;
+    /// The declared NAT64 prefix (other than the well-known `/96`)
+    /// `target` lies in.
+    fn nat64(&self, target: &Addr) -> Option<&Nat64Entry>;
 }
 
 /// A destination as a sock_addr hook (or the backstop) saw it.
@@ -100,6 +103,34 @@ pub fn lock_of<M: Lookup + ?Sized>(maps: &M, runner: u32, now: impl Fn() -> u64)
     })
 }
 
+/// Whether `runner` owns the listener a loopback `target` reaches: one
+/// bound to that very address, or a wildcard bind of its family (a v6
+/// wildcard takes IPv4 too); a connect to the unspecified address reaches
+/// the family's loopback address.
+#[inline(always)]
+fn owns_listener<M: Lookup + ?Sized>(
+    maps: &M,
+    runner: u32,
+    dst: &Destination,
+    target: &Addr,
+) -> bool {
+    let owned = |a: Addr| {
+        maps.loopback_owner(&OwnedKey::new(dst.netns, a, dst.port, dst.proto)) == Some(runner)
+    };
+    let v4_any = addr::mapped_v4([0, 0, 0, 0]);
+    let v6_any = [0u8; 16];
+    if owned(*target) {
+        return true;
+    }
+    if addr::is_mapped_v4(target) {
+        (*target == v4_any && owned(addr::mapped_v4([127, 0, 0, 1])))
+            || owned(v4_any)
+            || owned(v6_any)
+    } else {
+        (*target == v6_any && owned(addr::LOOPBACK_V6)) || owned(v6_any)
+    }
+}
+
 /// Whether the destination is DNS, which the hooks redirect to the
 /// runner's proxy instead of judging.
 #[inline(always)]
@@ -127,7 +158,17 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
         Some(Lock::Open) => false,
     };
 
-    let target = addr::normalize(dst.given);
+    let mut target = addr::normalize(dst.given);
+    // Behind a NAT64 prefix the policy declares, the destination is the
+    // IPv4 address it carries, where its layout puts it. (The local-use
+    // block, whose layout only the operator knows, is a lateral range
+    // until it is declared.)
+    if !addr::is_mapped_v4(&target)
+        && let Some(prefix) = maps.nat64(&target)
+        && let Some(v4) = addr::nat64_embedded(&target, prefix.layout)
+    {
+        target = addr::mapped_v4(v4);
+    }
 
     // The runner's own DNS proxy, reached after a redirect (the backstop
     // sees the rewritten address) or directly.
@@ -164,16 +205,9 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
     }
 
     if addr::is_loopback(&target) {
-        let own = || {
-            let key = OwnedKey {
-                netns: dst.netns,
-                port: dst.port,
-                proto: dst.proto,
-                _pad: [0; 5],
-            };
-            maps.loopback_owner(&key) == Some(runner)
-        };
-        if state.has(flags::LOOPBACK_ALLOW) || (!state.has(flags::LOOPBACK_DENY) && own()) {
+        if state.has(flags::LOOPBACK_ALLOW)
+            || (!state.has(flags::LOOPBACK_DENY) && owns_listener(maps, runner, dst, &target))
+        {
             return Outcome::Allow;
         }
         // A host service on loopback is a neighbour like any other.

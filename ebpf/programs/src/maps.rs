@@ -10,7 +10,8 @@ use egret_common::{
     maps::{
         ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY, COUNTERS_LEN,
         CidrKey, DNS_ORIGINS_CAPACITY, DnsOrigin, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY,
-        Learned, OWNED_CAPACITY, OwnedKey, Owner,
+        Learned, NAT64_CAPACITY, NO_PREALLOC, Nat64Entry, OWNED_CAPACITY, OwnedKey, Owner,
+        URGENT_EVENTS_BYTES,
     },
     rules::PortRules,
     state::{Lockdown, MAX_RUNNERS, RunnerState},
@@ -51,13 +52,16 @@ pub static METADATA: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAP
 #[map(name = "EGRET_LATERAL")]
 pub static LATERAL: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
 
+#[map(name = "EGRET_NAT64")]
+pub static NAT64: LpmTrie<Addr, Nat64Entry> = LpmTrie::pinned(NAT64_CAPACITY, 0);
+
 #[map(name = "EGRET_OWNED")]
-pub static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, 0);
+pub static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
 
 /// Socket cookie → the OWNED key it holds: a released socket cannot read
 /// its own port, but it can tell its cookie.
 #[map(name = "EGRET_BOUND")]
-pub static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, 0);
+pub static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
 
 #[map(name = "EGRET_DNS_ORIG")]
 pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGINS_CAPACITY, 0);
@@ -67,6 +71,9 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
 
 #[map(name = "EGRET_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "EGRET_URGENT")]
+pub static URGENT_EVENTS: RingBuf = RingBuf::pinned(URGENT_EVENTS_BYTES, 0);
 
 /// The verdict's view of the maps above.
 pub struct Kernel;
@@ -103,6 +110,11 @@ impl Lookup for Kernel {
         // read can only mix two values the agent wrote for this same key,
         // both valid.
         unsafe { LEARNED.get(key) }
+    }
+
+    #[inline(always)]
+    fn nat64(&self, target: &Addr) -> Option<&Nat64Entry> {
+        NAT64.get(Key::new(ADDR_BITS, *target))
     }
 
     #[inline(always)]

@@ -9,7 +9,7 @@ use egret_common::{
     verdict::{ALLOW, DENY, Destination, Outcome, decide},
 };
 
-use crate::maps::{COUNTERS, EVENTS, Kernel, runner_id};
+use crate::maps::{COUNTERS, EVENTS, Kernel, URGENT_EVENTS, runner_id};
 
 /// Who an event is about: the task for socket hooks; for packets, which
 /// carry no task, the socket's cgroup.
@@ -51,6 +51,8 @@ pub fn count(runner: u32, kind: u32) {
 }
 
 /// Never blocks: a full ring buffer costs an event, counted, not a verdict.
+/// Metadata and lockdown denials go to a ring of their own, so a flood of
+/// ordinary denials never crowds them out.
 #[inline(always)]
 pub fn emit(
     runner: u32,
@@ -61,7 +63,12 @@ pub fn emit(
     now: u64,
     origin: &Origin,
 ) {
-    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+    let ring = if reason::urgent(why) {
+        &URGENT_EVENTS
+    } else {
+        &EVENTS
+    };
+    let Some(mut slot) = ring.reserve::<Event>(0) else {
         count(runner, counter::EVENTS_DROPPED);
         return;
     };

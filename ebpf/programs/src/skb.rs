@@ -55,9 +55,15 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
             }
         }
     };
+    // A SYN-ACK answers a peer that connected in to one of the job's
+    // listeners: that peer is judged as if the job had connected to it, so
+    // a listener on 0.0.0.0 is no command channel for whoever reaches it.
+    let passive_open = ip_proto == proto::IPPROTO_TCP
+        && sock_type != SOCK_RAW
+        && ctx.load::<u8>(l4 + 13)? & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     // Established flows pass without lookups, except under lockdown, which
     // must cut connections opened before it too.
-    if tcp_or_udp && sock_type != SOCK_RAW && !locked_down() {
+    if tcp_or_udp && sock_type != SOCK_RAW && !passive_open && !locked_down() {
         return Ok(egret_common::verdict::ALLOW);
     }
     let given = if family == 4 {
@@ -66,8 +72,10 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
         ctx.load::<[u8; 16]>(24)?
     };
     let icmp = ip_proto == proto::IPPROTO_ICMP || ip_proto == proto::IPPROTO_ICMPV6;
-    // Pinging the host itself reaches no service.
-    if icmp && addr::is_loopback(&addr::normalize(given)) {
+    // Pinging the host itself reaches no service; a client on loopback
+    // connecting in is local, and was judged by its own hooks if a job.
+    // (Under lockdown even that is refused, as every loopback connect is.)
+    if (icmp || (passive_open && !locked_down())) && addr::is_loopback(&addr::normalize(given)) {
         return Ok(egret_common::verdict::ALLOW);
     }
     let port = if tcp_or_udp {
@@ -90,6 +98,10 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
         cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
     }))
 }
+
+/// TCP header flags.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Whether a lockdown of this runner, or of every runner, is in force.
 #[inline(always)]

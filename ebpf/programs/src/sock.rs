@@ -1,18 +1,20 @@
-//! The `cgroup/sock*` hooks: which kinds of socket a job may create, and
-//! which loopback listeners belong to the runner's own jobs.
+//! The `cgroup/sock*` hooks: which kinds of socket a job may create, which
+//! options it may set, and which loopback listeners belong to the
+//! runner's own jobs.
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::cgroup_sock,
-    programs::SockContext,
+    macros::{cgroup_sock, cgroup_sockopt},
+    programs::{SockContext, SockoptContext},
 };
 use egret_common::{
-    addr,
+    addr::{self, Addr},
     event::{action, hook, reason},
     maps::{OwnedKey, Owner, counter},
     rules::proto,
+    sockopt,
     state::flags,
     verdict::{ALLOW, DENY, Destination},
 };
@@ -22,7 +24,7 @@ use crate::{
     report::{count, emit, task_origin},
 };
 
-const AF_INET: u32 = 2;
+pub const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -93,36 +95,48 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
 
 /// Remembers a listener a job opens on loopback (or on every address, which
 /// includes loopback) so `loopback: own` lets the runner's jobs reach it and
-/// nothing else on the host's loopback.
+/// nothing else on the host's loopback. An address already owned stays with
+/// its owner: a job binding it too (`SO_REUSEPORT`) takes nothing away.
 #[inline(always)]
-fn note_listener(ctx: &SockContext, local_is_loopback_or_any: bool) -> i32 {
+fn note_listener(ctx: &SockContext, local: Addr) -> i32 {
+    if !addr::is_loopback(&local) {
+        return ALLOW;
+    }
     let sk: *const bpf_sock = ctx.sock;
     // SAFETY: a valid socket from the kernel; fields checked by the verifier.
     let (port, protocol) = unsafe { ((*sk).src_port, (*sk).protocol) };
-    if local_is_loopback_or_any && port != 0 {
-        let runner = runner_id();
-        let key = OwnedKey {
-            // SAFETY: as in socket_cookie.
-            netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-            port: port as u16,
-            proto: protocol as u8,
-            _pad: [0; 5],
-        };
-        if OWNED.insert(key, Owner { runner, _pad: 0 }, 0).is_err()
-            || BOUND.insert(socket_cookie(ctx), key, 0).is_err()
-        {
-            // Full: the listener stays unreachable to the runner (fail closed).
-            count(runner, counter::ERRORS);
-        }
+    if port == 0 {
+        return ALLOW;
+    }
+    let runner = runner_id();
+    // SAFETY: as in socket_cookie.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = OwnedKey::new(netns, local, port as u16, protocol as u8);
+    let cookie = socket_cookie(ctx);
+    let owner = Owner {
+        runner,
+        _pad: 0,
+        cookie,
+    };
+    // Owned already (by this runner's other socket, or another runner's),
+    // or the map is full: nothing changes hands.
+    if OWNED.insert(key, owner, BPF_NOEXIST).is_ok() && BOUND.insert(cookie, key, 0).is_err() {
+        // Without its cookie entry the release could not find it: undo,
+        // and the listener stays unreachable (fail closed).
+        let _ = OWNED.remove(key);
+        count(runner, counter::ERRORS);
     }
     ALLOW
 }
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 #[cgroup_sock(post_bind4)]
 pub fn egret_post_bind4(ctx: SockContext) -> i32 {
     // SAFETY: as in note_listener.
     let ip = unsafe { (*ctx.sock).src_ip4 }.to_ne_bytes();
-    note_listener(&ctx, ip[0] == 127 || ip == [0, 0, 0, 0])
+    note_listener(&ctx, addr::mapped_v4(ip))
 }
 
 #[cgroup_sock(post_bind6)]
@@ -137,11 +151,11 @@ pub fn egret_post_bind6(ctx: SockContext) -> i32 {
             (*sk).src_ip6[3],
         ]
     };
-    note_listener(&ctx, addr::is_loopback(&addr::from_words(words)))
+    note_listener(&ctx, addr::from_words(words))
 }
 
-/// Forgets a listener when its socket goes away, so a host service that
-/// later binds the same port is not mistaken for the job's.
+/// Forgets a listener when the socket that owns it goes away, so a host
+/// service that later binds the same address is not mistaken for the job's.
 #[cgroup_sock(sock_release)]
 pub fn egret_sock_release(ctx: SockContext) -> i32 {
     let cookie = socket_cookie(&ctx);
@@ -151,15 +165,60 @@ pub fn egret_sock_release(ctx: SockContext) -> i32 {
     let Some(key) = (unsafe { BOUND.get(cookie) }).copied() else {
         return ALLOW;
     };
-    let runner = runner_id();
     // SAFETY: the pointer comes from a successful lookup and is read at
     // once; entries are plain integers.
     if OWNED
         .get_ptr(key)
-        .is_some_and(|o| unsafe { (*o).runner } == runner)
+        .is_some_and(|o| unsafe { (*o).cookie } == cookie)
     {
         let _ = OWNED.remove(key);
     }
     let _ = BOUND.remove(cookie);
     ALLOW
+}
+
+/// Refuses the socket options that make the kernel carry job-chosen data
+/// past every other hook (`egret_common::sockopt`); group membership only
+/// unless the runner's policy sets `multicast: true`. Every other option
+/// passes untouched.
+#[cgroup_sockopt(setsockopt)]
+pub fn egret_setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: the kernel hands the program a valid sockopt context; the
+    // verifier checks the field accesses.
+    let (level, optname) = unsafe { ((*so).level, (*so).optname) };
+    if sockopt::refused(level, optname, false).is_none() {
+        return ALLOW;
+    }
+    let runner = runner_id();
+    let Some(state) = STATE.get(runner) else {
+        count(runner, counter::ERRORS);
+        return DENY;
+    };
+    if sockopt::refused(level, optname, state.has(flags::MULTICAST)).is_none() {
+        return ALLOW;
+    }
+    count(runner, counter::DENIED_SOCKET_OPTION);
+    // SAFETY: as above; `sk` is the socket the option is set on.
+    let family = unsafe { (*(*so).__bindgen_anon_1.sk).family };
+    let dst = Destination {
+        netns: 0,
+        given: [0; 16],
+        port: optname as u16,
+        proto: level as u8,
+        family: if family == AF_INET { 4 } else { 6 },
+        hook: hook::SETSOCKOPT,
+    };
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(
+        runner,
+        &dst,
+        reason::SOCKET_OPTION,
+        action::DENY,
+        0,
+        now,
+        &task_origin(),
+    );
+    DENY
 }

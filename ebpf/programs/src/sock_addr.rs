@@ -21,6 +21,7 @@ use egret_common::{
 use crate::{
     maps::{DNS_ORIGINS, Kernel, STATE, runner_id},
     report::{count, emit, judge, task_origin},
+    sock::AF_INET,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -76,7 +77,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context; the
     // verifier checks the field accesses.
     let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
-    let dst = Destination {
+    let mut dst = Destination {
         netns: netns_cookie(ctx),
         given: addr::mapped_v4(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
@@ -84,10 +85,50 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
         family: 4,
         hook,
     };
+    if hook == hook::SENDMSG4 && ip == 0 && dst.port == 0 {
+        return judge_connected_peer(ctx, &mut dst);
+    }
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v4(ctx, proxy, port));
     }
     judge(&dst, task_origin)
+}
+
+/// A `sendmsg` with control messages (IP_TOS for ECN, say) on a connected
+/// UDP socket reaches the hook with no address at all: the datagram goes to
+/// the socket's connected peer, so that is what is judged. Nothing is
+/// redirected here: without an address the kernel would ignore a rewrite,
+/// so a peer on port 53 is judged like any other (a socket connected to a
+/// resolver was sent to the proxy at connect, and its peer is the proxy).
+#[inline(always)]
+fn judge_connected_peer(ctx: &SockAddrContext, dst: &mut Destination) -> i32 {
+    // SAFETY: a valid context; `sk` is the socket the call is made on,
+    // never null in sock_addr programs, and the verifier checks the field
+    // accesses.
+    // Each field is read with a load of its own: the verifier refuses
+    // arithmetic on a socket pointer, which the compiler would otherwise
+    // emit for reads it moves into branches.
+    let (family, ip4, ip6, port) = unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        (
+            core::ptr::read_volatile(&raw const (*sk).family),
+            core::ptr::read_volatile(&raw const (*sk).dst_ip4),
+            [
+                core::ptr::read_volatile(&raw const (*sk).dst_ip6[0]),
+                core::ptr::read_volatile(&raw const (*sk).dst_ip6[1]),
+                core::ptr::read_volatile(&raw const (*sk).dst_ip6[2]),
+                core::ptr::read_volatile(&raw const (*sk).dst_ip6[3]),
+            ],
+            core::ptr::read_volatile(&raw const (*sk).dst_port),
+        )
+    };
+    dst.given = if family == AF_INET {
+        addr::mapped_v4(ip4.to_ne_bytes())
+    } else {
+        addr::from_words(ip6)
+    };
+    dst.port = u16::from_be(port);
+    judge(dst, task_origin)
 }
 
 #[inline(always)]
@@ -95,7 +136,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // SAFETY: as in judge_v4.
     let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
-    let dst = Destination {
+    let mut dst = Destination {
         netns: netns_cookie(ctx),
         given: user_ip6(ctx),
         port: u16::from_be(port as u16),
@@ -103,6 +144,9 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         family: 6,
         hook,
     };
+    if hook == hook::SENDMSG6 && dst.given == [0; 16] && dst.port == 0 {
+        return judge_connected_peer(ctx, &mut dst);
+    }
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v6(ctx, proxy, port));
     }

@@ -21,6 +21,7 @@ struct World {
     cidrs: Vec<(u32, u32, Addr, PortRules)>,
     learned: HashMap<ExactKey, Learned>,
     owned: HashMap<OwnedKey, u32>,
+    nat64: Vec<(u32, Addr, Nat64Entry)>,
 }
 
 fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
@@ -67,6 +68,9 @@ impl Lookup for World {
     }
     fn loopback_owner(&self, key: &OwnedKey) -> Option<u32> {
         self.owned.get(key).copied()
+    }
+    fn nat64(&self, t: &Addr) -> Option<&Nat64Entry> {
+        longest(self.nat64.iter().map(|(l, a, v)| (*l, a, v)), t)
     }
 }
 
@@ -177,24 +181,26 @@ fn world() -> World {
             rules: rules(&[PortRule::new(443, 443, proto::TCP)], false),
         },
     );
-    w.owned.insert(
-        OwnedKey {
-            netns: NETNS,
-            port: 8080,
-            proto: proto::IPPROTO_TCP,
-            _pad: [0; 5],
+    let listener = |addr, port| OwnedKey::new(NETNS, addr, port, proto::IPPROTO_TCP);
+    // The runner's test server on 127.0.0.1:8080, a wildcard one on 7000,
+    // one on [::1]:6000; another runner's on 127.0.0.1:9090.
+    w.owned.insert(listener(v4([127, 0, 0, 1]), 8080), RUNNER);
+    w.owned.insert(listener(v4([0, 0, 0, 0]), 7000), RUNNER);
+    w.owned.insert(listener(v6("::1"), 6000), RUNNER);
+    w.owned.insert(listener(v4([127, 0, 0, 2]), 5000), RUNNER);
+    w.owned.insert(listener(v4([127, 0, 0, 1]), 9090), OTHER);
+    // The local-use NAT64 block is lateral until declared; an operator's
+    // /96 is declared.
+    w.lateral
+        .push((48, v6("64:ff9b:1::"), BaselineEntry::default()));
+    w.nat64.push((
+        96,
+        v6("2001:db8:64::"),
+        Nat64Entry {
+            layout: 96,
+            _pad: [0; 7],
         },
-        RUNNER,
-    );
-    w.owned.insert(
-        OwnedKey {
-            netns: NETNS,
-            port: 9090,
-            proto: proto::IPPROTO_TCP,
-            _pad: [0; 5],
-        },
-        OTHER,
-    );
+    ));
     w
 }
 
@@ -367,6 +373,62 @@ fn the_verdict_order_on_an_ordinary_runner() {
             Deny(LATERAL),
         ),
         ("NAT64 forge", tcp(nat64([203, 0, 113, 10]), 443), Allow),
+        (
+            "own wildcard listener",
+            tcp(v4([127, 0, 0, 1]), 7000),
+            Allow,
+        ),
+        (
+            "own wildcard listener, another loopback address",
+            tcp(v4([127, 9, 9, 9]), 7000),
+            Allow,
+        ),
+        ("own [::1] listener", tcp(v6("::1"), 6000), Allow),
+        (
+            "owning [::1]:6000 is not owning 127.0.0.1:6000",
+            tcp(v4([127, 0, 0, 1]), 6000),
+            Deny(LATERAL),
+        ),
+        (
+            "owning 127.0.0.2:5000 is not owning 127.0.0.1:5000",
+            tcp(v4([127, 0, 0, 1]), 5000),
+            Deny(LATERAL),
+        ),
+        (
+            "a v4 wildcard is not a v6 one",
+            tcp(v6("::1"), 7000),
+            Deny(LATERAL),
+        ),
+        (
+            "undeclared local-use NAT64 to metadata",
+            tcp(v6("64:ff9b:1::a9fe:a9fe"), 80),
+            Deny(LATERAL),
+        ),
+        (
+            "undeclared local-use NAT64, another layout",
+            tcp(v6("64:ff9b:1:0:a9:fea9:fe00:0"), 80),
+            Deny(LATERAL),
+        ),
+        (
+            "undeclared local-use NAT64 to a public address",
+            tcp(v6("64:ff9b:1::cb00:710a"), 443),
+            Deny(LATERAL),
+        ),
+        (
+            "declared NAT64 /96: judged as the v4 it carries",
+            tcp(v6("2001:db8:64::cb00:710a"), 443),
+            Allow,
+        ),
+        (
+            "declared NAT64 /96 to metadata",
+            tcp(v6("2001:db8:64::a9fe:a9fe"), 80),
+            Deny(METADATA),
+        ),
+        (
+            "declared NAT64 /96 to a neighbour",
+            tcp(v6("2001:db8:64::a00:5"), 22),
+            Deny(LATERAL),
+        ),
         (
             "ordinary v6",
             tcp(v6("2001:db8::1"), 443),
