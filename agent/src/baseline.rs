@@ -74,6 +74,11 @@ pub const LATERAL: &[&str] = &[
     "fe80::/10",
     "fc00::/7",
     "ff00::/8",
+    // NAT64 local-use (RFC 8215): behind it may be any IPv4 address, the
+    // neighbours' and the metadata service's too, in a layout only the
+    // operator knows. Declared under `nat64_prefixes:`, a prefix of it is
+    // judged by the addresses it carries instead.
+    "64:ff9b:1::/48",
 ];
 
 /// Public resolvers that answer DNS over HTTPS (and TLS) for any name, past
@@ -181,13 +186,52 @@ pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
 /// metadata (never kept) or at a private, link-local, loopback or
 /// unspecified address (kept only for entries that opt in), where a name
 /// could be rebound onto a neighbour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rebinding {
     Metadata,
     Private,
 }
 
-pub fn rebinding_target(ip: IpAddr) -> Option<Rebinding> {
+pub fn rebinding_target(ip: IpAddr, nat64: &[ipnet::Ipv6Net]) -> Option<Rebinding> {
+    // A NAT64 answer is as bad as the worst IPv4 address it may carry.
+    carried_v4(ip, nat64)
+        .into_iter()
+        .map(IpAddr::V4)
+        .chain(std::iter::once(ip))
+        .filter_map(rebinding_target_of)
+        .max_by_key(|r| *r == Rebinding::Metadata)
+}
+
+/// The IPv4 addresses a NAT64 address may carry: the well-known
+/// `64:ff9b::/96`, every layout of the local-use `64:ff9b:1::/48`, and the
+/// layout of the policy's own prefixes.
+pub fn carried_v4(ip: IpAddr, nat64: &[ipnet::Ipv6Net]) -> Vec<std::net::Ipv4Addr> {
+    use egret_common::addr::{LOCAL_USE_LAYOUTS, is_nat64, is_nat64_local_use, nat64_embedded};
+    let IpAddr::V6(v6) = ip else {
+        return Vec::new();
+    };
+    let a = v6.octets();
+    let layouts: Vec<u8> = if is_nat64(&a) {
+        vec![96]
+    } else if is_nat64_local_use(&a) {
+        LOCAL_USE_LAYOUTS.to_vec()
+    } else {
+        nat64
+            .iter()
+            .filter(|net| net.contains(&v6))
+            .map(|net| net.prefix_len())
+            .collect()
+    };
+    layouts
+        .into_iter()
+        .filter_map(|len| nat64_embedded(&a, len))
+        .map(std::net::Ipv4Addr::from)
+        // The zeros a wrong layout reads are no one.
+        .filter(|v4| !v4.is_unspecified())
+        .collect()
+}
+
+fn rebinding_target_of(ip: IpAddr) -> Option<Rebinding> {
     static PRIVATE: std::sync::LazyLock<Vec<IpNet>> = std::sync::LazyLock::new(|| {
         let mut private: Vec<IpNet> = lateral_nets().collect();
         private.extend(
@@ -212,8 +256,8 @@ pub fn rebinding_target(ip: IpAddr) -> Option<Rebinding> {
 
 /// Whether an answer may be used: metadata never, private ranges only
 /// when the entry says so.
-pub fn answer_usable(ip: IpAddr, private_ok: bool) -> bool {
-    match rebinding_target(ip) {
+pub fn answer_usable(ip: IpAddr, private_ok: bool, nat64: &[ipnet::Ipv6Net]) -> bool {
+    match rebinding_target(ip, nat64) {
         None => true,
         Some(Rebinding::Private) => private_ok,
         Some(Rebinding::Metadata) => false,

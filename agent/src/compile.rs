@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use egret_common::{
     addr::{Addr, MAPPED_PREFIX_LEN, mapped_v4},
-    maps::{BaselineEntry, CIDR_KEY_BITS, CidrKey, baseline_kind},
+    maps::{BaselineEntry, CIDR_KEY_BITS, CidrKey, Nat64Entry, baseline_kind},
     rules::{MAX_PORT_RULES, PortRule, PortRules, rules_flags},
     state::{RunnerState, flags},
 };
@@ -55,6 +55,9 @@ pub struct Host {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub metadata: HashMap<TrieKey, BaselineEntry>,
+    /// NAT64 prefixes and their layouts: the local-use block (any layout)
+    /// and the policy's own.
+    pub nat64: HashMap<TrieKey, Nat64Entry>,
     /// Neighbours (private ranges, host subnets) and DoH resolvers.
     pub lateral: HashMap<TrieKey, BaselineEntry>,
     pub cidrs: HashMap<CidrEntryKey, PortRules>,
@@ -142,10 +145,29 @@ pub fn plan(
     }
     Ok(Plan {
         metadata,
+        nat64: nat64_entries(&policy.nat64_prefixes),
         lateral,
         cidrs: compile_cidrs(&cidr_input, &lateral_nets)?,
         runners,
     })
+}
+
+/// The NAT64 trie: the policy's prefixes, whose length is their layout.
+/// (The local-use block is a lateral range until declared: see
+/// `baseline::LATERAL`.)
+fn nat64_entries(prefixes: &[ipnet::Ipv6Net]) -> HashMap<TrieKey, Nat64Entry> {
+    prefixes
+        .iter()
+        .map(|net| {
+            (
+                (u32::from(net.prefix_len()), net.network().octets()),
+                Nat64Entry {
+                    layout: net.prefix_len(),
+                    _pad: [0; 7],
+                },
+            )
+        })
+        .collect()
 }
 
 /// The state the programs read for a runner, before its proxy has a port.
@@ -171,6 +193,9 @@ pub fn runner_state(runner: &policy::Runner, host_netns: u64) -> RunnerState {
     if runner.mode == Mode::Audit {
         state.flags |= flags::AUDIT;
     }
+    if runner.multicast {
+        state.flags |= flags::MULTICAST;
+    }
     state
 }
 
@@ -190,6 +215,21 @@ pub fn addr_of(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => mapped_v4(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address the programs judge `ip` as, and so the key of a learned
+/// entry for it: IPv4 mapped, and NAT64 addresses of the well-known or a
+/// policy prefix as the IPv4 address they carry (a DNS64 answer).
+pub fn judged_addr(ip: IpAddr, nat64_prefixes: &[ipnet::Ipv6Net]) -> Addr {
+    let a = egret_common::addr::normalize(addr_of(ip));
+    match ip {
+        IpAddr::V6(v6) => nat64_prefixes
+            .iter()
+            .find(|net| net.contains(&v6))
+            .and_then(|net| egret_common::addr::nat64_embedded(&a, net.prefix_len()))
+            .map_or(a, mapped_v4),
+        IpAddr::V4(_) => a,
     }
 }
 

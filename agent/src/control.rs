@@ -54,8 +54,22 @@ pub enum AgentRequest {
     Reload(oneshot::Sender<Result<String, String>>),
 }
 
-#[derive(Deserialize)]
-struct Request {
+/// Parses one request line. Fed by any client the socket admits: it never
+/// panics (the fuzz target `control_request` holds it to that).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let request: Request =
+        serde_json::from_slice(line).map_err(|e| format!("invalid request: {e}"))?;
+    if request.v != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported; this agent speaks version {PROTOCOL_VERSION}",
+            request.v
+        ));
+    }
+    Ok(request)
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Request {
     v: u64,
     cmd: String,
     #[serde(default)]
@@ -199,16 +213,8 @@ async fn handle(
             Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => {
                 Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
             }
-            Ok(Ok(_)) => serde_json::from_slice::<Request>(&line)
-                .map_err(|e| format!("invalid request: {e}")),
+            Ok(Ok(_)) => parse_request(&line),
         };
-    let request = match request {
-        Ok(r) if r.v != PROTOCOL_VERSION => Err(format!(
-            "protocol version {} is not supported; this agent speaks version {PROTOCOL_VERSION}",
-            r.v
-        )),
-        other => other,
-    };
     let reply = match request {
         Err(why) => error_line(&why),
         Ok(req) => match req.cmd.as_str() {

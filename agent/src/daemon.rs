@@ -95,6 +95,11 @@ struct Agent {
     started: Instant,
     digest: String,
     last_reload: Option<ReloadResult>,
+    hub: Arc<Hub>,
+    /// Per runner: the events-dropped counter when last reported.
+    suppressed_seen: HashMap<u32, u64>,
+    /// Ordinary denials beyond the per-second budget, held back.
+    flood_limit: Arc<events::FloodLimit>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -105,6 +110,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let loaded = policy::load(&opts.policy)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    for warning in outside_every_hook(std::path::Path::new("/")) {
+        tracing::warn!("{warning}");
     }
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(IoError::at("create state directory", &opts.state_dir))?;
@@ -138,6 +146,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         started: Instant::now(),
         digest: loaded.digest.clone(),
         last_reload: None,
+        hub: hub.clone(),
+        suppressed_seen: HashMap::new(),
+        flood_limit: Arc::default(),
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
@@ -150,7 +161,20 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         control_tx,
         agent.opts.socket_group,
     ));
-    let mut pump = tokio::spawn(events::pump(ring, enricher, hub));
+    // Two pumps: the urgent ring is never queued behind a flood in the
+    // bulk one.
+    let mut urgent = tokio::spawn(events::pump(
+        ring.urgent,
+        enricher.clone(),
+        hub.clone(),
+        None,
+    ));
+    let mut pump = tokio::spawn(events::pump(
+        ring.bulk,
+        enricher,
+        hub,
+        Some(agent.flood_limit.clone()),
+    ));
     let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut watch = tokio::time::interval(POLICY_POLL);
     let mut watcher = PolicyWatch::new(&agent.opts.policy);
@@ -187,7 +211,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     let _ = reply.send(agent.reload().await);
                 }
             },
-            _ = housekeeping.tick() => agent.expire_lockdowns(),
+            _ = housekeeping.tick() => {
+                agent.expire_lockdowns();
+                agent.report_suppressed();
+            }
             _ = watch.tick() => {
                 if agent.opts.watch && watcher.changed_and_settled() {
                     tracing::info!("policy files changed");
@@ -196,6 +223,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            res = &mut urgent => {
+                match res {
+                    Ok(Err(e)) => tracing::error!(error = %e, "urgent event stream stopped"),
+                    Ok(Ok(())) => {}
+                    Err(e) => tracing::error!(error = %e, "urgent event task failed"),
+                }
+                return Err(IoError::at("read events from", &agent.opts.pins.root)(std::io::Error::other("event stream ended")).into());
+            }
             res = &mut pump => {
                 match res {
                     Ok(Err(e)) => tracing::error!(error = %e, "event stream stopped"),
@@ -284,6 +319,26 @@ impl Agent {
         serde_json::to_value(s).unwrap_or_default()
     }
 
+    /// Publishes, per runner, how many denials the kernel could not report
+    /// since the last look (a full ring buffer): a flood is summarised,
+    /// never silently lost.
+    fn report_suppressed(&mut self) {
+        use egret_common::maps::{counter, counter_index};
+        for (name, id) in &self.ids {
+            let dropped = self
+                .datapath
+                .maps
+                .counter(counter_index(*id, counter::EVENTS_DROPPED));
+            let seen = self.suppressed_seen.entry(*id).or_insert(dropped);
+            let held = self.flood_limit.take(*id) + dropped.saturating_sub(*seen);
+            *seen = dropped;
+            if held > 0 {
+                let notice = events::Suppressed::new(name, held);
+                events::publish_line(name, &notice, &self.hub);
+            }
+        }
+    }
+
     fn expire_lockdowns(&mut self) {
         match lockdown::expire(&mut self.datapath.maps, &self.opts.state_dir) {
             Ok(report) => {
@@ -325,6 +380,10 @@ impl Agent {
         }
         let mut plan = compile::plan(policy, &ids, &host)?;
 
+        self.learning(|l| {
+            l.nat64 = policy.nat64_prefixes.clone();
+            l.set_runner_count(policy.runners.len());
+        });
         self.track_hosts(policy, &ids);
         self.resolve_due().await;
         self.start_proxies(policy, &mut plan)?;
@@ -408,6 +467,7 @@ impl Agent {
                     refuse_with: runner.dns_refuse,
                     listen: runner.dns_listen,
                     cgroup_dir: planned.cgroup_dir.clone(),
+                    nat64: policy.nat64_prefixes.clone(),
                 },
                 old.dns_proxy_port,
             )?;
@@ -497,6 +557,30 @@ impl Agent {
     }
 }
 
+/// What this host offers jobs that no cgroup hook sees, each with what the
+/// operator must set on the runner's unit (docs/threat-model.md). `root`
+/// is `/` but for tests.
+fn outside_every_hook(root: &std::path::Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if root.join("dev/vsock").exists() {
+        warnings.push(
+            "this host has /dev/vsock: jobs of shell executors and GitHub runners can reach the \
+             hypervisor over AF_VSOCK, which no cgroup hook sees; set \
+             RestrictAddressFamilies=~AF_VSOCK on the runner's unit (docs/install.md)"
+                .to_owned(),
+        );
+    }
+    if root.join("run/systemd/resolve/io.systemd.Resolve").exists() {
+        warnings.push(
+            "systemd-resolved serves its varlink API here: jobs of shell executors and GitHub \
+             runners can resolve any name through it, past the DNS proxy; hide it from the \
+             runner's unit and deny its D-Bus API to the runner's user (docs/install.md)"
+                .to_owned(),
+        );
+    }
+    warnings
+}
+
 /// Tells systemd (Type=notify) that enforcement is in place.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -506,4 +590,21 @@ fn notify_ready() {
         return;
     };
     let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_outside_every_hook_are_named() {
+        let root = std::env::temp_dir().join(format!("egret-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        assert!(super::outside_every_hook(&root).is_empty());
+        std::fs::write(root.join("dev/vsock"), "").unwrap();
+        std::fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
+        std::fs::write(root.join("run/systemd/resolve/io.systemd.Resolve"), "").unwrap();
+        let warnings = super::outside_every_hook(&root);
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings[0].contains("AF_VSOCK") && warnings[1].contains("resolved"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -8,32 +8,31 @@
 
 mod maps;
 mod pins;
+mod raw_link;
 mod sync;
 
 use crate::IoError;
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use crate::compile::{CidrEntryKey, Plan, TrieKey};
 use aya::{
     EbpfLoader,
-    maps::{LpmTrie, MapData, MapError, RingBuf, lpm_trie::Key},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
-        ProgramError, links::FdLink,
-    },
+    maps::{LpmTrie, MapData, MapError, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, Program, links::FdLink},
 };
 use egret_common::{
     addr::Addr,
-    maps::{self as names, BaselineEntry, ExactKey, Learned},
+    maps::{self as names, ExactKey, Learned},
     rules::PortRules,
     state::{MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
 
-pub use maps::Maps;
+pub use maps::{EventRings, Maps};
 pub use pins::{Pins, ensure_bpffs, teardown};
 
 use sync::*;
@@ -42,7 +41,7 @@ use sync::*;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
-pub const PROGRAMS: [&str; 13] = egret_common::programs::ALL;
+pub const PROGRAMS: [&str; egret_common::programs::ALL.len()] = egret_common::programs::ALL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -114,7 +113,7 @@ impl Datapath {
     /// Creates the pinned maps, or re-adopts the ones a previous agent left,
     /// keeping their contents. Returns the event ring buffer separately so it
     /// can be drained on its own task.
-    pub fn open(pins: Pins) -> Result<(Self, RingBuf<MapData>)> {
+    pub fn open(pins: Pins) -> Result<(Self, EventRings)> {
         if OBJECT.is_empty() {
             return Err(DatapathError::StubBuild);
         }
@@ -155,6 +154,7 @@ impl Datapath {
         let mut changed =
             sync_baseline_trie(&mut self.maps.metadata, names::METADATA, &plan.metadata)?;
         changed += sync_baseline_trie(&mut self.maps.lateral, names::LATERAL, &plan.lateral)?;
+        changed += sync_baseline_trie(&mut self.maps.nat64, names::NAT64, &plan.nat64)?;
         let ids = plan.ids();
         changed += diff_sync(
             &mut self.maps.cidrs,
@@ -248,26 +248,14 @@ impl Datapath {
         let dir = self.pins.runner_links_dir(id);
         std::fs::create_dir_all(&dir).map_err(IoError::at("create", &dir))?;
         for prog_name in PROGRAMS {
-            let prog_err = |source| DatapathError::Program {
-                name: prog_name,
-                source,
-            };
             let program = ebpf
                 .program_mut(prog_name)
                 .ok_or(DatapathError::MissingProgram(prog_name))?;
-            let link = attach_one(program, &cgroup)
-                .map_err(prog_err)?
-                .map_err(|source| DatapathError::Link {
-                    name: prog_name,
-                    source,
-                })?;
+            let link = attach_one(prog_name, program, &cgroup)?;
             let final_path = dir.join(prog_name);
             let staging = dir.join(format!("{prog_name}_new"));
             let _ = std::fs::remove_file(&staging);
-            link.pin(&staging).map_err(|source| DatapathError::Pin {
-                path: staging.clone(),
-                source,
-            })?;
+            link.pin(&staging)?;
             std::fs::rename(&staging, &final_path).map_err(IoError::at("rename pin", &staging))?;
         }
         self.maps
@@ -347,43 +335,86 @@ impl Datapath {
     }
 }
 
-/// Loads one program of either cgroup kind and attaches it; the inner result
-/// is the conversion of its link into a pinnable one.
-fn attach_one(
-    program: &mut Program,
-    cgroup: &File,
-) -> std::result::Result<std::result::Result<FdLink, aya::programs::links::LinkError>, ProgramError>
-{
-    if let Program::CgroupSkb(prog) = program {
-        let prog: &mut CgroupSkb = prog;
-        prog.load()?;
-        let id = prog.attach(
-            cgroup,
-            CgroupSkbAttachType::Egress,
-            CgroupAttachMode::Single,
-        )?;
-        return Ok(prog.take_link(id)?.try_into());
+/// A link just made, before it is pinned.
+enum NewLink {
+    Aya(FdLink),
+    /// Made with bpf(2) directly (see `raw_link`).
+    Raw(OwnedFd),
+}
+
+impl NewLink {
+    fn pin(self, path: &Path) -> Result<()> {
+        match self {
+            Self::Aya(link) => link
+                .pin(path)
+                .map(drop)
+                .map_err(|source| DatapathError::Pin {
+                    path: path.to_owned(),
+                    source,
+                }),
+            Self::Raw(fd) => raw_link::pin(fd.as_fd(), path)
+                .map_err(|e| IoError::at("pin link at", path)(e).into()),
+        }
     }
-    if let Program::CgroupSock(prog) = program {
-        let prog: &mut CgroupSock = prog;
-        prog.load()?;
-        let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
-        return Ok(prog.take_link(id)?.try_into());
+}
+
+/// Loads one program of any of egret's cgroup kinds and attaches it.
+fn attach_one(name: &'static str, program: &mut Program, cgroup: &File) -> Result<NewLink> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    let link_err = |source| DatapathError::Link { name, source };
+    match program {
+        Program::CgroupSkb(prog) => {
+            prog.load().map_err(prog_err)?;
+            let id = prog
+                .attach(
+                    cgroup,
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(prog_err)?;
+            let link = prog.take_link(id).map_err(prog_err)?;
+            Ok(NewLink::Aya(link.try_into().map_err(link_err)?))
+        }
+        Program::CgroupSock(prog) => {
+            prog.load().map_err(prog_err)?;
+            let id = prog
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err)?;
+            let link = prog.take_link(id).map_err(prog_err)?;
+            Ok(NewLink::Aya(link.try_into().map_err(link_err)?))
+        }
+        Program::CgroupSockopt(prog) => {
+            prog.load().map_err(prog_err)?;
+            let fd = prog.fd().map_err(prog_err)?;
+            let link = raw_link::create(fd.as_fd(), cgroup.as_fd(), raw_link::CGROUP_SETSOCKOPT)
+                .map_err(|e| IoError::at("attach setsockopt program to", cgroup_path(cgroup))(e))?;
+            Ok(NewLink::Raw(link))
+        }
+        other => {
+            let prog: &mut CgroupSockAddr = other.try_into().map_err(prog_err)?;
+            prog.load().map_err(prog_err)?;
+            let id = prog
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err)?;
+            let link = prog.take_link(id).map_err(prog_err)?;
+            Ok(NewLink::Aya(link.try_into().map_err(link_err)?))
+        }
     }
-    let prog: &mut CgroupSockAddr = program.try_into()?;
-    prog.load()?;
-    let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
-    Ok(prog.take_link(id)?.try_into())
+}
+
+/// The path behind an open cgroup directory, for error messages.
+fn cgroup_path(cgroup: &File) -> PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", cgroup.as_raw_fd())).unwrap_or_default()
 }
 
 /// A baseline trie has no mirror: the agent writes it once per apply, so it
 /// is read back and diffed like any other map.
-fn sync_baseline_trie(
-    trie: &mut LpmTrie<MapData, Addr, BaselineEntry>,
+fn sync_baseline_trie<V: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<MapData, Addr, V>,
     name: &'static str,
-    want: &HashMap<TrieKey, BaselineEntry>,
+    want: &HashMap<TrieKey, V>,
 ) -> Result<usize> {
-    let mut have: HashMap<TrieKey, BaselineEntry> = trie
+    let mut have: HashMap<TrieKey, V> = trie
         .iter()
         .filter_map(|kv| kv.ok())
         .map(|(k, v)| ((k.prefix_len(), k.data()), v))

@@ -40,6 +40,7 @@ use refusal::*;
 use screen::*;
 use upstream::*;
 
+pub use listen::tcp_frame;
 pub use upstream::{Upstreams, upstream_servers};
 
 use crate::{
@@ -77,6 +78,8 @@ pub struct RunnerDns {
     pub listen: Option<IpAddr>,
     /// The runner's cgroup directory, to name the process behind a refusal.
     pub cgroup_dir: PathBuf,
+    /// The policy's NAT64 prefixes, for the rebinding guard.
+    pub nat64: Vec<ipnet::Ipv6Net>,
 }
 
 impl RunnerDns {
@@ -94,6 +97,9 @@ impl RunnerDns {
 /// Counts the status command reports.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
+    /// Answers not released because the runner holds its whole share of
+    /// the learned-address map.
+    pub quota: AtomicU64,
     pub answered: AtomicU64,
     pub refused: AtomicU64,
     pub failed: AtomicU64,
@@ -107,6 +113,7 @@ impl ProxyStats {
             refused: self.refused.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             stripped: self.stripped.load(Ordering::Relaxed),
+            quota: self.quota.load(Ordering::Relaxed),
         }
     }
 }
@@ -271,6 +278,46 @@ fn error_reply(id: u16, op: OpCode, code: ResponseCode, request: Option<&Message
     m.to_vec().unwrap_or_default()
 }
 
+/// What a datagram or TCP message from a job is, before any policy.
+pub enum Examined {
+    /// Not a query at all: no reply.
+    Drop,
+    /// Malformed or not a standard query: this reply, at once.
+    Reply(Vec<u8>),
+    /// One question, named as the job asked it (case kept, no trailing dot).
+    Query { request: Message, asked: String },
+}
+
+/// Parses a job's message. Fed by untrusted bytes: it never panics, and
+/// what it allocates is bounded by the message (the fuzz target
+/// `dns_query` holds it to that).
+pub fn examine(query: &[u8]) -> Examined {
+    if query.len() < 12 {
+        return Examined::Drop;
+    }
+    let id = u16::from_be_bytes([query[0], query[1]]);
+    let Ok(request) = Message::from_vec(query) else {
+        return Examined::Reply(error_reply(id, OpCode::Query, ResponseCode::FormErr, None));
+    };
+    if request.metadata.message_type != MessageType::Query {
+        return Examined::Drop;
+    }
+    if request.metadata.op_code != OpCode::Query {
+        return Examined::Reply(error_reply(
+            id,
+            request.metadata.op_code,
+            ResponseCode::NotImp,
+            None,
+        ));
+    }
+    let [question] = &request.queries[..] else {
+        return Examined::Reply(error_reply(id, OpCode::Query, ResponseCode::FormErr, None));
+    };
+    // Events keep the case the job used: tunnelled data is often base64.
+    let asked = question.name().to_ascii().trim_end_matches('.').to_owned();
+    Examined::Query { request, asked }
+}
+
 /// Answers one query; `None` drops it (not a query at all).
 async fn answer(
     query: &[u8],
@@ -279,32 +326,24 @@ async fn answer(
     runner: &RunnerDns,
     shared: &Arc<Shared>,
 ) -> Option<Vec<u8>> {
-    if query.len() < 12 {
-        return None;
-    }
-    let id = u16::from_be_bytes([query[0], query[1]]);
-    let Ok(request) = Message::from_vec(query) else {
-        return Some(error_reply(id, OpCode::Query, ResponseCode::FormErr, None));
+    let (request, asked) = match examine(query) {
+        Examined::Drop => return None,
+        Examined::Reply(reply) => return Some(reply),
+        Examined::Query { request, asked } => (request, asked),
     };
-    if request.metadata.message_type != MessageType::Query {
-        return None;
-    }
-    if request.metadata.op_code != OpCode::Query {
-        return Some(error_reply(
-            id,
-            request.metadata.op_code,
-            ResponseCode::NotImp,
-            None,
-        ));
-    }
-    let [question] = &request.queries[..] else {
-        return Some(error_reply(id, OpCode::Query, ResponseCode::FormErr, None));
-    };
-    let asked = question.name().to_ascii();
-    // Events keep the case the job used: tunnelled data is often base64.
-    let asked = asked.trim_end_matches('.');
+    let id = request.metadata.id;
+    let question = &request.queries[0];
     let name = asked.to_ascii_lowercase();
-    let rules = runner.rules_for(&name);
+    // Policy names are matched as text, where a dot inside a wire label
+    // (printed `\.`) would pass for a separator: `["data", "evil.pkg",
+    // "test"]` reads as a name under `*.pkg.test` but is resolved under
+    // `test`. No hostname has such a label; none is allowed.
+    let rules = if has_dotted_label(question.name()) {
+        Vec::new()
+    } else {
+        runner.rules_for(&name)
+    };
+    let asked = asked.as_str();
     if rules.is_empty() {
         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
         // Before the reply: the job's socket, which names the process, is
@@ -340,26 +379,33 @@ async fn answer(
         return servfail();
     }
     let private_ok = rules.iter().any(|r| r.private_answers);
-    let screened = screen(&mut response, shared.ttl.cap, private_ok);
+    let screened = screen(&mut response, shared.ttl.cap, private_ok, &runner.nat64);
     shared
         .stats
         .stripped
         .fetch_add(screened.stripped as u64, Ordering::Relaxed);
     if !rules.is_empty() && !screened.ips.is_empty() {
         let ports: Vec<PortRule> = rules.iter().flat_map(|r| r.ports.iter().copied()).collect();
-        if learn(
+        match learn(
             shared,
             runner.id,
             &name,
             &ports,
             &screened.ips,
             screened.ttl,
-        )
-        .is_err()
-        {
+        ) {
+            Ok(()) => {}
             // Not in the map: the job's connect would be refused anyway;
             // tell it now rather than hand it an address it cannot reach.
-            return servfail();
+            Err(NotLearned::Quota(over)) => {
+                shared.stats.quota.fetch_add(1, Ordering::Relaxed);
+                report_quota(runner, shared, asked, over);
+                return servfail();
+            }
+            Err(NotLearned::Map(e)) => {
+                tracing::warn!(runner = %runner.name, error = %e, "cannot write a learned address");
+                return servfail();
+            }
         }
     }
     shared.stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +414,11 @@ async fn answer(
         return response.to_vec().ok().or_else(servfail);
     }
     Some(raw)
+}
+
+/// Whether a wire label of `name` holds a dot.
+fn has_dotted_label(name: &hickory_proto::rr::Name) -> bool {
+    name.iter().any(|label| label.contains(&b'.'))
 }
 
 /// Writes the addresses into the runner's learned map, under the lock that
@@ -379,14 +430,24 @@ fn learn(
     ports: &[PortRule],
     ips: &[IpAddr],
     ttl: Duration,
-) -> Result<(), aya::maps::MapError> {
+) -> Result<(), NotLearned> {
     let mut learning = shared.learning.lock().unwrap_or_else(|e| e.into_inner());
-    let changes = learning.learn_answer(runner, name, ports, ips, ttl);
+    let changes = learning
+        .learn_answer(runner, name, ports, ips, ttl)
+        .map_err(NotLearned::Quota)?;
     let mut map = shared.learned.lock().unwrap_or_else(|e| e.into_inner());
     for (key, value) in changes {
-        map.insert(key, value, 0)?;
+        map.insert(key, value, 0).map_err(NotLearned::Map)?;
     }
     Ok(())
+}
+
+/// Why an answer's addresses are not in the map.
+#[derive(Debug)]
+enum NotLearned {
+    /// The runner holds its whole share of the map.
+    Quota(crate::learned::OverQuota),
+    Map(aya::maps::MapError),
 }
 
 /// The network namespace cookie of the agent, which the programs compare

@@ -43,7 +43,12 @@ pub struct Enricher {
     runners: RwLock<HashMap<u32, (String, PathBuf)>>,
     cgroup_paths: Mutex<HashMap<u64, String>>,
     learning: SharedLearning,
+    /// Finds a cgroup by id below a runner's directory: the tree walk.
+    walk: CgroupWalk,
 }
+
+/// (cgroup2 root, where to start, cgroup id) → the cgroup's path.
+type CgroupWalk = Box<dyn Fn(&Path, &Path, u64) -> Option<String> + Send + Sync>;
 
 impl Enricher {
     pub fn new(cgroup_root: PathBuf, learning: SharedLearning) -> Self {
@@ -52,6 +57,7 @@ impl Enricher {
             runners: RwLock::default(),
             cgroup_paths: Mutex::default(),
             learning,
+            walk: Box::new(runners::find_by_id),
         }
     }
 
@@ -81,7 +87,7 @@ impl Enricher {
         if cached.is_some() {
             return cached;
         }
-        let found = runners::find_by_id(&self.cgroup_root, runner_dir, id)?;
+        let found = (self.walk)(&self.cgroup_root, runner_dir, id)?;
         let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
         if paths.len() >= CGROUP_PATHS_KEPT {
             paths.clear();
@@ -117,6 +123,9 @@ pub struct EventRecord {
     /// For a refused `socket()`: stream, dgram, raw, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_type: Option<&'static str>,
+    /// For a refused `setsockopt()`: the option, e.g. `IP_ADD_MEMBERSHIP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_option: Option<&'static str>,
     /// The name this runner resolved to `dst`, if any.
     pub host: Option<String>,
     pub reason: &'static str,
@@ -159,6 +168,15 @@ fn socket_type_name(t: u8) -> &'static str {
     }
 }
 
+fn sockopt_level_name(level: u8) -> String {
+    match i32::from(level) {
+        egret_common::sockopt::SOL_IP => "ip".into(),
+        egret_common::sockopt::SOL_IPV6 => "ipv6".into(),
+        egret_common::sockopt::SOL_TCP => "tcp".into(),
+        other => other.to_string(),
+    }
+}
+
 fn proto_name(p: u8) -> String {
     match p {
         132 => "sctp".into(),
@@ -179,6 +197,9 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         .runner(ev.runner)
         .unwrap_or_else(|| (format!("#{}", ev.runner), PathBuf::new()));
     let cgroup = enricher.cgroup_path(&runner_dir, ev.cgroup_id);
+    // Socket creation and options have no destination yet; a setsockopt
+    // event carries the option's level and number in `proto` and `port`.
+    let has_destination = ev.hook != hook::SOCK_CREATE && ev.hook != hook::SETSOCKOPT;
     let comm_end = ev
         .comm
         .iter()
@@ -192,10 +213,16 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         pid: ev.pid,
         comm: String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned(),
         family: if ev.family == 4 { "ipv4" } else { "ipv6" },
-        proto: proto_name(ev.proto),
-        dst: (ev.hook != hook::SOCK_CREATE).then(|| destination(ev).to_string()),
-        port: ev.port,
+        proto: if ev.hook == hook::SETSOCKOPT {
+            sockopt_level_name(ev.proto)
+        } else {
+            proto_name(ev.proto)
+        },
+        dst: has_destination.then(|| destination(ev).to_string()),
+        port: if has_destination { ev.port } else { 0 },
         socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type)),
+        socket_option: (ev.hook == hook::SETSOCKOPT)
+            .then(|| egret_common::sockopt::name(i32::from(ev.proto), i32::from(ev.port))),
         host: enricher.host_for(ev.runner, judged(ev)),
         reason: reason::name(ev.reason),
         action: action::name(ev.action),
@@ -206,7 +233,76 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
 /// Writes one event the agent itself produced (the DNS proxy's refusals)
 /// to stdout and to every follower, as the kernel's events are.
 pub fn publish(record: &EventRecord, hub: &Hub) {
-    let Ok(json) = serde_json::to_string(record) else {
+    publish_line(&record.runner, record, hub);
+}
+
+/// Ordinary denials reported one by one per runner and second; past it, a
+/// flood is counted and summarised ([`Suppressed`]) instead, so one job
+/// cannot flood the log pipeline or the agent's followers. Metadata and
+/// lockdown denials are never limited.
+pub const EVENTS_PER_SECOND: u32 = 1000;
+
+/// Per runner: the current second, the events reported in it, and those
+/// held back since the last summary.
+#[derive(Default)]
+pub struct FloodLimit(Mutex<HashMap<u32, (std::time::Instant, u32, u64)>>);
+
+impl FloodLimit {
+    /// Whether this runner's event may be reported one by one now.
+    pub fn admit(&self, runner: u32, now: std::time::Instant) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, count, held) = all.entry(runner).or_insert((now, 0, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        if *count < EVENTS_PER_SECOND {
+            *count += 1;
+            true
+        } else {
+            *held += 1;
+            false
+        }
+    }
+
+    /// The events of `runner` held back since the last call.
+    pub fn take(&self, runner: u32) -> u64 {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.get_mut(&runner)
+            .map_or(0, |(_, _, held)| std::mem::take(held))
+    }
+}
+
+/// A flood's summary: denials of one runner not reported one by one,
+/// because they came faster than [`EVENTS_PER_SECOND`] or the kernel's ring
+/// buffer was full. They were denied all the same, and counted; the rare
+/// kinds (metadata, lockdown) have a ring of their own and are never among
+/// them.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Suppressed {
+    pub time: String,
+    pub runner: String,
+    /// Always `events_suppressed`, so a consumer tells it from a denial.
+    pub notice: &'static str,
+    /// How many denials went unreported since the last notice.
+    pub suppressed: u64,
+}
+
+impl Suppressed {
+    pub fn new(runner: &str, suppressed: u64) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            runner: runner.to_owned(),
+            notice: "events_suppressed",
+            suppressed,
+        }
+    }
+}
+
+/// Writes one line the agent itself produced (the DNS proxy's refusals,
+/// flood summaries) to stdout and to every follower, as the kernel's
+/// events are.
+pub fn publish_line(runner: &str, line: &impl Serialize, hub: &Hub) {
+    let Ok(json) = serde_json::to_string(line) else {
         return;
     };
     {
@@ -215,7 +311,7 @@ pub fn publish(record: &EventRecord, hub: &Hub) {
         let _ = out.flush();
     }
     hub.publish(EventLine {
-        runner: record.runner.clone(),
+        runner: runner.to_owned(),
         json,
     });
 }
@@ -227,6 +323,7 @@ pub async fn pump(
     ring: RingBuf<MapData>,
     enricher: Arc<Enricher>,
     hub: Arc<Hub>,
+    limit: Option<Arc<FloodLimit>>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -251,8 +348,10 @@ pub async fn pump(
             }
             let wall = SystemTime::now();
             let mono = monotonic_ns();
+            let now = std::time::Instant::now();
             let lines: Vec<(String, String)> = batch
                 .iter()
+                .filter(|ev| limit.as_ref().is_none_or(|l| l.admit(ev.runner, now)))
                 .filter_map(|ev| {
                     let record = enrich(ev, &enricher, wall, mono);
                     Some((record.runner.clone(), serde_json::to_string(&record).ok()?))
@@ -312,6 +411,52 @@ mod tests {
         assert_eq!(r.reason, "metadata");
         assert_eq!(r.action, "deny");
         assert_eq!(r.time, "1970-01-01T00:00:10.000Z");
+    }
+
+    /// The walk of the cgroup tree is the slow part of naming an event: it
+    /// must run with no lock held, least of all the learned addresses' one,
+    /// which the DNS proxy takes before it releases an answer.
+    #[test]
+    fn the_cgroup_walk_holds_no_lock() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let learning = SharedLearning::default();
+        let walks = Arc::new(AtomicUsize::new(0));
+        let enricher = Arc::new_cyclic(|me: &std::sync::Weak<Enricher>| {
+            let (me, learning, walks) = (me.clone(), learning.clone(), walks.clone());
+            let mut enricher = Enricher::new(PathBuf::from("/nonexistent"), learning.clone());
+            enricher.walk = Box::new(move |_, _, _| {
+                walks.fetch_add(1, Ordering::SeqCst);
+                let me = me.upgrade().expect("the enricher");
+                assert!(learning.try_lock().is_ok(), "learned addresses locked");
+                assert!(me.runners.try_write().is_ok(), "runners locked");
+                assert!(me.cgroup_paths.try_lock().is_ok(), "cgroup cache locked");
+                Some("/egret.slice/ci/job-1".to_owned())
+            });
+            enricher
+        });
+        enricher.set_runners(HashMap::from([(
+            1,
+            ("ci".to_owned(), PathBuf::from("/nonexistent")),
+        )]));
+        for _ in 0..2 {
+            let r = enrich(&event(), &enricher, SystemTime::UNIX_EPOCH, 1_000);
+            assert_eq!(r.cgroup.as_deref(), Some("/egret.slice/ci/job-1"));
+        }
+        assert_eq!(walks.load(Ordering::SeqCst), 1, "the second time is cached");
+    }
+
+    #[test]
+    fn a_flood_is_held_back_per_runner_and_counted() {
+        let limit = FloodLimit::default();
+        let now = std::time::Instant::now();
+        let admitted = (0..EVENTS_PER_SECOND + 10)
+            .filter(|_| limit.admit(1, now))
+            .count();
+        assert_eq!(admitted, EVENTS_PER_SECOND as usize);
+        assert!(limit.admit(2, now), "another runner has its own budget");
+        assert_eq!(limit.take(1), 10);
+        assert_eq!(limit.take(1), 0, "taken once");
+        assert!(limit.admit(1, now + Duration::from_secs(1)), "a new second");
     }
 
     #[test]

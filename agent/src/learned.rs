@@ -80,6 +80,13 @@ pub struct ProxiedAddress {
     pub names: Vec<String>,
 }
 
+/// A runner asked for more learned addresses than its share of the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverQuota {
+    pub held: usize,
+    pub quota: usize,
+}
+
 /// Names kept per address for attribution: a CDN address shared by
 /// thousands of names would otherwise make every lookup slow.
 const NAMES_PER_ADDRESS: usize = 8;
@@ -97,6 +104,13 @@ pub struct Learning {
     /// (runner, address) → what the proxy handed out for it. Entries a
     /// previous agent left in the pinned map are restored here, nameless.
     pub proxied: HashMap<(u32, IpAddr), ProxiedAddress>,
+    /// The policy's NAT64 prefixes: a DNS64 answer is learned as the IPv4
+    /// address the programs judge it as.
+    pub nat64: Vec<ipnet::Ipv6Net>,
+    /// How many proxied addresses each runner may hold (see
+    /// [`Learning::set_runner_count`]), and how many it holds.
+    quota: usize,
+    held: HashMap<u32, usize>,
     /// (runner, queried name) → its addresses with their expiry, to cap how
     /// many one name may hold.
     per_name: HashMap<(u32, String), HashMap<IpAddr, Instant>>,
@@ -110,6 +124,7 @@ impl Learning {
     pub fn new(settings: TtlSettings) -> Self {
         Self {
             settings,
+            quota: Self::SHARED,
             ..Default::default()
         }
     }
@@ -125,9 +140,21 @@ impl Learning {
         ports: &[PortRule],
         ips: &[IpAddr],
         ttl: Duration,
-    ) -> Vec<(ExactKey, egret_common::maps::Learned)> {
+    ) -> Result<Vec<(ExactKey, egret_common::maps::Learned)>, OverQuota> {
         let now = Instant::now();
         let until = now + self.settings.clamp(ttl) + self.settings.grace;
+        let new = ips
+            .iter()
+            .filter(|ip| !self.proxied.contains_key(&(runner, **ip)))
+            .count();
+        let held = self.held.get(&runner).copied().unwrap_or(0);
+        if new > 0 && held + new > self.quota {
+            return Err(OverQuota {
+                held,
+                quota: self.quota,
+            });
+        }
+        *self.held.entry(runner).or_default() += new;
         self.count_against_cap(runner, name, ips, until, now);
         let mut touched = Vec::new();
         for ip in ips {
@@ -162,16 +189,16 @@ impl Learning {
             }
         }
         let mono_now = monotonic_ns();
-        touched
+        Ok(touched
             .into_iter()
             .filter_map(|ip| {
                 let key = ExactKey {
                     runner,
-                    addr: compile::addr_of(ip),
+                    addr: compile::judged_addr(ip, &self.nat64),
                 };
                 Some((key, self.value_for(runner, ip, now, mono_now)?))
             })
-            .collect()
+            .collect())
     }
 
     /// Keeps at most `max_ips_per_name` addresses per name: the ones closest
@@ -250,6 +277,7 @@ impl Learning {
             credit.ports = compile::merge_rules(std::mem::take(&mut credit.ports));
             credit.until = credit.until.max(until);
         }
+        self.recount();
     }
 
     /// Forgets proxied answers that lapsed, and those of runners no longer
@@ -257,10 +285,27 @@ impl Learning {
     pub fn prune(&mut self, now: Instant, runners: &std::collections::HashSet<u32>) {
         self.proxied
             .retain(|(runner, _), credit| runners.contains(runner) && credit.until > now);
+        self.recount();
         self.per_name.retain(|(runner, _), ips| {
             ips.retain(|_, u| *u > now);
             runners.contains(runner) && !ips.is_empty()
         });
+    }
+
+    /// Each runner's share of the learned-address map, so that no runner
+    /// can fill it for the others: seven eighths of its capacity (the rest
+    /// is for the policy's exact hostnames) over the number of runners.
+    pub fn set_runner_count(&mut self, runners: usize) {
+        self.quota = Self::SHARED / runners.max(1);
+    }
+
+    const SHARED: usize = egret_common::maps::LEARNED_CAPACITY as usize / 8 * 7;
+
+    fn recount(&mut self) {
+        self.held.clear();
+        for (runner, _) in self.proxied.keys() {
+            *self.held.entry(*runner).or_default() += 1;
+        }
     }
 
     /// The learned-map value for one address: the union of the ports of
@@ -337,6 +382,7 @@ impl Learning {
     /// Applies an answer to `tracked[index]`.
     pub fn apply(&mut self, index: usize, answer: Answer) {
         let settings = self.settings;
+        let nat64 = self.nat64.clone();
         let Some(t) = self.tracked.get_mut(index) else {
             return;
         };
@@ -347,7 +393,7 @@ impl Learning {
                 let private_ok = t.private_answers;
                 for ip in ips
                     .into_iter()
-                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok))
+                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok, &nat64))
                 {
                     let until = now + ttl + settings.grace;
                     let slot = t.ips.entry(ip).or_insert(until);
@@ -412,7 +458,7 @@ impl Learning {
             }
             let key = ExactKey {
                 runner,
-                addr: compile::addr_of(ip),
+                addr: compile::judged_addr(ip, &self.nat64),
             };
             let slot = rules.entry(key).or_insert_with(|| (Vec::new(), until));
             slot.0.extend(ports.iter().copied());

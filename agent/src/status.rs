@@ -50,6 +50,10 @@ pub struct DnsCounts {
     pub failed: u64,
     /// Answers dropped by the rebinding guard.
     pub stripped: u64,
+    /// Answers refused because their runner holds its whole share of the
+    /// learned-address map.
+    #[serde(default)]
+    pub quota: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, Default, Clone)]
@@ -161,8 +165,8 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(out, "policy:   {} ({})", a.policy, a.policy_digest);
             let _ = writeln!(
                 out,
-                "dns:      {} answered, {} refused, {} failed, {} rebinding answers dropped",
-                a.dns.answered, a.dns.refused, a.dns.failed, a.dns.stripped
+                "dns:      {} answered, {} refused, {} failed, {} rebinding answers dropped, {} over a runner's quota",
+                a.dns.answered, a.dns.refused, a.dns.failed, a.dns.stripped, a.dns.quota
             );
             if let Some(r) = &a.last_reload {
                 let _ = writeln!(

@@ -59,7 +59,7 @@ fn golden_bad_inputs() {
         ("port-zero", runner("      - cidr: 203.0.113.0/24\n        ports: [0]\n"), "port-zero.yaml:7:17: error: port 0 is out of range 1-65535"),
         ("port-high", runner("      - cidr: 203.0.113.0/24\n        ports: [70000]\n"), "port-high.yaml:7:17: error: port 70000 is out of range 1-65535"),
         ("reversed", runner("      - cidr: 203.0.113.0/24\n        ports: [\"9000-8000\"]\n"), "reversed.yaml:7:17: error: port range 9000-8000 is reversed; write 8000-9000"),
-        ("unknown-field", b"version: 1\nrunners:\n  - name: ci\n    cgroups: /egret.slice/ci\n".to_vec(), "unknown-field.yaml:4:5: error: unknown field `cgroups` (expected one of: name, cgroup, mode, sockets, loopback, dns, allow); did you mean `cgroup`?"),
+        ("unknown-field", b"version: 1\nrunners:\n  - name: ci\n    cgroups: /egret.slice/ci\n".to_vec(), "unknown-field.yaml:4:5: error: unknown field `cgroups` (expected one of: name, cgroup, mode, sockets, loopback, multicast, dns, allow); did you mean `cgroup`?"),
         ("unknown-preset", runner("      - preset: nmp\n"), "unknown-preset.yaml:6:17: error: unknown preset 'nmp'; did you mean 'npm'? available: alpine, crates, debian, docker-hub, ghcr, github, github-actions-cache, gitlab, gitlab-com, go-proxy, maven-central, npm, nuget, pypi, quay, rubygems, ubuntu (or add a *.preset.yaml file)"),
         ("star-com", runner("      - host: \"*.com\"\n"), "star-com.yaml:6:15: error: host '*.com': 'com' is a public suffix: the pattern would match every domain registered under it"),
         ("co-uk", runner("      - host: \"*.co.uk\"\n"), "co-uk.yaml:6:15: error: host '*.co.uk': 'co.uk' is a public suffix: the pattern would match every domain registered under it"),

@@ -46,7 +46,20 @@ const INTERNET_V4: &[&str] = &[
     METADATA,
     DOH_RESOLVER,
 ];
-const INTERNET_V6: &[&str] = &[METADATA6, GITLAB6, "2001:db8::20", "2001:db8::66"];
+const INTERNET_V6: &[&str] = &[
+    METADATA6,
+    GITLAB6,
+    "2001:db8::20",
+    "2001:db8::66",
+    // Where a NAT64 gateway would answer for the metadata service and the
+    // neighbour, behind the local-use prefix (RFC 8215, /96 layout) and an
+    // operator's own (2001:db8:64::/96): stand-ins that prove a job outside
+    // egret reaches them.
+    "64:ff9b:1::a9fe:a9fe",
+    "64:ff9b:1::a00:5",
+    "64:ff9b:1:1::a9fe:a9fe",
+    "2001:db8:64::a9fe:a9fe",
+];
 
 /// TCP listeners in the internet namespace; each answers with a banner line
 /// naming itself, so a test knows which server it reached.
@@ -67,8 +80,17 @@ const INTERNET_TCP: &[&str] = &[
     "[2001:db8::66]:443",
     "1.1.1.1:443",
     "198.51.100.66:853",
+    "[64:ff9b:1::a9fe:a9fe]:80",
+    "[64:ff9b:1::a00:5]:22",
+    "[64:ff9b:1:1::a9fe:a9fe]:80",
+    "[2001:db8:64::a9fe:a9fe]:80",
 ];
-const INTERNET_UDP: &[&str] = &["198.51.100.66:53", "198.51.100.66:443", "203.0.113.10:443"];
+const INTERNET_UDP: &[&str] = &[
+    "198.51.100.66:53",
+    "198.51.100.66:443",
+    "203.0.113.10:443",
+    "[2001:db8::10]:443",
+];
 const NEIGHBOUR_TCP: &[&str] = &["10.0.0.5:22", "10.0.0.5:80"];
 
 pub struct World {

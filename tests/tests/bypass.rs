@@ -312,3 +312,249 @@ fn a_socket_created_before_the_move_into_the_cgroup_is_not_covered() {
         "a socket made after the move is refused: {o:?}"
     );
 }
+
+/// A job listening on every address must not become a command channel: a
+/// peer the policy does not allow (the internet, v4 or v6, or the neighbour
+/// VM) cannot connect in, while the job's own clients on loopback still can.
+#[test]
+fn peers_outside_the_policy_cannot_connect_in() {
+    if !privileged("peers_outside_the_policy_cannot_connect_in") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let attack = |ns: &egret_tests::netns::Netns, target: &str| -> job::Outcome {
+        job::run(ns, None, &[&format!("tcp-from:{target}")]).remove(0)
+    };
+    // Without egret: the same listener outside any runner is reached from
+    // the internet and from the neighbour.
+    let outside = job::start(
+        &s.world.host,
+        None,
+        &["listen:0.0.0.0:7201:3000", "listen:[::]:7202:100"],
+    );
+    egret_tests::poll_until("the unguarded listener", Duration::from_secs(3), || {
+        attack(&s.world.internet, "198.51.100.66@192.0.2.2:7201").ok()
+    });
+    assert_eq!(
+        attack(&s.world.neighbour, "10.0.0.5@10.0.0.1:7201")
+            .banner
+            .as_deref(),
+        Some("job listener")
+    );
+    assert_eq!(outside.wait()[0].count, Some(2));
+
+    // With egret: the job's listeners on 0.0.0.0 and [::].
+    let inside = s.start_job(&["listen:0.0.0.0:7200:6000"]);
+    let inside6 = s.start_job(&["listen:[::]:7203:6000"]);
+    let (mut served, mut served6) = (0, 0);
+    egret_tests::poll_until(
+        "the job's listeners, reached by the job itself on loopback",
+        Duration::from_secs(3),
+        || {
+            let o = s.job(&["tcp:127.0.0.1:7200", "tcp:[::1]:7203"]);
+            served += u64::from(o[0].ok());
+            served6 += u64::from(o[1].ok());
+            o.iter().all(job::Outcome::ok)
+        },
+    );
+    for (ns, target) in [
+        // The attacker's own address, v4 and v6, and the host's subnet.
+        (&s.world.internet, "198.51.100.66@192.0.2.2:7200"),
+        (&s.world.internet, "2001:db8::66@[2001:db8:ffff::2]:7203"),
+        (&s.world.internet, "192.0.2.1@192.0.2.2:7200"),
+        (&s.world.neighbour, "10.0.0.5@10.0.0.1:7200"),
+    ] {
+        let o = attack(ns, target);
+        assert!(
+            !o.ok() && o.banner.is_none(),
+            "{target} reached the job's listener: {o:?}"
+        );
+    }
+    for (peer, reason) in [
+        ("198.51.100.66", "not_allowed"),
+        ("2001:db8::66", "not_allowed"),
+        // The host's own subnet is its network, like the neighbour's.
+        ("192.0.2.1", "lateral"),
+    ] {
+        let ev = s
+            .wait_event(|e| e["hook"] == "egress" && e["dst"] == peer)
+            .unwrap_or_else(|| panic!("an event naming {peer}"));
+        assert_eq!(ev["reason"], reason, "{ev}");
+    }
+    s.wait_event(|e| e["hook"] == "egress" && e["dst"] == "10.0.0.5" && e["reason"] == "lateral")
+        .expect("an event naming the neighbour");
+    // Only the job's own loopback clients were ever accepted.
+    assert_eq!(inside.wait()[0].count, Some(served));
+    assert_eq!(inside6.wait()[0].count, Some(served6));
+}
+
+/// Joining a multicast group makes the kernel send membership reports, with
+/// the group the job chose, from a socket of its own: refused unless the
+/// runner opts in. The ground truth is the namespace's membership table,
+/// which is what the kernel reports.
+#[test]
+fn multicast_joins_are_refused_unless_the_runner_opts_in() {
+    if !privileged("multicast_joins_are_refused_unless_the_runner_opts_in") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    for group in ["239.1.2.3", "ff0e::1:2"] {
+        let action = format!("mcast-join:{group}");
+        let inside = &s.job(&[&action])[0];
+        assert!(inside.eperm() && inside.count == Some(0), "{inside:?}");
+        let outside = &s.outsider(&[&action])[0];
+        assert!(
+            outside.ok() && outside.count == Some(1),
+            "from outside the runner the join works and is listed: {outside:?}"
+        );
+    }
+    let ev = s
+        .wait_event(|e| e["reason"] == "socket_option" && e["socket_option"] == "IP_ADD_MEMBERSHIP")
+        .expect("a socket_option event");
+    assert_eq!(ev["hook"], "setsockopt", "{ev}");
+    assert!(ev["dst"].is_null(), "{ev}");
+    assert!(
+        s.wait_event(|e| e["socket_option"] == "IPV6_JOIN_GROUP")
+            .is_some()
+    );
+    // Routing and option headers, and a listener taking data before the
+    // handshake, are refused whatever the policy says.
+    for action in ["ip-options", "ipv6-rthdr", "tcp-fastopen"] {
+        s.assert_egret_refuses(action);
+    }
+
+    // The opt-in.
+    s.kill_agent();
+    world::write_file(
+        &s.policy,
+        &egret_tests::scenario::policy(&s.runner_cgroup, "enforce", ALLOW).replace(
+            "    mode: enforce\n",
+            "    mode: enforce\n    multicast: true\n",
+        ),
+    );
+    s.start_agent();
+    let o = &s.job(&["mcast-join:239.1.2.3"])[0];
+    assert!(o.ok() && o.count == Some(1), "{o:?}");
+    assert!(s.job(&["ip-options"])[0].eperm(), "still refused");
+}
+
+/// A connected UDP socket sending with a control message (IP_TOS for ECN)
+/// reaches the sendmsg hook with no address: judged by its connected peer,
+/// not refused as 0.0.0.0:0.
+#[test]
+fn connected_udp_with_control_messages_is_judged_by_its_peer() {
+    if !privileged("connected_udp_with_control_messages_is_judged_by_its_peer") {
+        return;
+    }
+    let s = Scenario::start(
+        "enforce",
+        "- cidr: 203.0.113.10/32\n  ports: [443]\n- cidr: 2001:db8::10/128\n  ports: [443]\n",
+    );
+    for peer in ["203.0.113.10:443", "[2001:db8::10]:443"] {
+        let o = &s.job(&[&format!("udp-cmsg:{peer}")])[0];
+        assert!(o.ok(), "{peer}: {o:?}");
+        assert_eq!(
+            o.banner.as_deref(),
+            Some("egret-probe"),
+            "the echo came back"
+        );
+    }
+    // A peer outside the policy is refused as before (at connect).
+    let o = &s.job(&["udp-cmsg:198.51.100.66:443"])[0];
+    assert!(o.eperm(), "{o:?}");
+}
+
+/// Owning a loopback port is owning one address: a job that binds
+/// `[::1]:P` or `127.0.0.2:P` does not thereby reach a host service on
+/// `127.0.0.1:P` (nor on `0.0.0.0:P` through loopback).
+#[test]
+fn a_listener_on_another_loopback_address_owns_nothing_else() {
+    if !privileged("a_listener_on_another_loopback_address_owns_nothing_else") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    s.world
+        .serve_on_host(&["tcp:127.0.0.1:7300", "tcp:127.0.0.1:7302"]);
+    // The job's own listeners beside the host services.
+    let decoys = [
+        s.start_job(&["listen:[::1]:7300:4000"]),
+        s.start_job(&["listen:127.0.0.2:7302:4000"]),
+    ];
+    egret_tests::poll_until("the job's decoy listeners", Duration::from_secs(3), || {
+        s.job(&["tcp:[::1]:7300", "tcp:127.0.0.2:7302"])
+            .iter()
+            .all(job::Outcome::ok)
+    });
+    for action in [
+        "tcp:127.0.0.1:7300",
+        "tcp:127.0.0.1:7302",
+        "tcp:0.0.0.0:7300",
+    ] {
+        s.assert_egret_refuses(action);
+    }
+    for decoy in decoys {
+        assert!(decoy.wait()[0].ok());
+    }
+}
+
+/// NAT64 prefixes other than the well-known one carry the metadata service
+/// and the neighbours too, even under a policy that allows every address:
+/// a declared prefix (an operator's own, or one cut from the local-use
+/// block) is judged by the IPv4 address it carries; the rest of the
+/// local-use block is a lateral range until declared.
+#[test]
+fn nat64_prefixes_carry_no_way_to_metadata_or_neighbours() {
+    if !privileged("nat64_prefixes_carry_no_way_to_metadata_or_neighbours") {
+        return;
+    }
+    let mut s = Scenario::prepare("enforce", "- cidr: 0.0.0.0/0\n- cidr: ::/0\n");
+    world::write_file(
+        &s.policy,
+        &std::fs::read_to_string(&s.policy).expect("policy").replace(
+            "version: 1\n",
+            "version: 1\nnat64_prefixes: [2001:db8:64::/96, 64:ff9b:1::/96]\n",
+        ),
+    );
+    s.start_agent();
+    for (action, reason) in [
+        ("tcp:[64:ff9b:1::a9fe:a9fe]:80", "metadata"),
+        ("tcp:[64:ff9b:1::a00:5]:22", "lateral"),
+        ("tcp:[2001:db8:64::a9fe:a9fe]:80", "metadata"),
+        // Not declared: another local-use prefix, whatever its layout.
+        ("tcp:[64:ff9b:1:1::a9fe:a9fe]:80", "lateral"),
+    ] {
+        s.assert_egret_refuses(action);
+        let dst = action
+            .trim_start_matches("tcp:[")
+            .split(']')
+            .next()
+            .expect("address");
+        let ev = s
+            .wait_event(|e| e["dst"] == dst)
+            .unwrap_or_else(|| panic!("an event for {dst}"));
+        assert_eq!(ev["reason"], reason, "{ev}");
+    }
+}
+
+/// AF_VSOCK (a hypervisor's sockets on VM runners) is outside every cgroup
+/// hook: egret neither refuses nor reports it, which is why the runner's
+/// unit must refuse it (docs/install.md). This shows the limit.
+#[test]
+fn af_vsock_is_outside_every_hook() {
+    const TEST: &str = "af_vsock_is_outside_every_hook";
+    if !privileged(TEST) {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let outside = s.outsider(&["vsock"]).remove(0);
+    if outside.errno == Some(libc::EAFNOSUPPORT) {
+        egret_tests::not_testable_here(TEST, "this kernel has no vsock transport");
+        return;
+    }
+    let inside = s.job(&["vsock"]).remove(0);
+    assert_eq!(
+        (inside.result.as_str(), inside.errno),
+        (outside.result.as_str(), outside.errno),
+        "egret does not see AF_VSOCK: the same inside the runner as outside"
+    );
+}

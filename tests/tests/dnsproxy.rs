@@ -556,3 +556,29 @@ fn a_reload_changes_which_names_resolve() {
     // The proxy kept its port across the reload.
     assert_eq!(status_port(&s), port_before);
 }
+
+/// A dot inside a wire label reads, as text, like a separator: the name
+/// `["c2data", "x.pkg", "test"]` prints as `c2data.x\.pkg.test` and looked
+/// like a name under `*.pkg.test`, yet it is resolved under `test` by
+/// whoever serves that zone. It is refused and never leaves the host.
+#[test]
+fn a_dot_inside_a_label_does_not_pass_for_an_allowed_name() {
+    if !privileged("a_dot_inside_a_label_does_not_pass_for_an_allowed_name") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let o = &s.job(&[&format!("dns:c2data.x\\.pkg.test:A:{VIA_UDP}")])[0];
+    assert_eq!(o.rcode.as_deref(), Some("Refused"), "{o:?}");
+    let ev = s
+        .wait_event(|e| e["reason"] == "dns_refused" && e["pid"] == o.pid)
+        .expect("a dns_refused event");
+    assert_eq!(ev["host"], "c2data.x\\.pkg.test", "{ev}");
+    assert!(
+        !s.world.dns_queries().iter().any(|q| q.contains("c2data")),
+        "the upstream never saw it: {:?}",
+        s.world.dns_queries()
+    );
+    // The same labels without the dot are an ordinary allowed name.
+    let o = &s.job(&[&format!("dns:files.pkg.test:A:{VIA_UDP}")])[0];
+    assert_eq!(o.rcode.as_deref(), Some("NoError"), "{o:?}");
+}

@@ -58,6 +58,15 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy with warnings as errors.
     Lint,
+    /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of what untrusted
+    /// peers feed the agent: the DNS proxy's query handling and the control
+    /// socket's request parser, each for a bounded time from the seeds in
+    /// fuzz/corpus. Installs cargo-fuzz when missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +127,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 Bench::Dns => "bench-dns",
             };
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
+        }
+        Cmd::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
         }
         Cmd::Lint => {
             setup()?;
@@ -355,6 +368,56 @@ fn print_vectors(
         };
         println!("  {vector:<62} {outcome}");
     }
+}
+
+/// The fuzz targets of fuzz/Cargo.toml.
+const FUZZ_TARGETS: &[&str] = &["dns_query", "control_request"];
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if !output_ok(Command::new(cargo_bin()).args(["fuzz", "--version"])) {
+        run_cmd(Command::new(cargo_bin()).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    let root = root()?;
+    for target in FUZZ_TARGETS {
+        // New inputs go to a scratch corpus; the checked-in seeds stay as
+        // they are.
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch).context("scratch corpus")?;
+        let seeds = root.join("fuzz/corpus").join(target);
+        let out = Command::new("rustup")
+            .current_dir(root.join("fuzz"))
+            .args(["run", NIGHTLY, "cargo", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(&seeds)
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .args(["-rss_limit_mb=512", "-timeout=5", "-print_final_stats=1"])
+            // The targets need no kernel object.
+            .env("EGRET_EBPF_STUB", "1")
+            .output()
+            .with_context(|| format!("cargo fuzz run {target}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let last = |prefix: &str| {
+            log.lines()
+                .filter(|l| l.contains(prefix))
+                .last()
+                .unwrap_or("")
+                .to_owned()
+        };
+        println!("fuzz {target}: {}", last(" DONE "));
+        println!("fuzz {target}: {}", last("stat::number_of_executed_units"));
+        if !out.status.success() {
+            eprintln!("{log}");
+            bail!("fuzz target {target} failed; the crashing input is under fuzz/artifacts/{target}");
+        }
+    }
+    Ok(())
 }
 
 fn setup() -> Result<()> {

@@ -51,6 +51,13 @@ fn human_event(line: &str) -> String {
     let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
         return line.to_owned();
     };
+    if let Some(n) = e["suppressed"].as_u64() {
+        return format!(
+            "{} runner={} {n} more denials, not reported one by one (flood)",
+            e["time"].as_str().unwrap_or("-"),
+            e["runner"].as_str().unwrap_or("-")
+        );
+    }
     if let Some(notice) = e["notice"].as_str() {
         return format!("egret: {notice} (missed {} events)", e["missed"]);
     }

@@ -24,6 +24,7 @@ pub struct Maps {
     pub learned: BpfHashMap<MapData, ExactKey, Learned>,
     pub metadata: LpmTrie<MapData, Addr, BaselineEntry>,
     pub lateral: LpmTrie<MapData, Addr, BaselineEntry>,
+    pub nat64: LpmTrie<MapData, Addr, egret_common::maps::Nat64Entry>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
@@ -42,12 +43,15 @@ impl Maps {
         Self::assemble(runners, &mut open)
     }
 
-    pub(super) fn from_ebpf(ebpf: &mut Ebpf, pins: &Pins) -> Result<(Self, RingBuf<MapData>)> {
+    pub(super) fn from_ebpf(ebpf: &mut Ebpf, pins: &Pins) -> Result<(Self, EventRings)> {
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let maps = Self::assemble(runner_table(pins)?, &mut take)?;
-        let events = typed(names::EVENTS, &mut take)?;
-        Ok((maps, events))
+        let rings = EventRings {
+            urgent: typed(names::URGENT_EVENTS, &mut take)?,
+            bulk: typed(names::EVENTS, &mut take)?,
+        };
+        Ok((maps, rings))
     }
 
     /// The typed handles, whatever `source` draws the maps from (their pins,
@@ -64,6 +68,7 @@ impl Maps {
             learned: typed(names::LEARNED, source)?,
             metadata: typed(names::METADATA, source)?,
             lateral: typed(names::LATERAL, source)?,
+            nat64: typed(names::NAT64, source)?,
             counters: typed(names::COUNTERS, source)?,
         })
     }
@@ -150,4 +155,11 @@ pub(super) fn runner_table(pins: &Pins) -> Result<BpfHashMap<MapData, RunnerName
     let data = MapData::from_pin(&path).map_err(map_err(names::RUNNERS))?;
     let map = aya::maps::Map::from_map_data(data).map_err(map_err(names::RUNNERS))?;
     BpfHashMap::try_from(map).map_err(map_err(names::RUNNERS))
+}
+
+/// The kernel's event ring buffers: metadata and lockdown denials in a ring
+/// of their own, which a flood of ordinary denials cannot fill.
+pub struct EventRings {
+    pub urgent: RingBuf<MapData>,
+    pub bulk: RingBuf<MapData>,
 }

@@ -255,7 +255,7 @@ pub(super) async fn serve_tcp_client(
 /// A reply with its two-byte length prefix. One longer than a prefix can
 /// say is cut down to its header and question with the TC bit set, which
 /// tells the client the answer did not fit; `None` when even that fails.
-pub(super) fn tcp_frame(reply: Vec<u8>) -> Option<Vec<u8>> {
+pub fn tcp_frame(reply: Vec<u8>) -> Option<Vec<u8>> {
     let reply = if reply.len() > usize::from(u16::MAX) {
         let mut m = Message::from_vec(&reply).ok()?;
         m.answers.clear();

@@ -76,6 +76,7 @@ pub(super) async fn report_refusal(
             dst: None,
             port: egret_common::port::DNS,
             socket_type: None,
+            socket_option: None,
             host: Some(name),
             reason: egret_common::event::reason::name(egret_common::event::reason::DNS_REFUSED),
             action: match runner.mode {
@@ -87,4 +88,40 @@ pub(super) async fn report_refusal(
         events::publish(&record, &shared.hub);
     })
     .await;
+}
+
+/// Publishes a `quota` event: the runner asked for a name whose addresses
+/// would take it past its share of the learned-address map.
+pub(super) fn report_quota(
+    runner: &RunnerDns,
+    shared: &Shared,
+    name: &str,
+    over: crate::learned::OverQuota,
+) {
+    tracing::warn!(
+        runner = %runner.name,
+        host = name,
+        held = over.held,
+        quota = over.quota,
+        "runner holds its whole share of the learned-address map; answering SERVFAIL"
+    );
+    let record = events::EventRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        runner: runner.name.clone(),
+        cgroup: None,
+        cgroup_id: 0,
+        pid: 0,
+        comm: String::new(),
+        family: "ipv4",
+        proto: "udp".into(),
+        dst: None,
+        port: egret_common::port::DNS,
+        socket_type: None,
+        socket_option: None,
+        host: Some(name.to_owned()),
+        reason: egret_common::event::reason::name(egret_common::event::reason::QUOTA),
+        action: "deny",
+        hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+    };
+    events::publish(&record, &shared.hub);
 }

@@ -22,7 +22,12 @@ pub(super) struct Screened {
 /// addresses, drops answers in private, loopback or metadata ranges
 /// (metadata always, the rest unless `private_ok`), and caps every TTL so a
 /// job never caches an address longer than the map allows it.
-pub(super) fn screen(response: &mut Message, cap: Duration, private_ok: bool) -> Screened {
+pub(super) fn screen(
+    response: &mut Message,
+    cap: Duration,
+    private_ok: bool,
+    nat64: &[ipnet::Ipv6Net],
+) -> Screened {
     let cap_secs = u32::try_from(cap.as_secs()).unwrap_or(u32::MAX).max(1);
     let mut chain = vec![response.queries[0].name().clone()];
     let mut ips = Vec::new();
@@ -44,7 +49,7 @@ pub(super) fn screen(response: &mut Message, cap: Duration, private_ok: bool) ->
         let Some(ip) = ip else {
             return true;
         };
-        if !baseline::answer_usable(ip, private_ok) {
+        if !baseline::answer_usable(ip, private_ok, nat64) {
             return false;
         }
         if in_chain {

@@ -42,7 +42,7 @@ fn a_cname_chain_credits_its_addresses_with_the_lowest_ttl() {
             a("other.test.", [203, 0, 113, 99], 5),
         ],
     );
-    let s = screen(&mut m, HOUR, false);
+    let s = screen(&mut m, HOUR, false, &[]);
     assert_eq!(s.ips, vec![IpAddr::from([203, 0, 113, 21])]);
     assert_eq!(s.ttl, Duration::from_secs(30));
     assert!(!s.changed);
@@ -60,13 +60,13 @@ fn private_and_metadata_answers_are_dropped_unless_the_entry_opts_in() {
         ]
     };
     let mut m = response("x.test.", records());
-    let s = screen(&mut m, HOUR, false);
+    let s = screen(&mut m, HOUR, false, &[]);
     assert_eq!(s.ips, vec![IpAddr::from([203, 0, 113, 22])]);
     assert_eq!((s.stripped, s.changed), (3, true));
     assert_eq!(m.answers.len(), 1);
 
     let mut m = response("x.test.", records());
-    let s = screen(&mut m, HOUR, true);
+    let s = screen(&mut m, HOUR, true, &[]);
     // Metadata goes even when private answers are kept.
     assert_eq!(s.stripped, 1);
     assert_eq!(s.ips.len(), 3);
@@ -75,7 +75,7 @@ fn private_and_metadata_answers_are_dropped_unless_the_entry_opts_in() {
 #[test]
 fn ttls_above_the_cap_are_lowered_so_jobs_never_outcache_the_map() {
     let mut m = response("x.test.", vec![a("x.test.", [203, 0, 113, 22], 86_400)]);
-    let s = screen(&mut m, HOUR, false);
+    let s = screen(&mut m, HOUR, false, &[]);
     assert!(s.changed);
     assert_eq!(m.answers[0].ttl, 3600);
     assert_eq!(s.ttl, Duration::from_secs(86_400));
@@ -98,6 +98,7 @@ fn runner(rules: &[(&str, bool)]) -> RunnerDns {
         refuse_with: DnsRefusal::Refused,
         listen: None,
         cgroup_dir: PathBuf::new(),
+        nat64: Vec::new(),
     }
 }
 
@@ -182,4 +183,73 @@ fn a_reply_too_long_for_tcp_is_truncated_not_desynchronised() {
     assert_eq!(m.queries.len(), 1);
     // Not even a message: the connection is dropped instead.
     assert!(listen::tcp_frame(vec![0xffu8; 70_000]).is_none());
+}
+
+#[test]
+fn a_dot_inside_a_wire_label_is_never_a_separator() {
+    let rule = HostRule {
+        name: "*.pkg.test".into(),
+        ports: vec![],
+        private_answers: false,
+    };
+    let dotted = Name::from_labels(vec![&b"data"[..], &b"evil.pkg"[..], &b"test"[..]]).unwrap();
+    // As text it reads like a name the wildcard covers...
+    assert!(
+        rule.matches(
+            dotted
+                .to_ascii()
+                .trim_end_matches('.')
+                .replace("\\.", ".")
+                .as_str()
+        )
+    );
+    // ...but on the wire it is not one.
+    assert!(has_dotted_label(&dotted));
+    assert!(!has_dotted_label(&name("files.pkg.test.")));
+}
+
+#[test]
+fn nat64_answers_carrying_metadata_or_a_neighbour_are_stripped() {
+    let aaaa = |owner: &str, ip: &str| {
+        Record::from_rdata(
+            name(owner),
+            60,
+            RData::AAAA(rdata::AAAA(ip.parse().expect("v6"))),
+        )
+    };
+    let operator: ipnet::Ipv6Net = "2001:db8:64::/96".parse().unwrap();
+    let mut m = response(
+        "dns64.test.",
+        vec![
+            aaaa("dns64.test.", "64:ff9b::a9fe:a9fe"),
+            aaaa("dns64.test.", "64:ff9b:1::a00:5"),
+            aaaa("dns64.test.", "2001:db8:64::a9fe:a9fe"),
+            aaaa("dns64.test.", "64:ff9b::cb00:710a"),
+        ],
+    );
+    let s = screen(&mut m, HOUR, false, &[operator]);
+    assert_eq!(
+        s.stripped, 3,
+        "metadata (well-known and operator) and the neighbour"
+    );
+    assert_eq!(s.ips, vec!["64:ff9b::cb00:710a".parse::<IpAddr>().unwrap()]);
+}
+
+#[test]
+fn a_dns64_answer_is_learned_as_the_v4_address_it_is_judged_as() {
+    use egret_common::addr::mapped_v4;
+    let operator: ipnet::Ipv6Net = "2001:db8:64::/96".parse().unwrap();
+    let judged = |ip: &str| crate::compile::judged_addr(ip.parse().unwrap(), &[operator]);
+    assert_eq!(judged("64:ff9b::cb00:710a"), mapped_v4([203, 0, 113, 10]));
+    assert_eq!(
+        judged("2001:db8:64::cb00:710a"),
+        mapped_v4([203, 0, 113, 10])
+    );
+    assert_eq!(judged("203.0.113.10"), mapped_v4([203, 0, 113, 10]));
+    let local_use: IpAddr = "64:ff9b:1::cb00:710a".parse().unwrap();
+    assert_eq!(
+        crate::compile::judged_addr(local_use, &[]),
+        crate::compile::addr_of(local_use),
+        "the local-use block's layout is unknown: the address stays as it is"
+    );
 }

@@ -95,7 +95,9 @@ fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
         },
     );
     let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
-    let changes = l.learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120));
+    let changes = l
+        .learn_answer(1, "b.test", &ssh, &[shared], Duration::from_secs(120))
+        .unwrap();
     let (_, value) = &changes[0];
     assert_eq!(value.rules.count, 2, "443 from a.test, 22 from b.test");
     assert_eq!(l.hosts_for(1, shared).as_deref(), Some("a.test,b.test"));
@@ -106,14 +108,17 @@ fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
         &ssh,
         &["203.0.113.2".parse().unwrap()],
         Duration::from_secs(60),
-    );
-    let changes = l.learn_answer(
-        1,
-        "b.test",
-        &ssh,
-        &["203.0.113.3".parse().unwrap()],
-        Duration::from_secs(600),
-    );
+    )
+    .unwrap();
+    let changes = l
+        .learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        )
+        .unwrap();
     assert_eq!(l.per_name[&(1, "b.test".to_owned())].len(), 2);
     assert_eq!(changes.len(), 1);
     assert_eq!(
@@ -122,13 +127,15 @@ fn proxied_answers_are_capped_per_name_and_merge_with_tracked_hosts() {
         "no longer renewed through b.test"
     );
     // The same answer again a moment later needs no write.
-    let again = l.learn_answer(
-        1,
-        "b.test",
-        &ssh,
-        &["203.0.113.3".parse().unwrap()],
-        Duration::from_secs(600),
-    );
+    let again = l
+        .learn_answer(
+            1,
+            "b.test",
+            &ssh,
+            &["203.0.113.3".parse().unwrap()],
+            Duration::from_secs(600),
+        )
+        .unwrap();
     assert!(again.is_empty(), "{again:?}");
     // Another runner learned nothing.
     assert_eq!(l.hosts_for(2, shared), None);
@@ -165,4 +172,35 @@ fn set_hosts_keeps_answers_of_unchanged_hosts() {
     l.set_hosts(vec![(1, "ci".into(), vec![], rule("a.test", 8443))]);
     assert!(l.tracked[0].answered);
     assert_eq!(l.tracked[0].ports[0].first, 8443);
+}
+
+#[test]
+fn each_runner_holds_at_most_its_share() {
+    let mut l = Learning::new(TtlSettings::default());
+    l.set_runner_count(Learning::SHARED / 2);
+    assert_eq!(l.quota, 2);
+    let ssh = [PortRule::new(22, 22, egret_common::rules::proto::TCP)];
+    let ip = |n: u8| -> IpAddr { std::net::Ipv4Addr::new(203, 0, 113, n).into() };
+    let ttl = Duration::from_secs(60);
+    assert!(
+        l.learn_answer(1, "a.test", &ssh, &[ip(1), ip(2)], ttl)
+            .is_ok()
+    );
+    // A third address is past runner 1's share; the ones it holds renew.
+    let over = l
+        .learn_answer(1, "b.test", &ssh, &[ip(3)], ttl)
+        .unwrap_err();
+    assert_eq!((over.held, over.quota), (2, 2));
+    assert!(l.learn_answer(1, "a.test", &ssh, &[ip(1)], ttl).is_ok());
+    // Runner 2 never notices.
+    assert!(
+        l.learn_answer(2, "b.test", &ssh, &[ip(3), ip(4)], ttl)
+            .is_ok()
+    );
+    // Once runner 1's addresses lapse, it has room again.
+    l.prune(
+        Instant::now() + Duration::from_secs(3600),
+        &[1, 2].into_iter().collect(),
+    );
+    assert!(l.learn_answer(1, "b.test", &ssh, &[ip(3)], ttl).is_ok());
 }

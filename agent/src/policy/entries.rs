@@ -312,6 +312,19 @@ pub(super) fn parse_cidr(text: &str, at: Location, diags: &mut Diagnostics) -> O
         );
         return None;
     }
+    let local_use: IpNet = "64:ff9b:1::/48".parse().expect("a CIDR");
+    if local_use.contains(&net) {
+        // Naming it would open whatever IPv4 address it carries, the
+        // metadata service's too: only a declared layout is safe.
+        diags.error(
+            at,
+            format!(
+                "'{text}' is NAT64 local-use space: declare the prefix under `nat64_prefixes:` and \
+                 allow the IPv4 addresses behind it"
+            ),
+        );
+        return None;
+    }
     Some(net)
 }
 

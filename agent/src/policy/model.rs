@@ -58,6 +58,10 @@ impl Proto {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub runners: Vec<Runner>,
+    /// NAT64 prefixes of the host's network (`nat64_prefixes:`), each with
+    /// its RFC 6052 layout given by its length. The well-known
+    /// `64:ff9b::/96` and the local-use `64:ff9b:1::/48` need no entry.
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +74,10 @@ pub struct Runner {
     /// their destinations.
     pub sockets: Vec<SocketKind>,
     pub loopback: Loopback,
+    /// Jobs may join multicast groups (`multicast: true`); by default the
+    /// membership options are refused, since the kernel's membership
+    /// reports would carry job-chosen group addresses onto the LAN.
+    pub multicast: bool,
     /// Where the agent resolves this runner's hostnames; empty = the host's
     /// resolver configuration.
     pub dns_upstream: Vec<IpAddr>,

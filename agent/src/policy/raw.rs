@@ -29,6 +29,10 @@ pub(super) struct RawPolicy {
     /// parameters, so one policy repository serves several sites.
     #[serde(default)]
     pub(super) vars: BTreeMap<String, Spanned<String>>,
+    /// NAT64 prefixes of the host's network, whose destinations are judged
+    /// by the IPv4 address they carry.
+    #[serde(default)]
+    pub(super) nat64_prefixes: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) runners: Vec<RawRunner>,
 }
@@ -45,6 +49,9 @@ pub(super) struct RawRunner {
     pub(super) sockets: Vec<Spanned<SocketKind>>,
     #[serde(default)]
     pub(super) loopback: Option<Spanned<Loopback>>,
+    /// Allow multicast group membership.
+    #[serde(default)]
+    pub(super) multicast: Option<Spanned<bool>>,
     #[serde(default)]
     pub(super) dns: Option<RawDns>,
     #[serde(default)]

@@ -531,7 +531,7 @@ fn unknown_fields_get_a_did_you_mean() {
     assert_eq!(
         e,
         vec![
-            "p.yaml:5:5: error: unknown field `alow` (expected one of: name, cgroup, mode, sockets, loopback, dns, allow); did you mean `allow`?"
+            "p.yaml:5:5: error: unknown field `alow` (expected one of: name, cgroup, mode, sockets, loopback, multicast, dns, allow); did you mean `allow`?"
         ]
     );
     let e = errors("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    mode: enfroce\n");

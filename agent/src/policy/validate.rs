@@ -71,6 +71,23 @@ pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnost
     }
     let vars: HashMap<String, String> = vars.into_iter().map(|(k, (v, _, _))| (k, v)).collect();
 
+    let mut nat64_prefixes = Vec::new();
+    for (file, raw) in &documents {
+        diags.file = file.clone();
+        for prefix in &raw.nat64_prefixes {
+            let ctx = Ctx {
+                vars: &vars,
+                params: None,
+                catalog: &catalog,
+            };
+            match ctx.expand(&prefix.value).and_then(|t| nat64_prefix(&t)) {
+                Ok(net) if !nat64_prefixes.contains(&net) => nat64_prefixes.push(net),
+                Ok(_) => {}
+                Err(why) => diags.error(prefix.referenced, why),
+            }
+        }
+    }
+
     let mut runners = Vec::new();
     let mut seen_names: HashMap<String, (PathBuf, Location)> = HashMap::new();
     let mut seen_cgroups: Vec<(String, PathBuf, Location)> = Vec::new();
@@ -128,7 +145,10 @@ pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnost
             runners.push(runner);
         }
     }
-    let policy = parsed_all.then_some(Policy { runners });
+    let policy = parsed_all.then_some(Policy {
+        runners,
+        nat64_prefixes,
+    });
     (policy, diags.list)
 }
 
@@ -159,6 +179,16 @@ pub(super) fn validate_runner(
         }
     };
     let mode = raw.mode.map_or(Mode::Enforce, |m| m.value);
+    let multicast = raw.multicast.as_ref().is_some_and(|m| m.value);
+    if let Some(m) = raw.multicast.as_ref().filter(|m| m.value) {
+        diags.warning(
+            m.referenced,
+            format!(
+                "runner '{name}' may join multicast groups: the kernel's membership reports carry \
+                 the group addresses its jobs choose onto the local network"
+            ),
+        );
+    }
     let mut sockets: Vec<SocketKind> = Vec::new();
     for kind in &raw.sockets {
         if !sockets.contains(&kind.value) {
@@ -223,6 +253,7 @@ pub(super) fn validate_runner(
         mode,
         sockets,
         loopback: raw.loopback.map_or_else(Loopback::default, |l| l.value),
+        multicast,
         dns_upstream,
         dns_listen,
         dns_refuse: refuse_with.map_or_else(DnsRefusal::default, |r| r.value),
@@ -267,4 +298,25 @@ pub(super) fn cgroups_overlap(a: &str, b: &str) -> bool {
                 .is_some_and(|rest| rest.starts_with('/'))
     };
     within(a, b) || within(b, a)
+}
+
+/// A NAT64 prefix as RFC 6052 allows it: IPv6, 32, 40, 48, 56, 64 or 96
+/// bits, no host bits.
+fn nat64_prefix(text: &str) -> Result<ipnet::Ipv6Net, String> {
+    let net: ipnet::Ipv6Net = text.trim().parse().map_err(|_| {
+        format!("nat64 prefix '{text}' is not an IPv6 prefix such as 64:ff9b:1:2::/96")
+    })?;
+    if egret_common::addr::nat64_embedded(&[0; 16], net.prefix_len()).is_none() {
+        return Err(format!(
+            "nat64 prefix '{text}' is /{}: RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96",
+            net.prefix_len()
+        ));
+    }
+    if net.trunc() != net {
+        return Err(format!(
+            "nat64 prefix '{text}' has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }

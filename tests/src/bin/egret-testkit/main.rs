@@ -127,16 +127,13 @@ fn unspecified_for(dst: &SocketAddr) -> SocketAddr {
 
 fn run_action(action: &str) -> Outcome {
     let (kind, rest) = action.split_once(':').unwrap_or((action, ""));
+    if let Some(outcome) = actions::dns::run(action, kind, rest)
+        .or_else(|| actions::connect::run(action, kind, rest))
+        .or_else(|| actions::sockets::run(action, kind, rest))
+    {
+        return outcome;
+    }
     match kind {
-        "dns" | "dns-connect" | "dns-load" | "dns-flood" | "dns-rounds" => {
-            actions::dns::run(action, kind, rest)
-        }
-        "tcp" | "udp-sendto" | "udp-connect" | "connect-loop" | "hammer" | "tcp-hold"
-        | "until-eperm" | "bulk" => actions::connect::run(action, kind, rest),
-        "raw-icmp" | "raw-udp" | "ping" | "sctp" | "mptcp" | "packet" | "listen"
-        | "self-loopback" | "tfo" | "uring-connect" | "link-local" | "premove" | "escape" => {
-            actions::sockets::run(action, kind, rest)
-        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.parse().expect("ms")));
             success(action)

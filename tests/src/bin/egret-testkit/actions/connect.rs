@@ -3,7 +3,27 @@
 
 use super::super::*;
 
-pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
+/// The actions this module performs.
+pub const KINDS: &[&str] = &[
+    "tcp",
+    "udp-sendto",
+    "udp-cmsg",
+    "udp-connect",
+    "connect-loop",
+    "hammer",
+    "tcp-from",
+    "deny-flood",
+    "tcp-hold",
+    "until-eperm",
+    "bulk",
+];
+
+/// The outcome of `action` when it is one of [`KINDS`].
+pub fn run(action: &str, kind: &str, rest: &str) -> Option<Outcome> {
+    KINDS.contains(&kind).then(|| act(action, kind, rest))
+}
+
+fn act(action: &str, kind: &str, rest: &str) -> Outcome {
     match kind {
         // Connect, read the server's banner line.
         "tcp" => match TcpStream::connect_timeout(&parse(rest), TIMEOUT) {
@@ -35,6 +55,9 @@ pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
             }
         }
         // Connected UDP: connect(), then send().
+        // Connect, then send with a control message (IP_TOS, or
+        // IPV6_TCLASS), as ECN-aware software does; the echo is the banner.
+        "udp-cmsg" => udp_with_cmsg(action, parse(rest)),
         "udp-connect" => {
             let dst = parse(rest);
             let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
@@ -81,6 +104,57 @@ pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
             }
             let mut o = success(action);
             (o.oks, o.eperms, o.others) = (Some(oks), Some(eperms), Some(others));
+            o
+        }
+        // A TCP connect from a given source address (one the namespace
+        // holds): tcp-from:SRC@DST. The banner names the server reached.
+        "tcp-from" => {
+            let (src, dst) = rest.split_once('@').expect("tcp-from:SRC@DST");
+            let (src, dst): (std::net::IpAddr, SocketAddr) =
+                (src.parse().expect("source"), parse(dst));
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(dst),
+                socket2::Type::STREAM,
+                None,
+            )
+            .expect("socket");
+            let connected = sock
+                .bind(&SocketAddr::new(src, 0).into())
+                .and_then(|()| sock.connect_timeout(&dst.into(), TIMEOUT));
+            match connected {
+                Ok(()) => {
+                    let stream: TcpStream = sock.into();
+                    let _ = stream.set_read_timeout(Some(TIMEOUT));
+                    let mut banner = String::new();
+                    let _ = std::io::BufRead::read_line(
+                        &mut std::io::BufReader::new(&stream),
+                        &mut banner,
+                    );
+                    let mut o = success(action);
+                    o.banner = Some(banner.trim().to_owned()).filter(|b| !b.is_empty());
+                    o
+                }
+                Err(e) => failure(action, &e),
+            }
+        }
+        // A flood of denied sends, as fast as one socket goes:
+        // deny-flood:ADDR:PORT:MS. Counts the EPERMs.
+        "deny-flood" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("deny-flood:ADDR:MS");
+            let dst = parse(addr);
+            let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
+            let until = Instant::now() + Duration::from_millis(ms.parse().expect("ms"));
+            let (mut eperms, mut others) = (0u64, 0u64);
+            while Instant::now() < until {
+                for _ in 0..1000 {
+                    match sock.send_to(b"x", dst) {
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperms += 1,
+                        _ => others += 1,
+                    }
+                }
+            }
+            let mut o = success(action);
+            (o.eperms, o.others) = (Some(eperms), Some(others));
             o
         }
         // Connect, wait, then prove the connection still carries data:
@@ -166,5 +240,54 @@ pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
             o
         }
         other => panic!("unknown action {other}"),
+    }
+}
+
+fn udp_with_cmsg(action: &str, dst: SocketAddr) -> Outcome {
+    use std::os::fd::AsRawFd as _;
+    let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
+    if let Err(e) = sock.connect(dst) {
+        return failure(action, &e);
+    }
+    let (level, kind) = if dst.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    };
+    let payload = b"egret-probe";
+    // SAFETY: one control message of one int, in a buffer sized and
+    // aligned for it by the CMSG macros; every pointer outlives the call.
+    let sent = unsafe {
+        let space = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize;
+        // ECT(0): what ECN-capable transports mark.
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), 0x02);
+        libc::sendmsg(sock.as_raw_fd(), &raw const msg, 0)
+    };
+    if sent < 0 {
+        return failure(action, &std::io::Error::last_os_error());
+    }
+    let _ = sock.set_read_timeout(Some(TIMEOUT));
+    let mut buf = [0u8; 64];
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            let mut o = success(action);
+            o.banner = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            o
+        }
+        Err(e) => failure(action, &e),
     }
 }

@@ -3,7 +3,15 @@
 
 use super::super::*;
 
-pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
+/// The actions this module performs.
+pub const KINDS: &[&str] = &["dns", "dns-connect", "dns-load", "dns-flood", "dns-rounds"];
+
+/// The outcome of `action` when it is one of [`KINDS`].
+pub fn run(action: &str, kind: &str, rest: &str) -> Option<Outcome> {
+    KINDS.contains(&kind).then(|| act(action, kind, rest))
+}
+
+fn act(action: &str, kind: &str, rest: &str) -> Outcome {
     match kind {
         // dns:NAME:TYPE:VIA — one query; reports rcode, answers, peer.
         "dns" => {

@@ -4,8 +4,55 @@
 
 use super::super::*;
 
-pub fn run(action: &str, kind: &str, rest: &str) -> Outcome {
+/// The actions this module performs.
+pub const KINDS: &[&str] = &[
+    "mcast-join",
+    "vsock",
+    "ip-options",
+    "ipv6-rthdr",
+    "tcp-fastopen",
+    "raw-icmp",
+    "raw-udp",
+    "ping",
+    "sctp",
+    "mptcp",
+    "packet",
+    "listen",
+    "self-loopback",
+    "tfo",
+    "uring-connect",
+    "link-local",
+    "premove",
+    "escape",
+];
+
+/// The outcome of `action` when it is one of [`KINDS`].
+pub fn run(action: &str, kind: &str, rest: &str) -> Option<Outcome> {
+    KINDS.contains(&kind).then(|| act(action, kind, rest))
+}
+
+fn act(action: &str, kind: &str, rest: &str) -> Outcome {
     match kind {
+        // Join a multicast group (v4 or v6) on a UDP socket; `count` is how
+        // many times the group then shows in this namespace's
+        // /proc/net/igmp{,6}: the kernel reports what is listed there.
+        "mcast-join" => mcast_join(action, rest),
+        // socket(AF_VSOCK, SOCK_STREAM): whether the job gets one.
+        "vsock" => {
+            // SAFETY: a plain socket call; the fd is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+            if fd < 0 {
+                os_error(action)
+            } else {
+                // SAFETY: the descriptor just opened, closed once.
+                unsafe { libc::close(fd) };
+                success(action)
+            }
+        }
+        // setsockopt options that steer or carry data past the hooks:
+        // ip-options (a loose source route), ipv6-rthdr, tcp-fastopen
+        // (on a listener).
+        "ip-options" | "ipv6-rthdr" | "tcp-fastopen" => set_option(action, kind),
         // Socket kinds no connect hook sees: create one and, when that works,
         // send something to ADDR with it. raw-icmp:IP, raw-udp:IP, ping:IP,
         // sctp:IP:PORT, mptcp:IP:PORT, packet.
@@ -247,6 +294,93 @@ pub(crate) fn socket_kind(action: &str, kind: &str, rest: &str) -> Outcome {
             os_error(action)
         };
         close();
+        outcome
+    }
+}
+
+pub(crate) fn mcast_join(action: &str, group: &str) -> Outcome {
+    let group: std::net::IpAddr = group.parse().expect("group address");
+    let joined = match group {
+        std::net::IpAddr::V4(g) => UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+            s.join_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED)
+                .map(|()| s)
+        }),
+        std::net::IpAddr::V6(g) => {
+            UdpSocket::bind("[::]:0").and_then(|s| s.join_multicast_v6(&g, 0).map(|()| s))
+        }
+    };
+    let listed = |table: &str, needle: &str| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .matches(needle)
+            .count() as u64
+    };
+    let (table, needle) = match group {
+        std::net::IpAddr::V4(g) => (
+            "/proc/self/net/igmp",
+            format!("{:08X}", u32::from_ne_bytes(g.octets())),
+        ),
+        std::net::IpAddr::V6(g) => (
+            "/proc/self/net/igmp6",
+            g.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        ),
+    };
+    let mut o = match &joined {
+        Ok(_) => success(action),
+        Err(e) => failure(action, e),
+    };
+    o.count = Some(listed(table, &needle));
+    drop(joined);
+    o
+}
+
+pub(crate) fn set_option(action: &str, kind: &str) -> Outcome {
+    // SAFETY: plain socket syscalls on values built here; the fd is closed.
+    unsafe {
+        let (domain, ty, level, name, value): (i32, i32, i32, i32, Vec<u8>) = match kind {
+            // NOP, then a loose source route through 198.51.100.66.
+            "ip-options" => (
+                libc::AF_INET,
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                vec![1, 131, 7, 4, 198, 51, 100, 66],
+            ),
+            // A segment routing header (type 4, which Linux takes without
+            // privilege): one segment, 2001:db8::66.
+            "ipv6-rthdr" => (
+                libc::AF_INET6,
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_RTHDR,
+                [
+                    &[0, 2, 4, 0, 0, 0, 0, 0][..],
+                    &"2001:db8::66"
+                        .parse::<std::net::Ipv6Addr>()
+                        .unwrap()
+                        .octets(),
+                ]
+                .concat(),
+            ),
+            _ => (
+                libc::AF_INET,
+                libc::SOCK_STREAM,
+                libc::IPPROTO_TCP,
+                libc::TCP_FASTOPEN,
+                5i32.to_ne_bytes().to_vec(),
+            ),
+        };
+        let fd = libc::socket(domain, ty, 0);
+        if fd < 0 {
+            return os_error(action);
+        }
+        let rc = libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as u32);
+        let outcome = if rc == 0 {
+            success(action)
+        } else {
+            os_error(action)
+        };
+        libc::close(fd);
         outcome
     }
 }
