@@ -414,7 +414,9 @@ fn fuzz(seconds: u64) -> Result<()> {
         println!("fuzz {target}: {}", last("stat::number_of_executed_units"));
         if !out.status.success() {
             eprintln!("{log}");
-            bail!("fuzz target {target} failed; the crashing input is under fuzz/artifacts/{target}");
+            bail!(
+                "fuzz target {target} failed; the crashing input is under fuzz/artifacts/{target}"
+            );
         }
     }
     Ok(())
