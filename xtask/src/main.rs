@@ -13,6 +13,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vectors;
+
+use vectors::{UNTESTABLE_LOG_VAR, print_vectors};
+
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test world,
 /// dnsmasq for a benchmark.
 const PACKAGES: &[&str] = &[
@@ -215,161 +219,6 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// The variable naming the file where a test records that this kernel
-/// cannot show what it tests (the test world's `not_testable_here`).
-const UNTESTABLE_LOG_VAR: &str = "EGRET_UNTESTABLE_LOG";
-
-/// Bypass vectors and the end-to-end tests that prove each one closed (the
-/// table of docs/threat-model.md).
-const VECTORS: &[(&str, &[&str])] = &[
-    (
-        "cloud metadata, v4/v6, even under 0.0.0.0/0",
-        &[
-            "metadata_stays_closed_when_the_policy_allows_everything",
-            "everything_else_gets_eperm",
-        ],
-    ),
-    (
-        "IPv4-mapped connect6 and sendmsg6",
-        &["everything_else_gets_eperm"],
-    ),
-    (
-        "NAT64 64:ff9b::/96 to metadata",
-        &["metadata_stays_closed_when_the_policy_allows_everything"],
-    ),
-    (
-        "lateral: private ranges, host subnets",
-        &[
-            "everything_else_gets_eperm",
-            "a_policy_can_name_a_neighbour_explicitly",
-        ],
-    ),
-    (
-        "IPv6 link-local with a scope id",
-        &["ipv6_link_local_with_a_scope_is_lateral"],
-    ),
-    (
-        "unconnected and connected UDP",
-        &["everything_else_gets_eperm"],
-    ),
-    (
-        "TCP Fast Open sendto(MSG_FASTOPEN)",
-        &["fast_open_and_io_uring_meet_the_connect_hook"],
-    ),
-    (
-        "io_uring IORING_OP_CONNECT",
-        &["fast_open_and_io_uring_meet_the_connect_hook"],
-    ),
-    (
-        "raw IP sockets (ICMP, crafted UDP)",
-        &["socket_kinds_no_hook_can_judge_are_refused_at_socket"],
-    ),
-    (
-        "ping sockets (unconnected sendto): egress backstop",
-        &["ping_is_judged_packet_by_packet"],
-    ),
-    (
-        "raw sockets a runner opts into: egress backstop",
-        &["raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop"],
-    ),
-    (
-        "MPTCP and other socket kinds",
-        &["socket_kinds_no_hook_can_judge_are_refused_at_socket"],
-    ),
-    ("SCTP", &["sctp_sockets_are_refused_at_socket"]),
-    (
-        "host services on loopback, 0.0.0.0, ::",
-        &[
-            "loopback_reaches_the_jobs_own_listeners_but_not_host_services",
-            "loopback_allow_and_deny",
-        ],
-    ),
-    (
-        "non-root job leaving its cgroup",
-        &["a_non_root_job_cannot_leave_its_cgroup"],
-    ),
-    (
-        "connections opened before a lockdown",
-        &["lockdown_cuts_connections_opened_before_it"],
-    ),
-    (
-        "agent killed or restarting",
-        &[
-            "sigkill_leaves_enforcement_in_place_and_a_restart_resumes_it",
-            "twenty_restarts_under_load",
-        ],
-    ),
-    (
-        "DNS tunnelling through any resolver, UDP, TCP or IPv6",
-        &["a_name_outside_the_policy_is_refused_and_never_leaves"],
-    ),
-    (
-        "DNS over TLS (853) and public DoH resolvers",
-        &["dns_over_tls_and_doh_resolvers_need_an_entry_naming_them"],
-    ),
-    (
-        "DNS rebinding onto neighbours or metadata",
-        &["private_and_metadata_answers_are_stripped"],
-    ),
-    (
-        "DNS from a container's own network namespace",
-        &[
-            "a_job_in_its_own_network_namespace_resolves_and_connects",
-            "without_a_listen_address_a_container_job_cannot_use_dns",
-        ],
-    ),
-    (
-        "rotating CDN addresses racing the connect",
-        &["rotating_addresses_never_race_the_connect"],
-    ),
-    (
-        "socket made before joining the cgroup (residual, documented)",
-        &["a_socket_created_before_the_move_into_the_cgroup_is_not_covered"],
-    ),
-];
-
-/// What no egret hook sees, held by the kernel instead, and the test that
-/// shows the kernel rule: not egret's proof, so not "proved".
-const KERNEL_RULES: &[(&str, &str)] = &[(
-    "AF_PACKET without CAP_NET_RAW (no cgroup hook sees it)",
-    "packet_sockets_need_a_capability_jobs_do_not_have",
-)];
-
-fn print_vectors(
-    results: &std::collections::HashMap<String, String>,
-    untestable: &[String],
-    privileged: bool,
-) {
-    println!("\nbypass vectors (docs/threat-model.md):");
-    for (vector, tests) in VECTORS {
-        let outcome = if !privileged {
-            "skipped (EGRET_SKIP_PRIVILEGED=1)".to_owned()
-        } else if let Some(t) = tests.iter().find(|t| untestable.iter().any(|u| u == *t)) {
-            format!("not testable here (see {t})")
-        } else if tests
-            .iter()
-            .all(|t| results.get(*t).is_some_and(|r| r == "ok"))
-        {
-            "proved".to_owned()
-        } else {
-            let failing: Vec<String> = tests
-                .iter()
-                .map(|t| format!("{t}: {}", results.get(*t).map_or("not run", String::as_str)))
-                .collect();
-            format!("NOT PROVED ({})", failing.join("; "))
-        };
-        println!("  {vector:<62} {outcome}");
-    }
-    for (vector, test) in KERNEL_RULES {
-        let outcome = match results.get(*test).map(String::as_str) {
-            _ if !privileged => "skipped (EGRET_SKIP_PRIVILEGED=1)".to_owned(),
-            Some("ok") => "held by the kernel, not by egret".to_owned(),
-            other => format!("NOT SHOWN ({test}: {})", other.unwrap_or("not run")),
-        };
-        println!("  {vector:<62} {outcome}");
-    }
-}
-
 /// The fuzz targets of fuzz/Cargo.toml.
 const FUZZ_TARGETS: &[&str] = &["dns_query", "control_request"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -405,12 +254,13 @@ fn fuzz(seconds: u64) -> Result<()> {
         let log = String::from_utf8_lossy(&out.stderr);
         let last = |prefix: &str| {
             log.lines()
-                .filter(|l| l.contains(prefix))
-                .last()
+                .rev()
+                .find(|l| l.contains(prefix))
                 .unwrap_or("")
                 .to_owned()
         };
-        println!("fuzz {target}: {}", last(" DONE "));
+        println!("fuzz {target}: {}", last("DONE"));
+        println!("fuzz {target}: {}", last("Done "));
         println!("fuzz {target}: {}", last("stat::number_of_executed_units"));
         if !out.status.success() {
             eprintln!("{log}");
