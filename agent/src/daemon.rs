@@ -226,22 +226,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            res = &mut urgent => {
-                match res {
-                    Ok(Err(e)) => tracing::error!(error = %e, "urgent event stream stopped"),
-                    Ok(Ok(())) => {}
-                    Err(e) => tracing::error!(error = %e, "urgent event task failed"),
-                }
-                return Err(IoError::at("read events from", &agent.opts.pins.root)(std::io::Error::other("event stream ended")).into());
-            }
-            res = &mut pump => {
-                match res {
-                    Ok(Err(e)) => tracing::error!(error = %e, "event stream stopped"),
-                    Ok(Ok(())) => {}
-                    Err(e) => tracing::error!(error = %e, "event task failed"),
-                }
-                return Err(IoError::at("read events from", &agent.opts.pins.root)(std::io::Error::other("event stream ended")).into());
-            }
+            res = &mut urgent => return Err(pump_ended("urgent", res, &agent.opts.pins.root)),
+            res = &mut pump => return Err(pump_ended("bulk", res, &agent.opts.pins.root)),
         }
     }
     tracing::info!("stopping; programs and maps stay pinned, so enforcement continues");
@@ -558,6 +544,21 @@ impl Agent {
         let runners: HashSet<u32> = self.ids.values().copied().collect();
         self.sync_learned(&runners)
     }
+}
+
+/// An event pump stopped, which it never does while the agent runs: the
+/// agent stops too, and its service manager restarts it.
+fn pump_ended(
+    ring: &str,
+    res: Result<std::io::Result<()>, tokio::task::JoinError>,
+    bpffs: &std::path::Path,
+) -> AgentError {
+    match res {
+        Ok(Err(e)) => tracing::error!(ring, error = %e, "event stream stopped"),
+        Ok(Ok(())) => {}
+        Err(e) => tracing::error!(ring, error = %e, "event task failed"),
+    }
+    IoError::at("read events from", bpffs)(std::io::Error::other("event stream ended")).into()
 }
 
 /// Tells systemd (Type=notify) that enforcement is in place.

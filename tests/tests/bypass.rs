@@ -343,9 +343,10 @@ fn peers_outside_the_policy_cannot_connect_in() {
     );
     assert_eq!(outside.wait()[0].count, Some(2));
 
-    // With egret: the job's listeners on 0.0.0.0 and [::].
-    let inside = s.start_job(&["listen:0.0.0.0:7200:6000"]);
-    let inside6 = s.start_job(&["listen:[::]:7203:6000"]);
+    // With egret: the job's listeners on 0.0.0.0 and [::], up long enough
+    // for every attempt below to time out against them (3 s each).
+    let inside = s.start_job(&["listen:0.0.0.0:7200:15000"]);
+    let inside6 = s.start_job(&["listen:[::]:7203:15000"]);
     let (mut served, mut served6) = (0, 0);
     egret_tests::poll_until(
         "the job's listeners, reached by the job itself on loopback",
