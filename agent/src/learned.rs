@@ -33,6 +33,9 @@ pub struct TtlSettings {
     /// Most addresses the DNS proxy keeps for one name of one runner; the
     /// ones closest to expiry make room for new answers.
     pub max_ips_per_name: usize,
+    /// Most addresses the DNS proxy holds for one runner; `None`: an equal
+    /// share of the map (see [`Learning::set_runner_count`]).
+    pub max_ips_per_runner: Option<usize>,
 }
 
 impl Default for TtlSettings {
@@ -43,6 +46,7 @@ impl Default for TtlSettings {
             grace: Duration::from_secs(60),
             retry: Duration::from_secs(5),
             max_ips_per_name: 1000,
+            max_ips_per_runner: None,
         }
     }
 }
@@ -296,7 +300,11 @@ impl Learning {
     /// can fill it for the others: seven eighths of its capacity (the rest
     /// is for the policy's exact hostnames) over the number of runners.
     pub fn set_runner_count(&mut self, runners: usize) {
-        self.quota = Self::SHARED / runners.max(1);
+        let share = Self::SHARED / runners.max(1);
+        self.quota = self
+            .settings
+            .max_ips_per_runner
+            .map_or(share, |n| n.min(share));
     }
 
     const SHARED: usize = egret_common::maps::LEARNED_CAPACITY as usize / 8 * 7;

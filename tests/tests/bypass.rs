@@ -559,3 +559,56 @@ fn af_vsock_is_outside_every_hook() {
         "egret does not see AF_VSOCK: the same inside the runner as outside"
     );
 }
+
+/// Another runner's job binding the same loopback address (SO_REUSEPORT,
+/// same user) takes nothing: it does not become the owner, and its socket
+/// going away does not take the owner's listener with it.
+#[test]
+fn a_listener_cannot_be_taken_over_by_another_runner() {
+    if !privileged("a_listener_cannot_be_taken_over_by_another_runner") {
+        return;
+    }
+    let w = world::World::new();
+    let mut cg = egret_tests::cgroup::TestCgroup::new("egret-test");
+    let (a, b) = (cg.child("a"), cg.child("b"));
+    let policy = w.path("policy.yaml");
+    let runner = |name: &str, cgroup: &str| {
+        format!(
+            "  - name: {name}\n    cgroup: {cgroup}\n    allow:\n      - cidr: 203.0.113.10/32\n"
+        )
+    };
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n{}{}",
+            runner("a", &a),
+            runner("b", &b)
+        ),
+    );
+    let pins = egret_tests::agent::Pins::new(&w);
+    let _agent = egret_tests::agent::Agent::start(&w, &pins, &policy, &[]);
+    let job_in = |runner: &str, actions: &[&str]| {
+        job::run(&w.host, Some(&cg.procs(runner)), actions).remove(0)
+    };
+    let owner = job::start(
+        &w.host,
+        Some(&cg.procs("a")),
+        &["listen-reuse:127.0.0.1:7500:8000"],
+    );
+    egret_tests::poll_until("runner a's listener", Duration::from_secs(3), || {
+        job_in("a", &["tcp:127.0.0.1:7500"]).ok()
+    });
+    // Runner b binds the same address, briefly, and tries to use it.
+    let taker = job::start(
+        &w.host,
+        Some(&cg.procs("b")),
+        &["listen-reuse:127.0.0.1:7500:500"],
+    );
+    let o = job_in("b", &["tcp:127.0.0.1:7500"]);
+    assert!(o.eperm(), "runner b does not own a's listener: {o:?}");
+    assert!(taker.wait()[0].ok(), "the second bind itself succeeded");
+    // b's socket is gone; a's listener is still a's.
+    let o = job_in("a", &["tcp:127.0.0.1:7500"]);
+    assert_eq!(o.banner.as_deref(), Some("job listener"), "{o:?}");
+    assert!(owner.wait()[0].ok());
+}

@@ -102,3 +102,58 @@ fn a_flood_of_denials_loses_no_rare_one_and_starves_no_one() {
         .expect("VmHWM");
     assert!(peak_kb < 64 * 1024, "agent peak memory {peak_kb} kB");
 }
+
+/// A job resolving name after name with large answers fills only its
+/// runner's share of the learned-address map: past it, its new names get
+/// SERVFAIL and a `quota` event, while another runner resolves as before.
+#[test]
+fn one_runner_cannot_fill_the_learned_map_for_the_others() {
+    if !privileged("one_runner_cannot_fill_the_learned_map_for_the_others") {
+        return;
+    }
+    let w = world::World::new();
+    w.write_zone("one.bulk.test A 203.0.113.100+40 60\ntwo.bulk.test A 203.0.113.200+40 60\n");
+    let mut cg = TestCgroup::new("egret-test");
+    let (greedy, other) = (cg.child("greedy"), cg.child("other"));
+    let policy = w.path("policy.yaml");
+    let runner = |name: &str, cgroup: &str| {
+        format!(
+            "  - name: {name}\n    cgroup: {cgroup}\n    dns:\n      upstream: [{DNS}]\n    allow:\n      - host: \"*.bulk.test\"\n        ports: [443]\n"
+        )
+    };
+    world::write_file(
+        &policy,
+        &format!(
+            "version: 1\nrunners:\n{}{}",
+            runner("greedy", &greedy),
+            runner("other", &other)
+        ),
+    );
+    let pins = Pins::new(&w);
+    // A share of 60 addresses per runner: two 40-address answers do not fit.
+    let agent = Agent::start(&w, &pins, &policy, &["--dns-max-ips-per-runner", "60"]);
+    let ask = |runner: &str, name: &str| {
+        job::run(
+            &w.host,
+            Some(&cg.procs(runner)),
+            &[&format!("dns:{name}:A:udp@203.0.113.53:53")],
+        )
+        .remove(0)
+    };
+    let first = ask("greedy", "one.bulk.test");
+    assert_eq!(first.rcode.as_deref(), Some("NoError"), "{first:?}");
+    assert_eq!(first.answers.as_ref().map(Vec::len), Some(40));
+    let over = ask("greedy", "two.bulk.test");
+    assert_eq!(over.rcode.as_deref(), Some("ServFail"), "{over:?}");
+    let ev = agent
+        .wait_event(Duration::from_secs(5), |e| e["reason"] == "quota")
+        .expect("a quota event");
+    assert_eq!(
+        (ev["runner"].as_str(), ev["host"].as_str()),
+        (Some("greedy"), Some("two.bulk.test"))
+    );
+    // The other runner never notices.
+    let theirs = ask("other", "two.bulk.test");
+    assert_eq!(theirs.rcode.as_deref(), Some("NoError"), "{theirs:?}");
+    assert_eq!(theirs.answers.as_ref().map(Vec::len), Some(40));
+}

@@ -72,6 +72,14 @@ const VECTORS: &[(&str, &[&str])] = &[
         &["a_listener_on_another_loopback_address_owns_nothing_else"],
     ),
     (
+        "another runner taking over a loopback listener",
+        &["a_listener_cannot_be_taken_over_by_another_runner"],
+    ),
+    (
+        "one runner filling the learned-address map",
+        &["one_runner_cannot_fill_the_learned_map_for_the_others"],
+    ),
+    (
         "multicast joins, IP options, routing headers, server TFO",
         &["multicast_joins_are_refused_unless_the_runner_opts_in"],
     ),

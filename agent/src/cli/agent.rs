@@ -50,6 +50,12 @@ pub struct Args {
     /// rotating through many); beyond it, the oldest lapse at their expiry.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub dns_max_ips_per_name: usize,
+    /// Most addresses one runner's jobs may hold through the DNS proxy at
+    /// once; past it their new names get SERVFAIL and a `quota` event, so
+    /// no runner can fill the map every runner shares. Default: an equal
+    /// share of the map for each runner of the policy.
+    #[arg(long, value_name = "N")]
+    pub dns_max_ips_per_runner: Option<usize>,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -82,6 +88,7 @@ pub fn run(args: Args) -> ExitCode {
             cap: args.ttl_cap,
             grace: args.grace,
             max_ips_per_name: args.dns_max_ips_per_name,
+            max_ips_per_runner: args.dns_max_ips_per_runner,
             ..TtlSettings::default()
         },
     };

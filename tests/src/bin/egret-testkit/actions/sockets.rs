@@ -18,6 +18,7 @@ pub const KINDS: &[&str] = &[
     "mptcp",
     "packet",
     "listen",
+    "listen-reuse",
     "self-loopback",
     "tfo",
     "uring-connect",
@@ -60,9 +61,11 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             socket_kind(action, kind, rest)
         }
         // Listen on ADDR for a while, answering with a banner: listen:ADDR:MS.
-        "listen" => {
+        // listen:ADDR:MS, or listen-reuse:ADDR:MS with SO_REUSEPORT (so
+        // another job of the same user can bind the same address).
+        "listen" | "listen-reuse" => {
             let (addr, ms) = rest.rsplit_once(':').expect("listen:ADDR:MS");
-            let listener = match TcpListener::bind(parse(addr)) {
+            let listener = match bind_listener(parse(addr), kind == "listen-reuse") {
                 Ok(l) => l,
                 Err(e) => return failure(action, &e),
             };
@@ -383,4 +386,21 @@ pub(crate) fn set_option(action: &str, kind: &str) -> Outcome {
         libc::close(fd);
         outcome
     }
+}
+
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // As the standard library's listeners do, so a server bound here later
+    // is not refused for this one's connections in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    Ok(sock.into())
 }
