@@ -139,3 +139,54 @@ impl Scenario {
         self.agent().wait_event(Duration::from_secs(5), pred)
     }
 }
+
+/// Several runners on one host, each in a cgroup of its own with the same
+/// allow entries, resolving through the world's DNS fixture: for what one
+/// runner must never do to another. Fields drop as in [`Scenario`].
+pub struct Runners {
+    pub agent: Agent,
+    pub pins: Pins,
+    pub cgroup: TestCgroup,
+    pub world: World,
+}
+
+impl Runners {
+    /// Starts the agent on a policy giving each of `names` the `allow`
+    /// entries (YAML list items), with `extra` agent arguments. `before`
+    /// runs on the world first (to write a zone, say).
+    pub fn start(names: &[&str], allow: &str, extra: &[&str], before: impl FnOnce(&World)) -> Self {
+        let world = World::new();
+        before(&world);
+        let mut cgroup = TestCgroup::new("egret-test");
+        let mut text = String::from("version: 1\nrunners:\n");
+        for name in names {
+            let dir = cgroup.child(name);
+            text.push_str(&format!(
+                "  - name: {name}\n    cgroup: {dir}\n    dns:\n      upstream: [{}]\n    allow:\n",
+                world::DNS
+            ));
+            for line in allow.lines() {
+                text.push_str(&format!("      {line}\n"));
+            }
+        }
+        let policy = world.path("policy.yaml");
+        world::write_file(&policy, &text);
+        let pins = Pins::new(&world);
+        let agent = Agent::start(&world, &pins, &policy, extra);
+        Self {
+            agent,
+            pins,
+            cgroup,
+            world,
+        }
+    }
+
+    /// Runs a job in `runner`'s cgroup and returns its outcomes.
+    pub fn job(&self, runner: &str, actions: &[&str]) -> Vec<Outcome> {
+        job::run(&self.world.host, Some(&self.cgroup.procs(runner)), actions)
+    }
+
+    pub fn start_job(&self, runner: &str, actions: &[&str]) -> job::Running {
+        job::start(&self.world.host, Some(&self.cgroup.procs(runner)), actions)
+    }
+}

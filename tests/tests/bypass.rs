@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use egret_tests::{job, privileged, scenario::Scenario, world};
+use egret_tests::{
+    job, privileged,
+    scenario::{Runners, Scenario},
+    world,
+};
 
 const ALLOW: &str = "- cidr: 203.0.113.10/32\n  ports: [443]\n";
 
@@ -568,42 +572,14 @@ fn a_listener_cannot_be_taken_over_by_another_runner() {
     if !privileged("a_listener_cannot_be_taken_over_by_another_runner") {
         return;
     }
-    let w = world::World::new();
-    let mut cg = egret_tests::cgroup::TestCgroup::new("egret-test");
-    let (a, b) = (cg.child("a"), cg.child("b"));
-    let policy = w.path("policy.yaml");
-    let runner = |name: &str, cgroup: &str| {
-        format!(
-            "  - name: {name}\n    cgroup: {cgroup}\n    allow:\n      - cidr: 203.0.113.10/32\n"
-        )
-    };
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n{}{}",
-            runner("a", &a),
-            runner("b", &b)
-        ),
-    );
-    let pins = egret_tests::agent::Pins::new(&w);
-    let _agent = egret_tests::agent::Agent::start(&w, &pins, &policy, &[]);
-    let job_in = |runner: &str, actions: &[&str]| {
-        job::run(&w.host, Some(&cg.procs(runner)), actions).remove(0)
-    };
-    let owner = job::start(
-        &w.host,
-        Some(&cg.procs("a")),
-        &["listen-reuse:127.0.0.1:7500:8000"],
-    );
+    let r = Runners::start(&["a", "b"], "- cidr: 203.0.113.10/32", &[], |_| {});
+    let job_in = |runner: &str, actions: &[&str]| r.job(runner, actions).remove(0);
+    let owner = r.start_job("a", &["listen-reuse:127.0.0.1:7500:8000"]);
     egret_tests::poll_until("runner a's listener", Duration::from_secs(3), || {
         job_in("a", &["tcp:127.0.0.1:7500"]).ok()
     });
     // Runner b binds the same address, briefly, and tries to use it.
-    let taker = job::start(
-        &w.host,
-        Some(&cg.procs("b")),
-        &["listen-reuse:127.0.0.1:7500:500"],
-    );
+    let taker = r.start_job("b", &["listen-reuse:127.0.0.1:7500:500"]);
     let o = job_in("b", &["tcp:127.0.0.1:7500"]);
     assert!(o.eperm(), "runner b does not own a's listener: {o:?}");
     assert!(taker.wait()[0].ok(), "the second bind itself succeeded");

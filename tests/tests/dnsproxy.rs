@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use egret_tests::{
     agent::cli,
-    cgroup::TestCgroup,
     job, privileged,
-    scenario::Scenario,
+    scenario::{Runners, Scenario},
     world::{self, CDN_PORT, CONTAINER_GATEWAY, DNS},
 };
 
@@ -305,31 +304,18 @@ fn what_one_runner_resolved_stays_closed_to_another() {
     if !privileged("what_one_runner_resolved_stays_closed_to_another") {
         return;
     }
-    let w = world::World::new();
-    let mut cg = TestCgroup::new("egret-test");
-    let (a, b) = (cg.child("a"), cg.child("b"));
-    let policy = w.path("policy.yaml");
-    let runner = |name: &str, cgroup: &str| {
-        format!(
-            "  - name: {name}\n    cgroup: {cgroup}\n    dns:\n      upstream: [{DNS}]\n    allow:\n      - host: cdn.test\n        ports: [{CDN_PORT}]\n"
-        )
-    };
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n{}{}",
-            runner("a", &a),
-            runner("b", &b)
-        ),
+    let r = Runners::start(
+        &["a", "b"],
+        &format!("- host: cdn.test\n  ports: [{CDN_PORT}]"),
+        &[],
+        |_| {},
     );
-    let pins = egret_tests::agent::Pins::new(&w);
-    let _agent = egret_tests::agent::Agent::start(&w, &pins, &policy, &[]);
-    let in_a = job::run(
-        &w.host,
-        Some(&cg.procs("a")),
-        &[&format!("dns-connect:cdn.test:A:{CDN_PORT}:{VIA_UDP}")],
-    )
-    .remove(0);
+    let in_a = r
+        .job(
+            "a",
+            &[&format!("dns-connect:cdn.test:A:{CDN_PORT}:{VIA_UDP}")],
+        )
+        .remove(0);
     assert!(in_a.ok(), "{in_a:?}");
     let ip = in_a
         .answers
@@ -337,12 +323,7 @@ fn what_one_runner_resolved_stays_closed_to_another() {
         .and_then(|a| a.first())
         .expect("answer")
         .clone();
-    let in_b = job::run(
-        &w.host,
-        Some(&cg.procs("b")),
-        &[&format!("tcp:{ip}:{CDN_PORT}")],
-    )
-    .remove(0);
+    let in_b = r.job("b", &[&format!("tcp:{ip}:{CDN_PORT}")]).remove(0);
     assert!(
         in_b.eperm(),
         "runner b reached what only a resolved: {in_b:?}"

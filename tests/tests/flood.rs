@@ -4,47 +4,23 @@
 
 use std::time::Duration;
 
-use egret_tests::{
-    agent::{Agent, Pins},
-    cgroup::TestCgroup,
-    job, privileged,
-    world::{self, DNS},
-};
+use egret_tests::{job, privileged, scenario::Runners};
 
 #[test]
 fn a_flood_of_denials_loses_no_rare_one_and_starves_no_one() {
     if !privileged("a_flood_of_denials_loses_no_rare_one_and_starves_no_one") {
         return;
     }
-    let w = world::World::new();
-    let mut cg = TestCgroup::new("egret-test");
-    let (a, b) = (cg.child("flooder"), cg.child("other"));
-    let policy = w.path("policy.yaml");
-    let runner = |name: &str, cgroup: &str| {
-        format!(
-            "  - name: {name}\n    cgroup: {cgroup}\n    dns:\n      upstream: [{DNS}]\n    allow:\n      - host: gitlab.test\n        ports: [443]\n"
-        )
-    };
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n{}{}",
-            runner("flooder", &a),
-            runner("other", &b)
-        ),
+    let r = Runners::start(
+        &["flooder", "other"],
+        "- host: gitlab.test\n  ports: [443]",
+        &[],
+        |_| {},
     );
-    let pins = Pins::new(&w);
-    let agent = Agent::start(&w, &pins, &policy, &[]);
-    let flooder = Some(cg.procs("flooder"));
+    let agent = &r.agent;
     // Two flooding processes, a few seconds, as fast as they go.
     let floods: Vec<job::Running> = (0..2)
-        .map(|_| {
-            job::start(
-                &w.host,
-                flooder.as_deref(),
-                &["deny-flood:198.51.100.66:443:3000"],
-            )
-        })
+        .map(|_| r.start_job("flooder", &["deny-flood:198.51.100.66:443:3000"]))
         .collect();
     agent
         .wait_events(Duration::from_secs(5), |events| {
@@ -58,14 +34,14 @@ fn a_flood_of_denials_loses_no_rare_one_and_starves_no_one() {
         .expect("the flood under way");
     // In the middle of it: one metadata attempt, and the other runner's
     // jobs resolving and connecting.
-    let metadata = job::run(&w.host, flooder.as_deref(), &["tcp:169.254.169.254:80"]).remove(0);
+    let metadata = r.job("flooder", &["tcp:169.254.169.254:80"]).remove(0);
     assert!(metadata.eperm(), "{metadata:?}");
-    let other = job::run(
-        &w.host,
-        Some(&cg.procs("other")),
-        &["dns-connect:gitlab.test:A:443:udp@203.0.113.53:53"],
-    )
-    .remove(0);
+    let other = r
+        .job(
+            "other",
+            &["dns-connect:gitlab.test:A:443:udp@203.0.113.53:53"],
+        )
+        .remove(0);
     assert!(
         other.ok(),
         "the other runner's DNS during the flood: {other:?}"
@@ -111,34 +87,21 @@ fn one_runner_cannot_fill_the_learned_map_for_the_others() {
     if !privileged("one_runner_cannot_fill_the_learned_map_for_the_others") {
         return;
     }
-    let w = world::World::new();
-    w.write_zone("one.bulk.test A 203.0.113.100+40 60\ntwo.bulk.test A 203.0.113.200+40 60\n");
-    let mut cg = TestCgroup::new("egret-test");
-    let (greedy, other) = (cg.child("greedy"), cg.child("other"));
-    let policy = w.path("policy.yaml");
-    let runner = |name: &str, cgroup: &str| {
-        format!(
-            "  - name: {name}\n    cgroup: {cgroup}\n    dns:\n      upstream: [{DNS}]\n    allow:\n      - host: \"*.bulk.test\"\n        ports: [443]\n"
-        )
-    };
-    world::write_file(
-        &policy,
-        &format!(
-            "version: 1\nrunners:\n{}{}",
-            runner("greedy", &greedy),
-            runner("other", &other)
-        ),
-    );
-    let pins = Pins::new(&w);
     // A share of 60 addresses per runner: two 40-address answers do not fit.
-    let agent = Agent::start(&w, &pins, &policy, &["--dns-max-ips-per-runner", "60"]);
+    let r = Runners::start(
+        &["greedy", "other"],
+        "- host: \"*.bulk.test\"\n  ports: [443]",
+        &["--dns-max-ips-per-runner", "60"],
+        |w| {
+            w.write_zone(
+                "one.bulk.test A 203.0.113.100+40 60\ntwo.bulk.test A 203.0.113.200+40 60\n",
+            )
+        },
+    );
+    let agent = &r.agent;
     let ask = |runner: &str, name: &str| {
-        job::run(
-            &w.host,
-            Some(&cg.procs(runner)),
-            &[&format!("dns:{name}:A:udp@203.0.113.53:53")],
-        )
-        .remove(0)
+        r.job(runner, &[&format!("dns:{name}:A:udp@203.0.113.53:53")])
+            .remove(0)
     };
     let first = ask("greedy", "one.bulk.test");
     assert_eq!(first.rcode.as_deref(), Some("NoError"), "{first:?}");
