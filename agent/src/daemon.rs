@@ -102,7 +102,7 @@ struct Agent {
     /// Per runner: the events-dropped counter when last reported.
     suppressed_seen: HashMap<u32, u64>,
     /// Ordinary denials beyond the per-second budget, held back.
-    flood_limit: Arc<events::FloodLimit>,
+    flood_limit: Arc<crate::budget::PerRunnerBudget>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -151,7 +151,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         last_reload: None,
         hub: hub.clone(),
         suppressed_seen: HashMap::new(),
-        flood_limit: Arc::default(),
+        flood_limit: Arc::new(events::flood_limit()),
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
@@ -319,7 +319,7 @@ impl Agent {
                 .maps
                 .counter(counter_index(*id, counter::EVENTS_DROPPED));
             let seen = self.suppressed_seen.entry(*id).or_insert(dropped);
-            let held = self.flood_limit.take(*id) + dropped.saturating_sub(*seen);
+            let held = self.flood_limit.take_refused(*id) + dropped.saturating_sub(*seen);
             *seen = dropped;
             if held > 0 {
                 let notice = events::Suppressed::new(name, held);

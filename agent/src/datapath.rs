@@ -191,9 +191,10 @@ impl Datapath {
             self.attach_runner(key, runner.id, &runner.cgroup_dir, cgroup_id)?;
             done.push((runner.name.clone(), Attached::New));
         }
-        let ids = plan.ids();
+        // A runner keeps its pinned id for as long as it keeps its name, so
+        // its name alone says whether the plan still has it.
         for (name, rec) in self.maps.runner_records() {
-            if !ids.contains(&rec.id) || !plan.runners.iter().any(|r| r.name == name) {
+            if !plan.runners.iter().any(|r| r.name == name) {
                 self.remove_runner(&name, rec.id)?;
                 done.push((name, Attached::Removed));
             }

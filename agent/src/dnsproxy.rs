@@ -129,7 +129,8 @@ pub struct Shared {
     /// To name a refused query's cgroup as events do.
     cgroup_root: PathBuf,
     upstreams: Upstreams,
-    scans: ScanBudget,
+    /// Process scans naming the process behind a refused query.
+    scans: crate::budget::PerRunnerBudget,
     /// The agent's TTL settings (fixed for its lifetime).
     ttl: TtlSettings,
     pub stats: ProxyStats,
@@ -148,7 +149,7 @@ impl Shared {
         let ttl = learning.lock().unwrap_or_else(|e| e.into_inner()).settings;
         Ok(Self {
             upstreams: Upstreams::default(),
-            scans: ScanBudget::default(),
+            scans: crate::budget::PerRunnerBudget::new(SCANS_PER_SECOND),
             ttl,
             learning,
             learned: Mutex::new(learned),

@@ -24,7 +24,9 @@ use tokio::io::unix::AsyncFd;
 
 pub use hub::{EventLine, Hub};
 
-use crate::{clock::monotonic_ns, compile, learned::SharedLearning, runners};
+use crate::{
+    budget::PerRunnerBudget, clock::monotonic_ns, compile, learned::SharedLearning, runners,
+};
 
 /// Cgroup paths remembered by id; past this many the memory starts over,
 /// so a job making cgroups without end cannot grow the agent.
@@ -242,34 +244,9 @@ pub fn publish(record: &EventRecord, hub: &Hub) {
 /// lockdown denials are never limited.
 pub const EVENTS_PER_SECOND: u32 = 1000;
 
-/// Per runner: the current second, the events reported in it, and those
-/// held back since the last summary.
-#[derive(Default)]
-pub struct FloodLimit(Mutex<HashMap<u32, (std::time::Instant, u32, u64)>>);
-
-impl FloodLimit {
-    /// Whether this runner's event may be reported one by one now.
-    pub fn admit(&self, runner: u32, now: std::time::Instant) -> bool {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, count, held) = all.entry(runner).or_insert((now, 0, 0));
-        if now.duration_since(*since) >= Duration::from_secs(1) {
-            (*since, *count) = (now, 0);
-        }
-        if *count < EVENTS_PER_SECOND {
-            *count += 1;
-            true
-        } else {
-            *held += 1;
-            false
-        }
-    }
-
-    /// The events of `runner` held back since the last call.
-    pub fn take(&self, runner: u32) -> u64 {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        all.get_mut(&runner)
-            .map_or(0, |(_, _, held)| std::mem::take(held))
-    }
+/// The budget of ordinary events each runner may report one by one.
+pub fn flood_limit() -> PerRunnerBudget {
+    PerRunnerBudget::new(EVENTS_PER_SECOND)
 }
 
 /// A flood's summary: denials of one runner not reported one by one,
@@ -323,7 +300,7 @@ pub async fn pump(
     ring: RingBuf<MapData>,
     enricher: Arc<Enricher>,
     hub: Arc<Hub>,
-    limit: Option<Arc<FloodLimit>>,
+    limit: Option<Arc<PerRunnerBudget>>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -351,7 +328,7 @@ pub async fn pump(
             let now = std::time::Instant::now();
             let lines: Vec<(String, String)> = batch
                 .iter()
-                .filter(|ev| limit.as_ref().is_none_or(|l| l.admit(ev.runner, now)))
+                .filter(|ev| limit.as_ref().is_none_or(|l| l.allow(ev.runner, now)))
                 .filter_map(|ev| {
                     let record = enrich(ev, &enricher, wall, mono);
                     Some((record.runner.clone(), serde_json::to_string(&record).ok()?))
@@ -447,16 +424,16 @@ mod tests {
 
     #[test]
     fn a_flood_is_held_back_per_runner_and_counted() {
-        let limit = FloodLimit::default();
+        let limit = flood_limit();
         let now = std::time::Instant::now();
         let admitted = (0..EVENTS_PER_SECOND + 10)
-            .filter(|_| limit.admit(1, now))
+            .filter(|_| limit.allow(1, now))
             .count();
         assert_eq!(admitted, EVENTS_PER_SECOND as usize);
-        assert!(limit.admit(2, now), "another runner has its own budget");
-        assert_eq!(limit.take(1), 10);
-        assert_eq!(limit.take(1), 0, "taken once");
-        assert!(limit.admit(1, now + Duration::from_secs(1)), "a new second");
+        assert!(limit.allow(2, now), "another runner has its own budget");
+        assert_eq!(limit.take_refused(1), 10);
+        assert_eq!(limit.take_refused(1), 0, "taken once");
+        assert!(limit.allow(1, now + Duration::from_secs(1)), "a new second");
     }
 
     #[test]

@@ -389,9 +389,14 @@ impl Learning {
 
     /// Applies an answer to `tracked[index]`.
     pub fn apply(&mut self, index: usize, answer: Answer) {
-        let settings = self.settings;
-        let nat64 = self.nat64.clone();
-        let Some(t) = self.tracked.get_mut(index) else {
+        let Self {
+            settings,
+            nat64,
+            tracked,
+            ..
+        } = self;
+        let settings = *settings;
+        let Some(t) = tracked.get_mut(index) else {
             return;
         };
         let now = Instant::now();
@@ -401,7 +406,7 @@ impl Learning {
                 let private_ok = t.private_answers;
                 for ip in ips
                     .into_iter()
-                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok, &nat64))
+                    .filter(|ip| crate::baseline::answer_usable(*ip, private_ok, nat64))
                 {
                     let until = now + ttl + settings.grace;
                     let slot = t.ips.entry(ip).or_insert(until);

@@ -17,6 +17,7 @@
 //! - `daemon` ties them together for `egret agent`.
 
 pub mod baseline;
+pub mod budget;
 pub mod clock;
 pub mod compile;
 pub mod control;

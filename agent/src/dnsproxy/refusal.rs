@@ -1,35 +1,13 @@
 //! `dns_refused` events, naming the process behind a refused query within
 //! a budget.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use super::*;
 use crate::{
     events::{self},
     policy::Mode,
 };
-
-/// Per runner: the start of the current second and the scans made in it.
-#[derive(Default)]
-pub(super) struct ScanBudget(Mutex<HashMap<u32, (std::time::Instant, u32)>>);
-
-impl ScanBudget {
-    /// Whether this runner may have one more process scan now.
-    pub(super) fn allow(&self, runner: u32, now: std::time::Instant) -> bool {
-        let mut scans = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, count) = scans.entry(runner).or_insert((now, 0));
-        if now.duration_since(*since) >= Duration::from_secs(1) {
-            (*since, *count) = (now, 0);
-        }
-        *count += 1;
-        *count <= SCANS_PER_SECOND
-    }
-}
 
 /// Process scans per runner per second that name the process behind a
 /// refused query.

@@ -135,7 +135,7 @@ fn upstreams_prefer_the_runner_then_the_agent() {
 
 #[test]
 fn process_scans_are_budgeted_per_runner_and_second() {
-    let budget = ScanBudget::default();
+    let budget = crate::budget::PerRunnerBudget::new(SCANS_PER_SECOND);
     let t0 = std::time::Instant::now();
     assert!((0..SCANS_PER_SECOND).all(|_| budget.allow(1, t0)));
     assert!(!budget.allow(1, t0), "over the budget");
