@@ -588,3 +588,52 @@ fn a_listener_cannot_be_taken_over_by_another_runner() {
     assert_eq!(o.banner.as_deref(), Some("job listener"), "{o:?}");
     assert!(owner.wait()[0].ok());
 }
+
+/// One runner's jobs own at most their share of the loopback-ownership
+/// map: past it, a bind gets EPERM and a `quota` event, while another
+/// runner still owns and reaches its own listener. Closing the sockets
+/// gives the share back.
+#[test]
+fn one_runner_cannot_fill_the_loopback_map_for_the_others() {
+    if !privileged("one_runner_cannot_fill_the_loopback_map_for_the_others") {
+        return;
+    }
+    let share = egret_common::maps::OWNED_PER_RUNNER;
+    let r = Runners::start(&["greedy", "other"], "- cidr: 203.0.113.10/32", &[], |_| {});
+    let many = format!("bind-many:127.0.0.1:{}:0", share + 50);
+    // Without egret the same binds all succeed: the limit is egret's.
+    let outside = job::run(&r.world.host, None, &[&many]).remove(0);
+    assert_eq!(outside.count, Some(share + 50), "{outside:?}");
+
+    let greedy = r.start_job(
+        "greedy",
+        &[&format!("bind-many:127.0.0.1:{}:3000", share + 50)],
+    );
+    let ev = r
+        .agent
+        .wait_event(Duration::from_secs(5), |e| e["reason"] == "quota")
+        .expect("a quota event");
+    assert_eq!(
+        (ev["runner"].as_str(), ev["hook"].as_str()),
+        (Some("greedy"), Some("post_bind")),
+        "{ev}"
+    );
+    // While greedy holds its whole share, the other runner's listener is
+    // its own and reachable.
+    let theirs = r.start_job("other", &["listen:127.0.0.1:7600:1500"]);
+    egret_tests::poll_until(
+        "the other runner's listener",
+        Duration::from_secs(3),
+        || {
+            let o = r.job("other", &["tcp:127.0.0.1:7600"]).remove(0);
+            o.banner.as_deref() == Some("job listener")
+        },
+    );
+    assert!(theirs.wait()[0].ok());
+    let held = greedy.wait().remove(0);
+    assert!(held.eperm(), "the bind past the share: {held:?}");
+    assert_eq!(held.count, Some(share), "{held:?}");
+    // Its sockets closed, greedy has its share back.
+    let again = r.job("greedy", &["bind-many:127.0.0.1:10:0"]).remove(0);
+    assert_eq!((again.ok(), again.count), (true, Some(10)), "{again:?}");
+}

@@ -80,6 +80,10 @@ const VECTORS: &[(&str, &[&str])] = &[
         &["one_runner_cannot_fill_the_learned_map_for_the_others"],
     ),
     (
+        "one runner filling the loopback-ownership map",
+        &["one_runner_cannot_fill_the_loopback_map_for_the_others"],
+    ),
+    (
         "multicast joins, IP options, routing headers, server TFO",
         &["multicast_joins_are_refused_unless_the_runner_opts_in"],
     ),

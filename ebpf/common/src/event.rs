@@ -65,6 +65,8 @@ pub mod hook {
     /// The agent's DNS proxy (events it writes itself).
     pub const DNS_PROXY: u8 = 7;
     pub const SETSOCKOPT: u8 = 8;
+    /// A bind that would own a loopback address past the runner's quota.
+    pub const POST_BIND: u8 = 9;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -76,6 +78,7 @@ pub mod hook {
             SOCK_CREATE => "sock_create",
             EGRESS => "egress",
             SETSOCKOPT => "setsockopt",
+            POST_BIND => "post_bind",
             _ => "unknown",
         }
     }

@@ -27,6 +27,9 @@ pub const OWNED: &str = "EGRET_OWNED";
 /// `HashMap<u64, OwnedKey>`: socket cookie → the [`OWNED`] entry that
 /// socket made, so its release removes exactly that entry.
 pub const BOUND: &str = "EGRET_BOUND";
+/// `Array<u64>` indexed by runner id: how many [`OWNED`] entries the
+/// runner's sockets hold, against [`OWNED_PER_RUNNER`].
+pub const OWNED_COUNTS: &str = "EGRET_OWNED_N";
 /// `LruHashMap<u64, DnsOrigin>`: socket cookie → the resolver a job aimed a
 /// DNS query at before it was redirected to the proxy, so replies appear to
 /// come from there.
@@ -47,7 +50,7 @@ pub const URGENT_EVENTS: &str = "EGRET_URGENT";
 /// Every map the kernel object defines, by the name it is pinned under.
 /// ([`RUNNERS`] is the agent's own and not in the object; the loader also
 /// makes maps of the object's data sections, named after them.)
-pub const IN_OBJECT: [&str; 13] = [
+pub const IN_OBJECT: [&str; 14] = [
     STATE,
     LOCKDOWN,
     CIDRS,
@@ -57,6 +60,7 @@ pub const IN_OBJECT: [&str; 13] = [
     NAT64,
     OWNED,
     BOUND,
+    OWNED_COUNTS,
     DNS_ORIGINS,
     COUNTERS,
     EVENTS,
@@ -71,9 +75,13 @@ pub const LEARNED_CAPACITY: u32 = 131_072;
 pub const BASELINE_CAPACITY: u32 = 1_024;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const URGENT_EVENTS_BYTES: u32 = 1 << 18;
-/// Room for 1,024 loopback listeners per runner. (No per-runner quota is
-/// enforced in the kernel yet: see docs/threat-model.md.)
-pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * 1_024;
+/// Loopback listeners one runner's jobs may own at once: an equal share of
+/// [`OWNED_CAPACITY`], so no runner can fill the map for the others. Past
+/// it, a bind that would own an address fails with EPERM and a `quota`
+/// event.
+pub const OWNED_PER_RUNNER: u64 = 1_024;
+/// Every runner's share.
+pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * OWNED_PER_RUNNER as u32;
 /// `BPF_F_NO_PREALLOC`: entries are allocated as listeners appear, so the
 /// room every runner's share needs costs nothing until used.
 pub const NO_PREALLOC: u32 = 1;
@@ -226,8 +234,8 @@ pub mod counter {
     /// DNS queries refused in the kernel: no proxy, or lockdown.
     pub const DENIED_DNS: u32 = 9;
     pub const DENIED_SOCKET_OPTION: u32 = 10;
-    /// Learned addresses refused past the runner's share (counted by the
-    /// agent's DNS proxy).
+    /// Past the runner's share of a shared map: learned addresses (counted
+    /// by the agent's DNS proxy) and loopback listeners (by `post_bind`).
     pub const QUOTA: u32 = 11;
     pub const KINDS: u32 = 12;
     pub const NAMES: [&str; KINDS as usize] = [

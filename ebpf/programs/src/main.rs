@@ -15,6 +15,10 @@
 //! - `report`: counters and events.
 #![no_std]
 #![no_main]
+// The BPF target has atomic adds but no compare-and-swap, so core's atomic
+// types offer no `fetch_add` there; the intrinsic is the atomic add itself.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod maps;
 mod report;

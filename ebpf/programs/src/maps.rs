@@ -63,6 +63,10 @@ pub static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, NO_
 #[map(name = "EGRET_BOUND")]
 pub static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
 
+/// Runner id → how many OWNED entries its sockets hold.
+#[map(name = "EGRET_OWNED_N")]
+pub static OWNED_COUNTS: Array<u64> = Array::pinned(MAX_RUNNERS, 0);
+
 #[map(name = "EGRET_DNS_ORIG")]
 pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGINS_CAPACITY, 0);
 

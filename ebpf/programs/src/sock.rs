@@ -2,6 +2,8 @@
 //! options it may set, and which loopback listeners belong to the
 //! runner's own jobs.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
@@ -12,7 +14,7 @@ use aya_ebpf::{
 use egret_common::{
     addr::{self, Addr},
     event::{action, hook, reason},
-    maps::{OwnedKey, Owner, counter},
+    maps::{OWNED_PER_RUNNER, OwnedKey, Owner, counter},
     rules::proto,
     sockopt,
     state::flags,
@@ -20,7 +22,7 @@ use egret_common::{
 };
 
 use crate::{
-    maps::{BOUND, DNS_ORIGINS, OWNED, STATE, runner_id},
+    maps::{BOUND, DNS_ORIGINS, OWNED, OWNED_COUNTS, STATE, runner_id},
     report::{count, emit, task_origin},
 };
 
@@ -96,7 +98,9 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
 /// Remembers a listener a job opens on loopback (or on every address, which
 /// includes loopback) so `loopback: own` lets the runner's jobs reach it and
 /// nothing else on the host's loopback. An address already owned stays with
-/// its owner: a job binding it too (`SO_REUSEPORT`) takes nothing away.
+/// its owner: a job binding it too (`SO_REUSEPORT`) takes nothing away. A
+/// runner past its share of the map ([`OWNED_PER_RUNNER`]) gets EPERM, so
+/// no runner's jobs can fill it for the others.
 #[inline(always)]
 fn note_listener(ctx: &SockContext, local: Addr) -> i32 {
     if !addr::is_loopback(&local) {
@@ -112,21 +116,79 @@ fn note_listener(ctx: &SockContext, local: Addr) -> i32 {
     // SAFETY: as in socket_cookie.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let key = OwnedKey::new(netns, local, port as u16, protocol as u8);
+    if OWNED.get_ptr(key).is_some() {
+        // Owned already, by this runner's other socket or another
+        // runner's: nothing changes hands.
+        return ALLOW;
+    }
+    let Some(held) = OWNED_COUNTS.get_ptr_mut(runner) else {
+        count(runner, counter::ERRORS);
+        return DENY;
+    };
+    // Take a place, then look: of binds racing on several CPUs for the
+    // last place, none can see a count within the share once more than the
+    // share is taken, so at most the share ever holds (some may all back
+    // off instead: fail closed). Reading the add's own result would need
+    // BPF v3 instructions; the object targets v1.
+    add(held, 1);
+    // SAFETY: as in `add`; a plain aligned read of a u64.
+    if unsafe { core::ptr::read_volatile(held) } > OWNED_PER_RUNNER {
+        add(held, u64::MAX);
+        over_quota(runner, local, port as u16, protocol);
+        return DENY;
+    }
     let cookie = socket_cookie(ctx);
     let owner = Owner {
         runner,
         _pad: 0,
         cookie,
     };
-    // Owned already (by this runner's other socket, or another runner's),
-    // or the map is full: nothing changes hands.
-    if OWNED.insert(key, owner, BPF_NOEXIST).is_ok() && BOUND.insert(cookie, key, 0).is_err() {
+    if OWNED.insert(key, owner, BPF_NOEXIST).is_err() {
+        // Taken meanwhile, or the map is full: this socket owns nothing.
+        add(held, u64::MAX);
+        return ALLOW;
+    }
+    if BOUND.insert(cookie, key, 0).is_err() {
         // Without its cookie entry the release could not find it: undo,
         // and the listener stays unreachable (fail closed).
         let _ = OWNED.remove(key);
+        add(held, u64::MAX);
         count(runner, counter::ERRORS);
     }
     ALLOW
+}
+
+/// Atomically adds `delta` (wrapping: `u64::MAX` takes one away).
+#[inline(always)]
+fn add(slot: *mut u64, delta: u64) {
+    // SAFETY: `slot` is a value of a shared array map from a successful
+    // lookup, so it stays valid while the program runs; every writer goes
+    // through this atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+}
+
+#[inline(always)]
+fn over_quota(runner: u32, local: Addr, port: u16, protocol: u32) {
+    count(runner, counter::QUOTA);
+    let dst = Destination {
+        netns: 0,
+        given: local,
+        port,
+        proto: protocol as u8,
+        family: if addr::is_mapped_v4(&local) { 4 } else { 6 },
+        hook: hook::POST_BIND,
+    };
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(
+        runner,
+        &dst,
+        reason::QUOTA,
+        action::DENY,
+        0,
+        now,
+        &task_origin(),
+    );
 }
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
@@ -167,11 +229,12 @@ pub fn egret_sock_release(ctx: SockContext) -> i32 {
     };
     // SAFETY: the pointer comes from a successful lookup and is read at
     // once; entries are plain integers.
-    if OWNED
-        .get_ptr(key)
-        .is_some_and(|o| unsafe { (*o).cookie } == cookie)
+    let owner = OWNED.get_ptr(key).map(|o| unsafe { *o });
+    if let Some(owner) = owner.filter(|o| o.cookie == cookie)
+        && OWNED.remove(key).is_ok()
+        && let Some(held) = OWNED_COUNTS.get_ptr_mut(owner.runner)
     {
-        let _ = OWNED.remove(key);
+        add(held, u64::MAX);
     }
     let _ = BOUND.remove(cookie);
     ALLOW
