@@ -47,10 +47,20 @@ impl Outcome {
     }
 }
 
-/// Runs `egret-testkit job ACTIONS...` in `ns`, in the cgroup whose
-/// `cgroup.procs` is given (None: outside any runner).
+/// The user a job runs as, as the threat model assumes: no capabilities,
+/// no groups (`nobody`).
+pub const JOB_UID: u32 = 65_534;
+
+/// Runs `egret-testkit job ACTIONS...` in `ns` as [`JOB_UID`], in the cgroup
+/// whose `cgroup.procs` is given (None: outside any runner).
 pub fn run(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Vec<Outcome> {
     start(ns, cgroup_procs, actions).wait()
+}
+
+/// As [`run`], as root: for the labelled cases about what a job with
+/// capabilities can do.
+pub fn run_as_root(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Vec<Outcome> {
+    spawn(ns, cgroup_procs, actions, None).wait()
 }
 
 /// A job running in the background.
@@ -59,7 +69,12 @@ pub struct Running {
     actions: Vec<String>,
 }
 
+/// As [`run`], in the background.
 pub fn start(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Running {
+    spawn(ns, cgroup_procs, actions, Some(JOB_UID))
+}
+
+fn spawn(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str], uid: Option<u32>) -> Running {
     let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
     cmd.arg("job")
         .args(actions)
@@ -67,7 +82,7 @@ pub fn start(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Runni
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     Running {
-        child: ns.spawn(&mut cmd, cgroup_procs),
+        child: ns.spawn_as(&mut cmd, cgroup_procs, uid),
         actions: actions.iter().map(|a| (*a).to_owned()).collect(),
     }
 }

@@ -96,7 +96,8 @@ impl Scenario {
         }
     }
 
-    /// A job in the runner's cgroup.
+    /// A job in the runner's cgroup, as an unprivileged user
+    /// ([`job::JOB_UID`]).
     pub fn job(&self, actions: &[&str]) -> Vec<Outcome> {
         job::run(&self.world.host, Some(&self.cgroup.procs("ci")), actions)
     }
@@ -116,16 +117,42 @@ impl Scenario {
         job::run(&self.world.host, None, actions)
     }
 
+    /// A job in the runner's cgroup running as root, with every capability:
+    /// the labelled case of a runner that gives jobs root.
+    pub fn root_job(&self, actions: &[&str]) -> Vec<Outcome> {
+        job::run_as_root(&self.world.host, Some(&self.cgroup.procs("ci")), actions)
+    }
+
+    /// As [`Scenario::outsider`], as root.
+    pub fn root_outsider(&self, actions: &[&str]) -> Vec<Outcome> {
+        job::run_as_root(&self.world.host, None, actions)
+    }
+
     /// Asserts `action` gets EPERM in the runner's job and works from a
     /// process outside any runner, so the refusal is egret's and not an
     /// artefact of the test world.
     pub fn assert_egret_refuses(&self, action: &str) {
-        let inside = &self.job(&[action])[0];
+        self.assert_refused_inside_only(action, job::run);
+    }
+
+    /// As [`Scenario::assert_egret_refuses`], for a job running as root:
+    /// what the kernel refuses an unprivileged job anyway (raw sockets, IP
+    /// options), egret must refuse a root one too.
+    pub fn assert_egret_refuses_root(&self, action: &str) {
+        self.assert_refused_inside_only(action, job::run_as_root);
+    }
+
+    fn assert_refused_inside_only(
+        &self,
+        action: &str,
+        run: fn(&crate::netns::Netns, Option<&std::path::Path>, &[&str]) -> Vec<Outcome>,
+    ) {
+        let inside = &run(&self.world.host, Some(&self.cgroup.procs("ci")), &[action])[0];
         assert!(
             inside.eperm(),
             "{action} from the job: expected EPERM, got {inside:?}"
         );
-        let outside = &self.outsider(&[action])[0];
+        let outside = &run(&self.world.host, None, &[action])[0];
         assert!(
             outside.ok(),
             "{action} from outside the runner must work (else the EPERM proves nothing): {outside:?}"

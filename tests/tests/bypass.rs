@@ -1,6 +1,8 @@
-//! Bypass vectors: socket kinds that no connect or sendmsg hook sees.
-//! Jobs here run as root, so the kernel's own capability checks do not get
-//! in the way: what refuses them is egret.
+//! Bypass vectors: what a job tries to get past the connect and sendmsg
+//! hooks. Jobs run as an unprivileged user, as the threat model assumes;
+//! where only a job with capabilities could try (raw sockets, IP options),
+//! the case runs the job as root and says so, so the kernel's own checks do
+//! not get in the way: what refuses it is egret.
 
 use std::time::Duration;
 
@@ -18,13 +20,12 @@ fn socket_kinds_no_hook_can_judge_are_refused_at_socket() {
         return;
     }
     let s = Scenario::start("enforce", ALLOW);
-    for action in [
-        "raw-icmp:198.51.100.66",
-        "raw-udp:198.51.100.66",
-        "ping:198.51.100.66",
-        "mptcp:203.0.113.10:443",
-    ] {
+    for action in ["ping:198.51.100.66", "mptcp:203.0.113.10:443"] {
         s.assert_egret_refuses(action);
+    }
+    // Root jobs: the kernel refuses raw sockets to unprivileged ones.
+    for action in ["raw-icmp:198.51.100.66", "raw-udp:198.51.100.66"] {
+        s.assert_egret_refuses_root(action);
     }
     let ev = s
         .wait_event(|e| {
@@ -83,12 +84,13 @@ fn raw_sockets_a_runner_opts_into_are_still_judged_by_the_backstop() {
         ),
     );
     s.start_agent();
+    // Root jobs: only they can open raw sockets at all.
     assert!(
-        s.job(&["raw-icmp:203.0.113.10"])[0].ok(),
+        s.root_job(&["raw-icmp:203.0.113.10"])[0].ok(),
         "raw opted in, to an allowed address"
     );
-    s.assert_egret_refuses("raw-icmp:198.51.100.66");
-    s.assert_egret_refuses("raw-udp:169.254.169.254");
+    s.assert_egret_refuses_root("raw-icmp:198.51.100.66");
+    s.assert_egret_refuses_root("raw-udp:169.254.169.254");
     let ev = s
         .wait_event(|e| e["hook"] == "egress" && e["dst"] == "169.254.169.254")
         .expect("egress event");
@@ -305,7 +307,8 @@ fn a_socket_created_before_the_move_into_the_cgroup_is_not_covered() {
         "premove:169.254.169.254:80,{}",
         s.cgroup.procs("ci").display()
     );
-    let o = &job::run(&s.world.host, None, &[&action])[0];
+    // As root: moving a process between cgroups is the runner's doing.
+    let o = &job::run_as_root(&s.world.host, None, &[&action])[0];
     assert!(
         o.ok(),
         "the old socket keeps the cgroup it was made in: {o:?}"
@@ -424,8 +427,10 @@ fn multicast_joins_are_refused_unless_the_runner_opts_in() {
     );
     // Routing and option headers, and a listener taking data before the
     // handshake, are refused whatever the policy says.
-    for action in ["ip-options", "ipv6-rthdr", "tcp-fastopen"] {
-        s.assert_egret_refuses(action);
+    s.assert_egret_refuses("tcp-fastopen");
+    // Root jobs: the kernel refuses these options to unprivileged ones.
+    for action in ["ip-options", "ipv6-rthdr"] {
+        s.assert_egret_refuses_root(action);
     }
 
     // The opt-in.
@@ -440,7 +445,7 @@ fn multicast_joins_are_refused_unless_the_runner_opts_in() {
     s.start_agent();
     let o = &s.job(&["mcast-join:239.1.2.3"])[0];
     assert!(o.ok() && o.count == Some(1), "{o:?}");
-    assert!(s.job(&["ip-options"])[0].eperm(), "still refused");
+    assert!(s.root_job(&["ip-options"])[0].eperm(), "still refused");
 }
 
 /// A connected UDP socket sending with a control message (IP_TOS for ECN)

@@ -101,7 +101,11 @@ pub(crate) fn demo(policy: &std::path::Path) -> ExitCode {
 
     let actions: Vec<&str> = STEPS.iter().map(|s| s.action).collect();
     let outcomes = job::run(&world.host, Some(&cgroup.procs("ci")), &actions);
-    println!("job (pid {}) in /egret-demo/ci:", outcomes[0].pid);
+    println!(
+        "job (pid {}, uid {}, no capabilities) in /egret-demo/ci:",
+        outcomes[0].pid,
+        egret_tests::job::JOB_UID
+    );
     let mut unexpected = 0;
     let width = STEPS.iter().map(|s| s.action.len()).max().unwrap_or(0);
     for (step, o) in STEPS.iter().zip(&outcomes) {
