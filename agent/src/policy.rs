@@ -12,6 +12,7 @@ mod files;
 mod model;
 pub mod presets;
 mod raw;
+mod slice;
 mod validate;
 mod vars;
 mod wildcard;

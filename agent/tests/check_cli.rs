@@ -59,7 +59,7 @@ fn golden_bad_inputs() {
         ("port-zero", runner("      - cidr: 203.0.113.0/24\n        ports: [0]\n"), "port-zero.yaml:7:17: error: port 0 is out of range 1-65535"),
         ("port-high", runner("      - cidr: 203.0.113.0/24\n        ports: [70000]\n"), "port-high.yaml:7:17: error: port 70000 is out of range 1-65535"),
         ("reversed", runner("      - cidr: 203.0.113.0/24\n        ports: [\"9000-8000\"]\n"), "reversed.yaml:7:17: error: port range 9000-8000 is reversed; write 8000-9000"),
-        ("unknown-field", b"version: 1\nrunners:\n  - name: ci\n    cgroups: /egret.slice/ci\n".to_vec(), "unknown-field.yaml:4:5: error: unknown field `cgroups` (expected one of: name, cgroup, mode, sockets, loopback, multicast, dns, allow); did you mean `cgroup`?"),
+        ("unknown-field", b"version: 1\nrunners:\n  - name: ci\n    cgroups: /egret.slice/ci\n".to_vec(), "unknown-field.yaml:4:5: error: unknown field `cgroups` (expected one of: name, cgroup, slice, mode, sockets, loopback, multicast, dns, allow); did you mean `cgroup`?"),
         ("unknown-preset", runner("      - preset: nmp\n"), "unknown-preset.yaml:6:17: error: unknown preset 'nmp'; did you mean 'npm'? available: alpine, crates, debian, docker-hub, ghcr, github, github-actions-cache, gitlab, gitlab-com, go-proxy, maven-central, npm, nuget, pypi, quay, rubygems, ubuntu (or add a *.preset.yaml file)"),
         ("star-com", runner("      - host: \"*.com\"\n"), "star-com.yaml:6:15: error: host '*.com': 'com' is a public suffix: the pattern would match every domain registered under it"),
         ("co-uk", runner("      - host: \"*.co.uk\"\n"), "co-uk.yaml:6:15: error: host '*.co.uk': 'co.uk' is a public suffix: the pattern would match every domain registered under it"),
@@ -85,6 +85,9 @@ fn golden_bad_inputs() {
         ("yaml-syntax", b"version: 1\nrunners: [\n".to_vec(), "yaml-syntax.yaml:2:10: error: unclosed bracket '['"),
         ("listen-loopback", b"version: 1\nrunners:\n  - name: ci\n    cgroup: /a\n    dns:\n      listen: 127.0.0.1\n".to_vec(), "listen-loopback.yaml:6:15: error: dns.listen '127.0.0.1' must be an address of the host that containers reach, such as the docker bridge gateway 172.17.0.1"),
         ("bad-refusal", b"version: 1\nrunners:\n  - name: ci\n    cgroup: /a\n    dns:\n      refuse_with: drop\n".to_vec(), "bad-refusal.yaml:6:20: error: unknown value `drop` (expected one of: refused, nxdomain)"),
+        ("cgroup-and-slice", b"version: 1\nrunners:\n  - name: ci\n    cgroup: /a\n    slice: egret-ci.slice\n".to_vec(), "cgroup-and-slice.yaml:5:12: error: give the runner's `cgroup` or its `slice`, not both"),
+        ("no-cgroup", b"version: 1\nrunners:\n  - name: ci\n    mode: audit\n".to_vec(), "no-cgroup.yaml:3:11: error: runner 'ci' needs `cgroup` (a path such as /egret.slice/ci: a shell or GitHub runner's service, or Docker's cgroupfs driver) or `slice` (a systemd slice name such as egret-gitlab.slice: Docker's systemd driver)"),
+        ("slice-path", b"version: 1\nrunners:\n  - name: ci\n    slice: /egret.slice/ci\n".to_vec(), "slice-path.yaml:4:12: error: slice '/egret.slice/ci' must be a systemd slice name ending in .slice, e.g. egret-gitlab.slice"),
         ("private-answers-cidr", runner("      - cidr: 10.0.0.0/8\n        private_answers: true\n"), "private-answers-cidr.yaml:7:26: error: `private_answers` applies to `host` entries: it keeps their DNS answers in private ranges"),
     ];
     assert!(cases.len() >= 20);

@@ -41,7 +41,12 @@ pub(super) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRunner {
     pub(super) name: Spanned<String>,
-    pub(super) cgroup: Spanned<String>,
+    /// A path relative to the cgroup2 root; or else `slice`.
+    #[serde(default)]
+    pub(super) cgroup: Option<Spanned<String>>,
+    /// A systemd slice name, for Docker's systemd cgroup driver.
+    #[serde(default)]
+    pub(super) slice: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) mode: Option<Spanned<Mode>>,
     /// Socket kinds no hook can police, allowed back in: raw, sctp.

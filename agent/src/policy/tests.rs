@@ -531,7 +531,7 @@ fn unknown_fields_get_a_did_you_mean() {
     assert_eq!(
         e,
         vec![
-            "p.yaml:5:5: error: unknown field `alow` (expected one of: name, cgroup, mode, sockets, loopback, multicast, dns, allow); did you mean `allow`?"
+            "p.yaml:5:5: error: unknown field `alow` (expected one of: name, cgroup, slice, mode, sockets, loopback, multicast, dns, allow); did you mean `allow`?"
         ]
     );
     let e = errors("version: 1\nrunners:\n  - name: a\n    cgroup: /a\n    mode: enfroce\n");
@@ -594,4 +594,18 @@ fn wildcards_match_one_or_more_labels_but_not_the_suffix_itself() {
     };
     assert!(exact.matches("GitLab.test."));
     assert!(!exact.matches("x.gitlab.test"));
+}
+
+/// Docker's systemd driver takes a slice name; the policy takes the same
+/// name and derives the cgroup the containers land in.
+#[test]
+fn a_slice_names_the_runners_cgroup() {
+    let p = check("version: 1\nrunners:\n  - name: gitlab\n    slice: egret-gitlab.slice\n")
+        .expect("valid");
+    assert_eq!(p.runners[0].cgroup, "/egret.slice/egret-gitlab.slice");
+    // The derived cgroup overlaps another runner's as a path would.
+    let e = errors(
+        "version: 1\nrunners:\n  - name: a\n    cgroup: /egret.slice\n  - name: b\n    slice: egret-b.slice\n",
+    );
+    assert!(e[0].contains("overlaps cgroup '/egret.slice'"), "{e:?}");
 }

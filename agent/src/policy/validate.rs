@@ -168,13 +168,33 @@ pub(super) fn validate_runner(
             ),
         );
     }
-    let cgroup = match ctx
-        .expand(&raw.cgroup.value)
-        .and_then(|c| normalize_cgroup(&c))
-    {
+    let (given, cgroup_at) = match (&raw.cgroup, &raw.slice) {
+        (Some(c), None) => (
+            ctx.expand(&c.value).and_then(|c| normalize_cgroup(&c)),
+            c.referenced,
+        ),
+        (None, Some(s)) => (
+            ctx.expand(&s.value)
+                .and_then(|s| super::slice::slice_cgroup(s.trim())),
+            s.referenced,
+        ),
+        (Some(_), Some(s)) => (
+            Err("give the runner's `cgroup` or its `slice`, not both".to_owned()),
+            s.referenced,
+        ),
+        (None, None) => (
+            Err(format!(
+                "runner '{name}' needs `cgroup` (a path such as /egret.slice/ci: a shell or \
+                 GitHub runner's service, or Docker's cgroupfs driver) or `slice` (a systemd \
+                 slice name such as egret-gitlab.slice: Docker's systemd driver)"
+            )),
+            raw.name.referenced,
+        ),
+    };
+    let cgroup = match given {
         Ok(c) => c,
         Err(why) => {
-            diags.error(raw.cgroup.referenced, why);
+            diags.error(cgroup_at, why);
             String::new()
         }
     };
@@ -261,7 +281,7 @@ pub(super) fn validate_runner(
         hosts: entries.hosts,
         patterns: entries.patterns,
     };
-    Some((runner, raw.name.referenced, raw.cgroup.referenced))
+    Some((runner, raw.name.referenced, cgroup_at))
 }
 
 pub(super) fn valid_runner_name(name: &str) -> bool {
