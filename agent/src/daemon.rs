@@ -103,6 +103,8 @@ struct Agent {
     suppressed_seen: HashMap<u32, u64>,
     /// Ordinary denials beyond the per-second budget, held back.
     flood_limit: Arc<crate::budget::PerRunnerBudget>,
+    /// Job processes found holding capabilities egret cannot hold.
+    privileged: Arc<crate::privileged::PrivilegedWatch>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -158,6 +160,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         hub: hub.clone(),
         suppressed_seen: HashMap::new(),
         flood_limit: Arc::new(events::flood_limit()),
+        privileged: Arc::default(),
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
@@ -177,6 +180,17 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         enricher.clone(),
         hub.clone(),
         None,
+    ));
+    let runner_dirs = {
+        let enricher = enricher.clone();
+        move || enricher.runner_dirs()
+    };
+    tokio::spawn(crate::privileged::watch(
+        agent.privileged.clone(),
+        agent.cgroup_root.clone(),
+        runner_dirs,
+        enricher.jobs().clone(),
+        hub.clone(),
     ));
     let mut pump = tokio::spawn(events::pump(
         ring.bulk,
@@ -313,6 +327,7 @@ impl Agent {
         });
         for r in &mut s.runners {
             r.recent_jobs = self.enricher.jobs().recent.of(&r.name);
+            r.privileged_processes = self.privileged.of(&r.name);
         }
         serde_json::to_value(s).unwrap_or_default()
     }

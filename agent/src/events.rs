@@ -106,6 +106,16 @@ impl Enricher {
         *self.runners.write().unwrap_or_else(|e| e.into_inner()) = runners;
     }
 
+    /// Every runner's name and cgroup directory.
+    pub fn runner_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.runners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn runner(&self, id: u32) -> Option<(String, PathBuf)> {
         self.runners
             .read()
@@ -163,6 +173,10 @@ pub struct EventRecord {
     /// For a refused `setsockopt()`: the option, e.g. `IP_ADD_MEMBERSHIP`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_option: Option<&'static str>,
+    /// For a `privileged_job` report: the capabilities the process holds
+    /// that put it outside what egret can hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
     /// The name this runner resolved to `dst`, if any.
     pub host: Option<String>,
     pub reason: &'static str,
@@ -262,6 +276,7 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type)),
         socket_option: (ev.hook == hook::SETSOCKOPT)
             .then(|| egret_common::sockopt::name(i32::from(ev.proto), i32::from(ev.port))),
+        capabilities: None,
         host: enricher.host_for(ev.runner, judged(ev)),
         reason: reason::name(ev.reason),
         action: action::name(ev.action),

@@ -30,6 +30,7 @@ pub mod learned;
 pub mod lockdown;
 pub mod mountinfo;
 pub mod policy;
+pub mod privileged;
 pub mod resolver;
 pub mod runners;
 pub mod state_dir;

@@ -13,6 +13,7 @@ mod model;
 pub mod presets;
 mod raw;
 mod slice;
+pub use slice::slice_cgroup;
 mod validate;
 mod vars;
 mod wildcard;

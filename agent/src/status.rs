@@ -82,6 +82,10 @@ pub struct RunnerStatus {
     /// knows them).
     #[serde(default)]
     pub recent_jobs: Vec<crate::jobs::RecentJob>,
+    /// Job processes holding CAP_NET_RAW, CAP_NET_ADMIN or CAP_SYS_ADMIN
+    /// at the agent's last look: outside what egret can hold.
+    #[serde(default)]
+    pub privileged_processes: Vec<crate::privileged::PrivilegedProcess>,
 }
 
 /// Everything the pins tell. `cgroups` maps runner names to their cgroup
@@ -126,6 +130,7 @@ pub fn from_pins(
                 dns_proxy_port: state.dns_proxy_port,
                 counters,
                 recent_jobs: Vec::new(),
+                privileged_processes: Vec::new(),
                 id: rec.id,
                 name,
             }
@@ -246,6 +251,20 @@ pub fn render(s: &Status) -> String {
             c("audited"),
             c("events_dropped"),
         );
+        for p in &r.privileged_processes {
+            let _ = writeln!(
+                out,
+                "  PRIVILEGED pid {} ({}) in {} holds {}: outside what egret can hold{}",
+                p.pid,
+                p.comm,
+                p.cgroup.as_deref().unwrap_or("?"),
+                p.capabilities.join(", "),
+                p.job
+                    .as_ref()
+                    .map(|j| format!(" (job {}:{})", j.ci, j.id))
+                    .unwrap_or_default()
+            );
+        }
         for j in r.recent_jobs.iter().rev() {
             let _ = writeln!(
                 out,

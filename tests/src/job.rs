@@ -74,6 +74,11 @@ pub fn start(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Runni
     spawn(ns, cgroup_procs, actions, Some(JOB_UID))
 }
 
+/// As [`run_as_root`], in the background.
+pub fn start_as_root(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) -> Running {
+    spawn(ns, cgroup_procs, actions, None)
+}
+
 fn spawn(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str], uid: Option<u32>) -> Running {
     let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
     cmd.arg("job")

@@ -144,17 +144,71 @@ fn packet_sockets_need_a_capability_jobs_do_not_have() {
     // sock_create sees inet sockets only; AF_PACKET is refused by the kernel
     // to any job without CAP_NET_RAW, which the threat model requires.
     let s = Scenario::start("enforce", ALLOW);
-    let mut cmd = std::process::Command::new(egret_tests::workspace_bin("egret-testkit"));
-    cmd.args(["job", "packet"])
-        .stdout(std::process::Stdio::piped());
-    let out = s
-        .world
-        .host
-        .spawn_as(&mut cmd, Some(&s.cgroup.procs("ci")), Some(65534))
-        .wait_with_output()
-        .expect("job");
-    let o: job::Outcome = serde_json::from_slice(&out.stdout).expect("outcome");
+    let o = &s.job(&["packet"])[0];
     assert!(o.eperm(), "{o:?}");
+}
+
+/// A job holding CAP_NET_RAW (root, as in a default Docker container) can
+/// open an AF_PACKET socket that no hook sees: egret cannot hold it, so the
+/// agent reports the process as `privileged_job` and lists it in `egret
+/// status`, while an unprivileged job is never reported.
+#[test]
+fn a_job_holding_net_raw_is_reported_as_outside_the_boundary() {
+    if !privileged("a_job_holding_net_raw_is_reported_as_outside_the_boundary") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let procs = s.cgroup.procs("ci");
+    let plain = job::start(&s.world.host, Some(&procs), &["sleep:2500"]);
+    // The labelled root case.
+    let root = job::start_as_root(&s.world.host, Some(&procs), &["packet", "sleep:2500"]);
+    let ev = s
+        .wait_event(|e| e["reason"] == "privileged_job")
+        .expect("a privileged_job event");
+    assert_eq!(
+        (ev["action"].as_str(), ev["hook"].as_str()),
+        (Some("report"), Some("process_scan"))
+    );
+    let caps: Vec<&str> = ev["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(caps.contains(&"CAP_NET_RAW"), "{ev}");
+    assert_eq!(
+        ev["cgroup"].as_str(),
+        Some(s.runner_cgroup.as_str()),
+        "{ev}"
+    );
+    let status = egret_tests::agent::cli(&s.world, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    let listed = &v["runners"][0]["privileged_processes"];
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["pid"] == ev["pid"])),
+        "{listed}"
+    );
+    let root_out = root.wait();
+    assert!(root_out[0].ok(), "root opens AF_PACKET: {:?}", root_out[0]);
+    assert_eq!(ev["pid"].as_u64(), Some(u64::from(root_out[0].pid)));
+    let plain_out = plain.wait();
+    assert!(
+        s.agent()
+            .events()
+            .iter()
+            .all(|e| e["reason"] != "privileged_job" || e["pid"] != plain_out[0].pid),
+        "the unprivileged job, scanned while it slept, is never reported"
+    );
+    // Gone from the list once it ended.
+    egret_tests::poll_until("the list to empty", Duration::from_secs(5), || {
+        let status = egret_tests::agent::cli(&s.world, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+        v["runners"][0]["privileged_processes"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
 }
 
 #[test]

@@ -35,6 +35,18 @@ fn every_example_loads_into_the_agent() {
         let text = text
             .replace("cgroup: /egret.slice/", &format!("cgroup: {top}"))
             .replace("cgroup: /egret-demo/", &format!("cgroup: {top}egret-demo/"));
+        // A slice names a cgroup at the root: moved under the test's too.
+        let text: String = text
+            .lines()
+            .map(|line| match line.trim_start().strip_prefix("slice: ") {
+                Some(slice) => {
+                    let path = egret::policy::slice_cgroup(slice).expect("a slice name");
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    format!("{indent}cgroup: {top}{}\n", path.trim_start_matches('/'))
+                }
+                None => format!("{line}\n"),
+            })
+            .collect();
         assert!(
             text.contains(&top),
             "{}: every example's cgroup is rewritten",

@@ -63,6 +63,7 @@ pub(super) async fn report_refusal(
             port: egret_common::port::DNS,
             socket_type: None,
             socket_option: None,
+            capabilities: None,
             host: Some(name),
             reason: egret_common::event::reason::name(egret_common::event::reason::DNS_REFUSED),
             action: match runner.mode {
@@ -108,6 +109,7 @@ pub(super) fn report_quota(
         port: egret_common::port::DNS,
         socket_type: None,
         socket_option: None,
+        capabilities: None,
         host: Some(name.to_owned()),
         reason: egret_common::event::reason::name(egret_common::event::reason::QUOTA),
         action: "deny",

@@ -17,6 +17,9 @@ pub mod reason {
     /// runner shares: the name it asked for got SERVFAIL, and no other
     /// runner noticed.
     pub const QUOTA: u8 = 8;
+    /// A job process holding CAP_NET_RAW, CAP_NET_ADMIN or CAP_SYS_ADMIN,
+    /// found by the agent's scan: a report, not a denial.
+    pub const PRIVILEGED_JOB: u8 = 9;
 
     /// Whether a denial of this reason is reported through the urgent
     /// ring buffer, which a flood of ordinary denials cannot fill.
@@ -34,6 +37,7 @@ pub mod reason {
             SOCKET_KIND => "socket_kind",
             SOCKET_OPTION => "socket_option",
             QUOTA => "quota",
+            PRIVILEGED_JOB => "privileged_job",
             _ => "unknown",
         }
     }
@@ -67,6 +71,8 @@ pub mod hook {
     pub const SETSOCKOPT: u8 = 8;
     /// A bind that would own a loopback address past the runner's quota.
     pub const POST_BIND: u8 = 9;
+    /// The agent's look through a runner's processes.
+    pub const PROCESS_SCAN: u8 = 10;
 
     pub const fn name(code: u8) -> &'static str {
         match code {
@@ -79,6 +85,7 @@ pub mod hook {
             EGRESS => "egress",
             SETSOCKOPT => "setsockopt",
             POST_BIND => "post_bind",
+            PROCESS_SCAN => "process_scan",
             _ => "unknown",
         }
     }
