@@ -47,6 +47,9 @@ pub struct AgentOptions {
     /// Resolvers for runners whose policy names none.
     pub dns_upstream: Vec<IpAddr>,
     pub ttl: TtlSettings,
+    /// The Docker Engine API socket to learn job containers from; `None`
+    /// turns that off.
+    pub docker_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,8 @@ struct Agent {
     flood_limit: Arc<crate::budget::PerRunnerBudget>,
     /// Job processes found holding capabilities egret cannot hold.
     privileged: Arc<crate::privileged::PrivilegedWatch>,
+    /// Job containers, from the Docker API.
+    containers: crate::docker::SharedRegistry,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -133,12 +138,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         jobs.clone(),
     ));
     let hub = Arc::new(Hub::default());
+    let containers = crate::docker::SharedRegistry::default();
     let shared = dnsproxy::Shared::new(
         learning.clone(),
         &opts.pins.map(egret_common::maps::LEARNED),
         hub.clone(),
         cgroup_root.clone(),
-        jobs,
+        jobs.clone(),
+        containers.clone(),
     )?;
     let host_netns = dnsproxy::own_netns_cookie()
         .map_err(|e| IoError::at("read the network namespace cookie of", "/proc/self/ns/net")(e))?;
@@ -161,6 +168,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         suppressed_seen: HashMap::new(),
         flood_limit: Arc::new(events::flood_limit()),
         privileged: Arc::default(),
+        containers: containers.clone(),
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
@@ -181,6 +189,24 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         hub.clone(),
         None,
     ));
+    if let Some(socket) = agent.opts.docker_socket.clone() {
+        let ctx = crate::docker::WatchContext {
+            socket,
+            pins: agent.opts.pins.clone(),
+            cgroup_root: agent.cgroup_root.clone(),
+            registry: agent.containers.clone(),
+            jobs: enricher.jobs().clone(),
+            runners: Box::new({
+                let enricher = enricher.clone();
+                move || enricher.runner_dirs()
+            }),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::docker::watch(ctx).await {
+                tracing::error!(error = %e, "job containers cannot be followed: their services stay refused");
+            }
+        });
+    }
     let runner_dirs = {
         let enricher = enricher.clone();
         move || enricher.runner_dirs()
@@ -324,6 +350,19 @@ impl Agent {
             policy_digest: self.digest.clone(),
             last_reload: self.last_reload.clone(),
             dns: self.proxies.shared().stats.counts(),
+            containers: self
+                .containers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .summary()
+                .into_iter()
+                .map(|(runner, name, job, addrs)| status::ContainerStatus {
+                    runner,
+                    name,
+                    job,
+                    addrs,
+                })
+                .collect(),
         });
         for r in &mut s.runners {
             r.recent_jobs = self.enricher.jobs().recent.of(&r.name);

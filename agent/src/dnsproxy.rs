@@ -32,7 +32,10 @@ use egret_common::{
     maps::{ExactKey, Learned},
     rules::PortRule,
 };
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{RData, Record, RecordType},
+};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use listen::*;
@@ -135,6 +138,9 @@ pub struct Shared {
     ttl: TtlSettings,
     /// To name the CI job behind a refused query.
     jobs: Arc<crate::jobs::Jobs>,
+    /// Job containers, whose service names the proxy answers for the
+    /// same job's containers.
+    containers: crate::docker::SharedRegistry,
     pub stats: ProxyStats,
 }
 
@@ -145,6 +151,7 @@ impl Shared {
         hub: Arc<Hub>,
         cgroup_root: PathBuf,
         jobs: Arc<crate::jobs::Jobs>,
+        containers: crate::docker::SharedRegistry,
     ) -> Result<Self, ProxyError> {
         let data = MapData::from_pin(learned_pin)?;
         let map = aya::maps::Map::from_map_data(data)?;
@@ -159,6 +166,7 @@ impl Shared {
             hub,
             cgroup_root,
             jobs,
+            containers,
             stats: ProxyStats::default(),
         })
     }
@@ -348,6 +356,10 @@ async fn answer(
     } else {
         runner.rules_for(&name)
     };
+    if let Some(reply) = service_answer(shared, &request, peer, &name) {
+        shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+        return Some(reply);
+    }
     let asked = asked.as_str();
     if rules.is_empty() {
         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +431,49 @@ async fn answer(
         return response.to_vec().ok().or_else(servfail);
     }
     Some(raw)
+}
+
+/// Seconds a service container's address is cached by the job: it lives
+/// as long as the job, and the agent forgets it when it stops.
+const SERVICE_TTL: u32 = 30;
+
+/// The answer for a job container asking for one of its own job's
+/// containers by name or alias (what Docker's embedded resolver would have
+/// said on the job's network), or `None` when the name is no such thing.
+fn service_answer(
+    shared: &Shared,
+    request: &Message,
+    peer: SocketAddr,
+    name: &str,
+) -> Option<Vec<u8>> {
+    let client = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let ips = shared
+        .containers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .resolve(client, name)?;
+    let question = &request.queries[0];
+    let mut reply = Message::response(request.metadata.id, OpCode::Query);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.authoritative = true;
+    reply.queries = request.queries.clone();
+    for ip in ips {
+        let data = match (ip, question.query_type()) {
+            (IpAddr::V4(v4), RecordType::A) => RData::A(v4.into()),
+            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(v6.into()),
+            _ => continue,
+        };
+        reply.add_answer(Record::from_rdata(
+            question.name().clone(),
+            SERVICE_TTL,
+            data,
+        ));
+    }
+    reply.to_vec().ok()
 }
 
 /// Whether a wire label of `name` holds a dot.

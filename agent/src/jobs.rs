@@ -133,7 +133,7 @@ pub fn job_of(proc: &ProcFs, pid: u32, runner_cgroup: &str) -> Option<JobIdentit
     None
 }
 
-fn within(cgroup: &str, runner: &str) -> bool {
+pub(crate) fn within(cgroup: &str, runner: &str) -> bool {
     let runner = runner.trim_end_matches('/');
     cgroup == runner
         || cgroup
@@ -150,6 +150,9 @@ pub struct JobCache {
     /// there lately (a shell executor running two jobs at once in one
     /// cgroup could not be told apart).
     by_cgroup: Mutex<HashMap<u64, Vec<(Instant, JobIdentity)>>>,
+    /// Container cgroup → the job its runner's labels name: trusted, and
+    /// preferred to anything a process's environment claims.
+    labelled: Mutex<HashMap<u64, JobIdentity>>,
 }
 
 /// A lookup still to make: what one event needs.
@@ -164,6 +167,14 @@ impl JobCache {
     /// What is known for this process, without reading anything: `None`
     /// when it must be looked up, `Some(None)` when it has no job.
     pub fn cached(&self, pid: u32, cgroup_id: u64, now: Instant) -> Option<Option<JobIdentity>> {
+        if let Some(job) = self
+            .labelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cgroup_id)
+        {
+            return Some(Some(job.clone()));
+        }
         let by_pid = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         match by_pid.get(&pid) {
             Some((at, job)) if now.duration_since(*at) < CACHE_FOR => {
@@ -191,6 +202,11 @@ impl JobCache {
         let found = job_of(proc, wanted.pid, &wanted.runner_cgroup);
         self.remember(wanted.pid, wanted.cgroup_id, found.clone(), now);
         found.or_else(|| self.of_cgroup(wanted.cgroup_id, now))
+    }
+
+    /// Replaces the jobs known from container labels.
+    pub fn set_labelled(&self, jobs: HashMap<u64, JobIdentity>) {
+        *self.labelled.lock().unwrap_or_else(|e| e.into_inner()) = jobs;
     }
 
     pub fn remember(&self, pid: u32, cgroup_id: u64, job: Option<JobIdentity>, now: Instant) {

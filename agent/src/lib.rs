@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;
+pub mod docker;
 pub mod events;
 pub mod jobs;
 pub mod learned;

@@ -37,6 +37,18 @@ pub struct AgentInfo {
     /// What the DNS proxies did since the agent started.
     #[serde(default)]
     pub dns: DnsCounts,
+    /// The CI job containers the agent follows through the Docker API.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, Clone)]
+pub struct ContainerStatus {
+    pub runner: String,
+    pub name: String,
+    /// The CI job its labels name.
+    pub job: Option<String>,
+    pub addrs: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Default, Clone)]
@@ -173,6 +185,19 @@ pub fn render(s: &Status) -> String {
                 a.version, a.pid, a.uptime_s
             );
             let _ = writeln!(out, "policy:   {} ({})", a.policy, a.policy_digest);
+            if !a.containers.is_empty() {
+                let _ = writeln!(out, "containers (from the Docker API):");
+                for c in &a.containers {
+                    let _ = writeln!(
+                        out,
+                        "  {} runner {} job {} at {:?}",
+                        c.name,
+                        c.runner,
+                        c.job.as_deref().unwrap_or("-"),
+                        c.addrs
+                    );
+                }
+            }
             let _ = writeln!(
                 out,
                 "dns:      {} answered, {} refused, {} failed, {} rebinding answers dropped, {} over a runner's quota",

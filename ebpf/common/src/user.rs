@@ -2,7 +2,9 @@
 
 use crate::{
     event::Event,
-    maps::{BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey, Owner},
+    maps::{
+        BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey, Owner, PeerKey,
+    },
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
 };
@@ -24,3 +26,4 @@ unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}
 unsafe impl aya::Pod for DnsOrigin {}
 unsafe impl aya::Pod for Nat64Entry {}
+unsafe impl aya::Pod for PeerKey {}

@@ -40,6 +40,10 @@ pub trait Lookup {
     /// The declared NAT64 prefix (other than the well-known `/96`)
     /// `target` lies in.
     fn nat64(&self, target: &Addr) -> Option<&Nat64Entry>;
+    /// Whether `target` is a container of the same CI job as the caller's
+    /// container (its cgroup `cgroup`, or the current task's when 0): a
+    /// job and its service containers reach each other on any port.
+    fn job_peer(&self, cgroup: u64, target: &Addr) -> bool;
 }
 
 /// A destination as a sock_addr hook (or the backstop) saw it.
@@ -56,6 +60,10 @@ pub struct Destination {
     pub family: u8,
     /// [`crate::event::hook`] code.
     pub hook: u8,
+    /// The cgroup of the socket's owner when the hook knows it (the packet
+    /// backstop); 0 in the socket hooks, which ask for the current task's
+    /// only when it matters.
+    pub cgroup: u64,
 }
 
 /// What the verdict decided.
@@ -212,6 +220,12 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
         }
         // A host service on loopback is a neighbour like any other.
         lateral = true;
+    }
+
+    // Last, as only a refusal pays for it: a container of the same CI job
+    // (a service container, or the job's container seen from its service).
+    if maps.job_peer(dst.cgroup, &target) {
+        return Outcome::Allow;
     }
 
     let doh = guarded.is_some_and(|e| e.kind == baseline_kind::DOH);

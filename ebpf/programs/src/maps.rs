@@ -8,10 +8,10 @@ use aya_ebpf::{
 use egret_common::{
     addr::Addr,
     maps::{
-        ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY, COUNTERS_LEN,
-        CidrKey, DNS_ORIGINS_CAPACITY, DnsOrigin, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY,
-        Learned, NAT64_CAPACITY, NO_PREALLOC, Nat64Entry, OWNED_CAPACITY, OwnedKey, Owner,
-        URGENT_EVENTS_BYTES,
+        ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY,
+        CONTAINERS_CAPACITY, COUNTERS_LEN, CidrKey, DNS_ORIGINS_CAPACITY, DnsOrigin, EVENTS_BYTES,
+        ExactKey, LEARNED_CAPACITY, Learned, NAT64_CAPACITY, NO_PREALLOC, Nat64Entry,
+        OWNED_CAPACITY, OwnedKey, Owner, PEERS_CAPACITY, PeerKey, URGENT_EVENTS_BYTES,
     },
     rules::PortRules,
     state::{Lockdown, MAX_RUNNERS, RunnerState},
@@ -66,6 +66,12 @@ pub static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, NO_PR
 /// Runner id → how many OWNED entries its sockets hold.
 #[map(name = "EGRET_OWNED_N")]
 pub static OWNED_COUNTS: Array<u64> = Array::pinned(MAX_RUNNERS, 0);
+
+#[map(name = "EGRET_CT_GROUP")]
+pub static CONTAINER_GROUPS: HashMap<u64, u64> = HashMap::pinned(CONTAINERS_CAPACITY, 0);
+
+#[map(name = "EGRET_PEERS")]
+pub static GROUP_PEERS: HashMap<PeerKey, u64> = HashMap::pinned(PEERS_CAPACITY, 0);
 
 #[map(name = "EGRET_DNS_ORIG")]
 pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGINS_CAPACITY, 0);
@@ -126,5 +132,28 @@ impl Lookup for Kernel {
         // SAFETY: the pointer comes from a successful lookup and is read
         // at once; entries are plain integers, valid in any state.
         OWNED.get_ptr(key).map(|o| unsafe { (*o).runner })
+    }
+
+    // Out of line: the verifier then checks it once per caller instead of
+    // once per path into the refusal.
+    #[inline(never)]
+    fn job_peer(&self, cgroup: u64, target: &Addr) -> bool {
+        let cgroup = if cgroup == 0 {
+            // SAFETY: a helper with no arguments, allowed in every cgroup
+            // socket hook.
+            unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
+        } else {
+            cgroup
+        };
+        // SAFETY: the value is copied out at once; the agent writes whole
+        // entries.
+        let Some(group) = (unsafe { CONTAINER_GROUPS.get(cgroup) }).copied() else {
+            return false;
+        };
+        let key = PeerKey {
+            group,
+            addr: *target,
+        };
+        GROUP_PEERS.get_ptr(key).is_some()
     }
 }

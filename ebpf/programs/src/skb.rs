@@ -83,6 +83,10 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
     } else {
         0
     };
+    // SAFETY: the skb the kernel passed in, which this helper accepts. The
+    // socket's cgroup, not the current task's: a reply may be sent from
+    // softirq, on behalf of no task at all.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let dst = Destination {
         given,
         netns: 0,
@@ -90,12 +94,12 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
         proto: ip_proto,
         family,
         hook: hook::EGRESS,
+        cgroup: cgroup_id,
     };
     Ok(judge(&dst, || Origin {
         pid: 0,
         comm: [0; 16],
-        // SAFETY: the skb the kernel passed in, which this helper accepts.
-        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        cgroup_id,
     }))
 }
 

@@ -80,6 +80,7 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
         proto: if protocol > 255 { 255 } else { protocol as u8 },
         family: if family == AF_INET { 4 } else { 6 },
         hook: hook::SOCK_CREATE,
+        cgroup: 0,
     };
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -177,6 +178,7 @@ fn over_quota(runner: u32, local: Addr, port: u16, protocol: u32) {
         proto: protocol as u8,
         family: if addr::is_mapped_v4(&local) { 4 } else { 6 },
         hook: hook::POST_BIND,
+        cgroup: 0,
     };
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -271,6 +273,7 @@ pub fn egret_setsockopt(ctx: SockoptContext) -> i32 {
         proto: level as u8,
         family: if family == AF_INET { 4 } else { 6 },
         hook: hook::SETSOCKOPT,
+        cgroup: 0,
     };
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };

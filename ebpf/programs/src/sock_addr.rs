@@ -84,6 +84,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
         proto: proto as u8,
         family: 4,
         hook,
+        cgroup: 0,
     };
     if hook == hook::SENDMSG4 && ip == 0 && dst.port == 0 {
         return judge_connected_peer(ctx, &mut dst);
@@ -143,6 +144,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         proto: proto as u8,
         family: 6,
         hook,
+        cgroup: 0,
     };
     if hook == hook::SENDMSG6 && dst.given == [0; 16] && dst.port == 0 {
         return judge_connected_peer(ctx, &mut dst);

@@ -22,6 +22,11 @@ struct World {
     learned: HashMap<ExactKey, Learned>,
     owned: HashMap<OwnedKey, u32>,
     nat64: Vec<(u32, Addr, Nat64Entry)>,
+    /// Container cgroup → its job's group; (group, address) of each
+    /// container; the cgroup of the task the socket hooks run for.
+    groups: HashMap<u64, u64>,
+    peers: Vec<(u64, Addr)>,
+    current_cgroup: u64,
 }
 
 fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
@@ -71,6 +76,16 @@ impl Lookup for World {
     }
     fn nat64(&self, t: &Addr) -> Option<&Nat64Entry> {
         longest(self.nat64.iter().map(|(l, a, v)| (*l, a, v)), t)
+    }
+    fn job_peer(&self, cgroup: u64, t: &Addr) -> bool {
+        let cgroup = if cgroup == 0 {
+            self.current_cgroup
+        } else {
+            cgroup
+        };
+        self.groups
+            .get(&cgroup)
+            .is_some_and(|g| self.peers.contains(&(*g, *t)))
     }
 }
 
@@ -212,6 +227,7 @@ fn tcp(given: Addr, port: u16) -> Destination {
         proto: proto::IPPROTO_TCP,
         family: 4,
         hook: hook::CONNECT4,
+        cgroup: 0,
     }
 }
 
@@ -553,6 +569,66 @@ fn audit_lets_lateral_and_default_through_but_not_metadata_or_lockdown() {
         decide(&w, RUNNER, &tcp(v4([198, 51, 100, 66]), 443), NOW),
         Deny(LOCKDOWN)
     );
+}
+
+/// A job container and its service container (group 1), another job's
+/// service (group 2), on the docker bridge: peers reach each other on any
+/// port, whatever else the policy says; nothing else changes.
+#[test]
+fn containers_of_one_job_reach_each_other_and_no_one_else() {
+    const JOB: u64 = 100;
+    const SERVICE: u64 = 101;
+    const OTHER_SERVICE: u64 = 200;
+    let mut w = world();
+    w.lateral
+        .push((96 + 12, v4([172, 16, 0, 0]), BaselineEntry::default()));
+    for (cgroup, group, addr) in [
+        (JOB, 1, [172, 17, 0, 2]),
+        (SERVICE, 1, [172, 17, 0, 3]),
+        (OTHER_SERVICE, 2, [172, 17, 0, 4]),
+    ] {
+        w.groups.insert(cgroup, group);
+        w.peers.push((group, v4(addr)));
+    }
+    // A service container at the metadata address (it cannot be one, but
+    // the order must hold): metadata still wins.
+    w.peers.push((1, v4([169, 254, 169, 254])));
+    w.current_cgroup = JOB;
+    let service = tcp(v4([172, 17, 0, 3]), 5432);
+    assert_eq!(decide(&w, RUNNER, &service, NOW), Allow, "its own service");
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([172, 17, 0, 3]), 6379), NOW),
+        Allow,
+        "on any port"
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([172, 17, 0, 4]), 5432), NOW),
+        Deny(LATERAL),
+        "another job's service"
+    );
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([169, 254, 169, 254]), 80), NOW),
+        Deny(METADATA)
+    );
+    // The service's reply, judged by the backstop with the service's cgroup.
+    let reply = Destination {
+        hook: hook::EGRESS,
+        cgroup: SERVICE,
+        ..tcp(v4([172, 17, 0, 2]), 40000)
+    };
+    assert_eq!(decide(&w, RUNNER, &reply, NOW), Allow);
+    let stranger = Destination {
+        cgroup: OTHER_SERVICE,
+        ..reply
+    };
+    assert_eq!(decide(&w, RUNNER, &stranger, NOW), Deny(LATERAL));
+    // A container the agent does not know: as before, lateral.
+    w.current_cgroup = 999;
+    assert_eq!(decide(&w, RUNNER, &service, NOW), Deny(LATERAL));
+    // Lockdown closes the way between them too.
+    w.current_cgroup = JOB;
+    lock(&mut w, RUNNER, false);
+    assert_eq!(decide(&w, RUNNER, &service, NOW), Deny(LOCKDOWN));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::super::*;
 /// The actions this module performs.
 pub const KINDS: &[&str] = &[
     "tcp",
+    "tcp-host",
     "udp-sendto",
     "udp-cmsg",
     "udp-connect",
@@ -23,20 +24,43 @@ pub fn run(action: &str, kind: &str, rest: &str) -> Option<Outcome> {
     KINDS.contains(&kind).then(|| act(action, kind, rest))
 }
 
+/// A connect's outcome, with the first line the server sent.
+fn banner(action: &str, connected: std::io::Result<TcpStream>) -> Outcome {
+    match connected {
+        Ok(s) => {
+            let _ = s.set_read_timeout(Some(TIMEOUT));
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+            let mut o = success(action);
+            o.banner = Some(line.trim().to_owned());
+            o
+        }
+        Err(e) => failure(action, &e),
+    }
+}
+
 fn act(action: &str, kind: &str, rest: &str) -> Outcome {
     match kind {
         // Connect, read the server's banner line.
-        "tcp" => match TcpStream::connect_timeout(&parse(rest), TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_read_timeout(Some(TIMEOUT));
-                let mut line = String::new();
-                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
-                let mut o = success(action);
-                o.banner = Some(line.trim().to_owned());
-                o
-            }
-            Err(e) => failure(action, &e),
-        },
+        "tcp" => banner(action, TcpStream::connect_timeout(&parse(rest), TIMEOUT)),
+        // A name resolved as any program resolves it (getaddrinfo:
+        // /etc/hosts, then the resolver in /etc/resolv.conf), then as
+        // `tcp`: tcp-host:NAME:PORT. `answers` lists what it resolved to.
+        "tcp-host" => {
+            use std::net::ToSocketAddrs as _;
+            let (name, port) = rest.rsplit_once(':').expect("tcp-host:NAME:PORT");
+            let port: u16 = port.parse().expect("port");
+            let addrs: Vec<SocketAddr> = match (name, port).to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => return failure(action, &e),
+            };
+            let Some(first) = addrs.first() else {
+                return failure(action, &std::io::Error::other("no address"));
+            };
+            let mut o = banner(action, TcpStream::connect_timeout(first, TIMEOUT));
+            o.answers = Some(addrs.iter().map(|a| a.ip().to_string()).collect());
+            o
+        }
         // Unconnected UDP: sendto without connect().
         "udp-sendto" => {
             let dst = parse(rest);
