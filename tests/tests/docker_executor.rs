@@ -365,3 +365,68 @@ fn a_docker_restart_mid_job_keeps_enforcement_and_the_agent_catches_up() {
     assert_banner(&o[0], "the new job's service");
     assert!(o[1].eperm(), "the old job's service: {:?}", o[1]);
 }
+
+/// Root in a default container holds CAP_NET_RAW: an AF_PACKET frame,
+/// below every socket hook, reaches the attacker (the labelled root case),
+/// and the agent reports the job as `privileged_job`. With
+/// `cap_drop = ["NET_RAW"]` in config.toml (`--cap-drop NET_RAW`), the
+/// same job gets EPERM at `socket()` and is not reported.
+#[test]
+fn root_with_net_raw_in_a_container_is_outside_egret_and_reported() {
+    if !privileged("root_with_net_raw_in_a_container_is_outside_egret_and_reported") {
+        return;
+    }
+    let (s, mut d) = start();
+    let mut args: Vec<String> = vec!["--name".into(), "build-root".into()];
+    args.extend(labels("51", "build"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = d.run(&s.world, &s.runner_cgroup, &args, true, &["sleep:600000"]);
+    let o = d.exec(
+        &root,
+        true,
+        &[
+            "udp-sendto:198.51.100.66:443",
+            "packet-udp:198.51.100.66:443",
+        ],
+    );
+    assert!(o[0].eperm(), "egret holds the job's sockets: {:?}", o[0]);
+    assert_eq!(
+        o[1].banner.as_deref(),
+        Some("egret-raw-frame"),
+        "the frame reached the attacker, which echoed it: {:?}",
+        o[1]
+    );
+    let ev = s
+        .wait_event(|e| e["reason"] == "privileged_job" && e["job"]["id"] == "51")
+        .expect("a privileged_job report naming the job");
+    assert!(
+        ev["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "CAP_NET_RAW")),
+        "{ev}"
+    );
+    assert_eq!(ev["job"]["source"], "labels", "{ev}");
+
+    // The fix: the runner drops NET_RAW.
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        "build-dropped".into(),
+        "--cap-drop=NET_RAW".into(),
+    ];
+    args.extend(labels("52", "build"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dropped = d.run(&s.world, &s.runner_cgroup, &args, true, &["sleep:600000"]);
+    let o = d.exec(
+        &dropped,
+        true,
+        &["packet-udp:198.51.100.66:443", "sleep:2500"],
+    );
+    assert!(o[0].eperm(), "no AF_PACKET without NET_RAW: {:?}", o[0]);
+    assert!(
+        s.agent()
+            .events()
+            .iter()
+            .all(|e| e["reason"] != "privileged_job" || e["job"]["id"] != "52"),
+        "a root job without those capabilities is not reported"
+    );
+}

@@ -149,6 +149,24 @@ const VECTORS: &[(&str, &[&str])] = &[
         &["rotating_addresses_never_race_the_connect"],
     ),
     (
+        "a job container reaching another job's containers (docker executor)",
+        &[
+            "a_job_container_reaches_its_service_on_the_default_bridge_and_nothing_else",
+            "a_network_per_build_resolves_the_service_alias_through_the_proxy",
+        ],
+    ),
+    (
+        "job containers while the Docker daemon restarts",
+        &["a_docker_restart_mid_job_keeps_enforcement_and_the_agent_catches_up"],
+    ),
+    (
+        "a job holding NET_RAW/NET_ADMIN/SYS_ADMIN (reported as privileged_job)",
+        &[
+            "a_job_holding_net_raw_is_reported_as_outside_the_boundary",
+            "root_with_net_raw_in_a_container_is_outside_egret_and_reported",
+        ],
+    ),
+    (
         "socket made before joining the cgroup (residual, documented)",
         &["a_socket_created_before_the_move_into_the_cgroup_is_not_covered"],
     ),

@@ -22,6 +22,7 @@ use std::{
 mod actions {
     pub mod connect;
     pub mod dns;
+    pub mod frames;
     pub mod sockets;
 }
 mod fixtures;
@@ -130,6 +131,7 @@ fn run_action(action: &str) -> Outcome {
     if let Some(outcome) = actions::dns::run(action, kind, rest)
         .or_else(|| actions::connect::run(action, kind, rest))
         .or_else(|| actions::sockets::run(action, kind, rest))
+        .or_else(|| actions::frames::run(action, kind, rest))
     {
         return outcome;
     }
