@@ -9,6 +9,7 @@ mod presets;
 mod reload;
 mod status;
 mod teardown;
+mod verify;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -95,6 +96,17 @@ pub enum Command {
     /// Print the JSON Schema of policy files (or of preset files), for
     /// editors that validate and complete YAML.
     Schema(presets::SchemaArgs),
+    /// Fail a CI job at its start unless egret holds it: exit 0 only when
+    /// egret's kernel programs judge this very process.
+    ///
+    /// Run it as the job (any user, no agent socket needed) from the
+    /// runner's hook: GitLab's `pre_build_script`, GitHub's
+    /// `ACTIONS_RUNNER_HOOK_JOB_STARTED` script. The answer comes from the
+    /// kernel: a probe connect that only egret's connect hook answers, so
+    /// nothing the job can write fools it. Exit 1 with a one-line reason
+    /// when the process is not under egret, under lockdown, or (with
+    /// --require-enforce) only audited; 2 when the probe could not run.
+    Verify(verify::Args),
 }
 
 /// Where the agent keeps its state. Every command that talks to the agent
@@ -127,6 +139,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Teardown(args) => teardown::run(&args),
         Command::Presets(args) => presets::presets(&args),
         Command::Schema(args) => presets::schema(&args),
+        Command::Verify(args) => verify::run(&args),
     }
 }
 

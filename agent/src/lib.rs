@@ -36,6 +36,7 @@ pub mod resolver;
 pub mod runners;
 pub mod state_dir;
 pub mod status;
+pub mod verify;
 
 /// A filesystem or socket operation that failed: what, where, and why.
 /// Every module's error type carries it as its `Io` variant.

@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod event;
 pub mod maps;
+pub mod probe;
 pub mod programs;
 pub mod rules;
 pub mod sockopt;

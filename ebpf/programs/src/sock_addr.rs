@@ -14,6 +14,8 @@ use egret_common::{
     addr::{self, Addr},
     event::{action, hook, reason},
     maps::{DnsOrigin, counter},
+    probe,
+    rules::proto,
     state::flags,
     verdict::{ALLOW, DENY, Destination, Lock, is_dns, lock_of},
 };
@@ -89,10 +91,36 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if hook == hook::SENDMSG4 && ip == 0 && dst.port == 0 {
         return judge_connected_peer(ctx, &mut dst);
     }
+    if ip.to_ne_bytes() == probe::ADDR_V4 && dst.proto == proto::IPPROTO_UDP {
+        return answer_probe(ctx, dst.port);
+    }
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v4(ctx, proxy, port));
     }
     judge(&dst, task_origin)
+}
+
+/// `egret verify`'s probe (`egret_common::probe`): the answer is where the
+/// datagram goes, by this runner's mode, or EPERM when the runner is locked
+/// down or has no policy. Out of line, so the verifier checks it once.
+#[inline(never)]
+fn answer_probe(ctx: &SockAddrContext, port: u16) -> i32 {
+    let runner = runner_id();
+    let Some(state) = STATE.get(runner) else {
+        return DENY;
+    };
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !state.has(flags::CONFIGURED) || lock_of(&Kernel, runner, || now) != Some(Lock::Open) {
+        return DENY;
+    }
+    let answer = if state.has(flags::AUDIT) {
+        probe::AUDITING_V4
+    } else {
+        probe::ENFORCING_V4
+    };
+    write_v4(ctx, &addr::mapped_v4(answer), port);
+    ALLOW
 }
 
 /// A `sendmsg` with control messages (IP_TOS for ECN, say) on a connected
