@@ -26,6 +26,8 @@ pub const IMAGE: &str = "egret-job:test";
 /// elsewhere on PATH).
 const DOCKER: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
+/// From busybox-static: one static binary, the job image's shell.
+const BUSYBOX: &str = "/bin/busybox";
 
 pub struct Dockerd {
     child: Option<Child>,
@@ -40,7 +42,7 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd in `world`'s host namespace and loads [`IMAGE`].
     pub fn start(world: &World) -> Self {
-        for tool in [DOCKER, DOCKERD, "/usr/bin/busybox"] {
+        for tool in [DOCKER, DOCKERD, BUSYBOX] {
             assert!(
                 Path::new(tool).exists(),
                 "{tool} is missing: `cargo xtask setup` installs docker.io and busybox-static"
@@ -198,7 +200,7 @@ impl Dockerd {
     fn import_image(&self) {
         let root = self.dir.join("rootfs");
         let testkit = crate::workspace_bin("egret-testkit");
-        let mut files: Vec<PathBuf> = vec![testkit.clone(), PathBuf::from("/usr/bin/busybox")];
+        let mut files: Vec<PathBuf> = vec![testkit.clone(), PathBuf::from(BUSYBOX)];
         let ldd = Command::new("ldd").arg(&testkit).output().expect("ldd");
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
@@ -231,7 +233,7 @@ impl Dockerd {
         std::fs::create_dir_all(root.join("bin")).expect("bin");
         std::fs::create_dir_all(root.join("tmp")).expect("tmp");
         for applet in ["sh", "sleep", "cat", "ip"] {
-            let _ = std::os::unix::fs::symlink("/usr/bin/busybox", root.join("bin").join(applet));
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
         let tar = self.dir.join("rootfs.tar");
         let status = Command::new("tar")

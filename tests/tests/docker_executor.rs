@@ -430,3 +430,42 @@ fn root_with_net_raw_in_a_container_is_outside_egret_and_reported() {
         "a root job without those capabilities is not reported"
     );
 }
+
+/// Containers without GitLab's labels: those sharing a user-defined
+/// network belong together; on the default bridge nothing is grouped, and
+/// their neighbours stay lateral.
+#[test]
+fn unlabelled_containers_are_grouped_by_their_network_only() {
+    if !privileged("unlabelled_containers_are_grouped_by_their_network_only") {
+        return;
+    }
+    let (s, mut d) = start();
+    d.ok(&["network", "create", "shared-build"]);
+    let run = |d: &mut Dockerd, name: &str, extra: &[&str], action: &str| {
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(extra);
+        d.run(&s.world, &s.runner_cgroup, &args, false, &[action])
+    };
+    let net = "--network=shared-build";
+    let db = run(&mut d, "db", &[net], "listen:0.0.0.0:5432:600000");
+    let app = run(&mut d, "app", &[net], "sleep:600000");
+    let lone_db = run(&mut d, "lone-db", &[], "listen:0.0.0.0:5432:600000");
+    let lone_app = run(&mut d, "lone-app", &[], "sleep:600000");
+    wait_known(&s, &["db", "app", "lone-db", "lone-app"]);
+    let o = d.exec(
+        &app,
+        false,
+        &[&format!("tcp:{}:5432", d.addr(&db, "shared-build"))],
+    );
+    assert_banner(&o[0], "a container on the same user-defined network");
+    let o = d.exec(
+        &lone_app,
+        false,
+        &[&format!("tcp:{}:5432", d.addr(&lone_db, "bridge"))],
+    );
+    assert!(
+        o[0].eperm(),
+        "the default bridge groups nothing: {:?}",
+        o[0]
+    );
+}

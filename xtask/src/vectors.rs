@@ -153,6 +153,7 @@ const VECTORS: &[(&str, &[&str])] = &[
         &[
             "a_job_container_reaches_its_service_on_the_default_bridge_and_nothing_else",
             "a_network_per_build_resolves_the_service_alias_through_the_proxy",
+            "unlabelled_containers_are_grouped_by_their_network_only",
         ],
     ),
     (
