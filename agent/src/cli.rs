@@ -3,6 +3,7 @@
 
 mod agent;
 mod check;
+mod doctor;
 mod events;
 mod lockdown;
 mod presets;
@@ -107,6 +108,18 @@ pub enum Command {
     /// when the process is not under egret, under lockdown, or (with
     /// --require-enforce) only audited; 2 when the probe could not run.
     Verify(verify::Args),
+    /// Check this runner host against what egret needs and what the runner
+    /// security guides ask: one PASS, WARN or FAIL line per check, with what
+    /// was found (file:line where there is one) and the fix.
+    ///
+    /// Looks at egret itself (cgroup v2, BPF, the agent, each runner's
+    /// attachment, the sysctls that change what jobs can do), GitLab
+    /// Runner's config.toml (privileged, capabilities, the Docker socket,
+    /// host networking, pull policy, cgroup_parent against the policy,
+    /// executors) and Docker's daemon.json (cgroup driver, userns-remap,
+    /// no-new-privileges). Exit 0 when nothing fails, 1 when something
+    /// does, 2 when it could not run.
+    Doctor(doctor::Args),
 }
 
 /// Where the agent keeps its state. Every command that talks to the agent
@@ -140,6 +153,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Presets(args) => presets::presets(&args),
         Command::Schema(args) => presets::schema(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dnsproxy;
 pub mod docker;
+pub mod doctor;
 pub mod events;
 pub mod jobs;
 pub mod learned;
