@@ -116,7 +116,9 @@ pub enum Command {
     /// attachment, the sysctls that change what jobs can do), GitLab
     /// Runner's config.toml (privileged, capabilities, the Docker socket,
     /// host networking, pull policy, cgroup_parent against the policy,
-    /// executors) and Docker's daemon.json (cgroup driver, userns-remap,
+    /// executors), GitHub Actions runners (service user, ephemeral, the
+    /// job-started hook running `egret verify`, the unit's slice) and
+    /// Docker's daemon.json (cgroup driver, userns-remap,
     /// no-new-privileges). Exit 0 when nothing fails, 1 when something
     /// does, 2 when it could not run.
     Doctor(doctor::Args),

@@ -6,6 +6,7 @@
 //! case on the host, with no runner installed.
 
 pub mod docker;
+pub mod github;
 pub mod gitlab;
 pub mod host;
 

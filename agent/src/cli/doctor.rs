@@ -27,6 +27,11 @@ pub struct Args {
     /// defaults when Docker is installed and the file is not there].
     #[arg(long, value_name = "PATH")]
     pub docker_config: Option<PathBuf>,
+    /// A GitHub Actions runner's directory (where config.sh ran); repeat
+    /// for several [default: /opt/actions-runner and /home/*/actions-runner,
+    /// those that exist].
+    #[arg(long, value_name = "DIR")]
+    pub github_runner: Vec<PathBuf>,
     /// The egret policy, to match runners' cgroup_parent against when no
     /// agent answers.
     #[arg(long, value_name = "PATH")]
@@ -104,6 +109,15 @@ fn findings(args: &Args) -> Result<Vec<Finding>, String> {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         out.extend(doctor::gitlab::check(&path, &text, &policy));
+    }
+
+    let github = if args.github_runner.is_empty() {
+        doctor::github::default_dirs(Path::new("/"))
+    } else {
+        args.github_runner.clone()
+    };
+    for dir in github {
+        out.extend(doctor::github::check(&dir, Path::new("/"), &policy));
     }
 
     let docker_installed = ["/usr/bin/dockerd", "/usr/sbin/dockerd"]
