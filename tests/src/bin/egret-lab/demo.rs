@@ -158,6 +158,41 @@ pub(crate) fn demo(policy: &std::path::Path) -> ExitCode {
         );
         unexpected += 1;
     }
+    // The job-start check a runner's hook runs: it passes in the job's
+    // cgroup and fails outside every runner.
+    println!(
+        "egret verify, as a runner's job-start hook runs it (uid {}):",
+        egret_tests::job::JOB_UID
+    );
+    for (place, procs, want) in [
+        ("in /egret-demo/ci", Some(cgroup.procs("ci")), 0),
+        ("outside every runner", None, 1),
+    ] {
+        let mut cmd = std::process::Command::new(egret_tests::workspace_bin("egret"));
+        cmd.arg("verify")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let out = world
+            .host
+            .spawn_as(&mut cmd, procs.as_deref(), Some(egret_tests::job::JOB_UID))
+            .wait_with_output()
+            .expect("egret verify");
+        let code = out.status.code().unwrap_or(-1);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = code == want;
+        if !expected {
+            unexpected += 1;
+        }
+        println!(
+            "  {place:<22} exit {code}: {}{}",
+            said.trim(),
+            if expected { "" } else { "   <-- UNEXPECTED" }
+        );
+    }
     drop(agent);
     drop(pins);
     drop(cgroup);
