@@ -50,6 +50,9 @@ pub struct AgentOptions {
     /// The Docker Engine API socket to learn job containers from; `None`
     /// turns that off.
     pub docker_socket: Option<PathBuf>,
+    /// Where every event is also appended, and the size at which that
+    /// file rotates.
+    pub events_file: Option<(PathBuf, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         learning.clone(),
         jobs.clone(),
     ));
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(match &opts.events_file {
+        Some((path, max_bytes)) => Hub::with_file(
+            crate::events::file::EventFile::open(path, *max_bytes)
+                .map_err(IoError::at("open the events file", path))?,
+        ),
+        None => Hub::default(),
+    });
     let containers = crate::docker::SharedRegistry::default();
     let shared = dnsproxy::Shared::new(
         learning.clone(),

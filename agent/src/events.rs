@@ -2,6 +2,7 @@
 //! job cgroup, hostname) and writes it as one JSON object per line, to
 //! stdout and to every subscriber of the [`Hub`].
 
+pub mod file;
 mod hub;
 
 use std::{

@@ -280,3 +280,45 @@ fn twenty_restarts_under_load() {
     );
     assert!(allowed.oks.unwrap_or(0) > 100, "{allowed:?}");
 }
+
+/// `--events-file`: every event also lands in a file, the same JSON as on
+/// stdout, rotating at its bound with nothing lost between the two files.
+#[test]
+fn events_are_recorded_in_a_rotating_file() {
+    if !privileged("events_are_recorded_in_a_rotating_file") {
+        return;
+    }
+    let mut s = Scenario::prepare("enforce", "- cidr: 203.0.113.10/32\n  ports: [443]\n");
+    let path = s.world.path("events.jsonl");
+    let arg = path.display().to_string();
+    s.start_agent_with(&["--events-file", &arg, "--events-file-max", "4K"]);
+    let attempts: Vec<String> = (0..30)
+        .map(|_| "tcp:198.51.100.66:443".to_owned())
+        .collect();
+    let attempts: Vec<&str> = attempts.iter().map(String::as_str).collect();
+    let o = s.job(&attempts);
+    assert!(o.iter().all(|o| o.eperm()), "{o:?}");
+    let stdout = s
+        .agent()
+        .wait_events(std::time::Duration::from_secs(5), |e| {
+            (e.len() >= 30).then(|| e.to_vec())
+        })
+        .expect("30 events on stdout");
+    let read = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let rotated = s.world.path("events.jsonl.1");
+    for p in [&path, &rotated] {
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 0 && size <= 4096, "{}: {size} bytes", p.display());
+    }
+    let mut recorded = read(&rotated);
+    recorded.extend(read(&path));
+    // The newest events, in order, exactly as stdout has them.
+    let tail = &stdout[stdout.len() - recorded.len()..];
+    assert_eq!(recorded, tail);
+}

@@ -65,6 +65,31 @@ pub struct Args {
     /// Do not watch Docker at all (shell executors, GitHub runners).
     #[arg(long)]
     pub no_docker: bool,
+    /// Also append every event, one JSON object per line, to this file: a
+    /// record that outlives the agent and needs no journald. At
+    /// --events-file-max it becomes PATH.1 (replacing the one before).
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<PathBuf>,
+    /// Size at which the events file rotates (e.g. 64M, 1G).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub events_file_max: u64,
+}
+
+/// `64M`, `1G`, `512K` or a plain number of bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1u64 << 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1 << 30),
+        t => (t, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size such as 64M, 1G or 4096"))
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -101,6 +126,7 @@ pub fn run(args: Args) -> ExitCode {
             ..TtlSettings::default()
         },
         docker_socket: (!args.no_docker).then_some(args.docker_socket),
+        events_file: args.events_file.map(|p| (p, args.events_file_max)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

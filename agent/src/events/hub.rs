@@ -25,6 +25,8 @@ pub struct EventLine {
 pub struct Hub {
     tx: broadcast::Sender<Arc<EventLine>>,
     recent: Mutex<VecDeque<Arc<EventLine>>>,
+    /// `--events-file`, when given.
+    file: Option<super::file::EventFile>,
 }
 
 impl Default for Hub {
@@ -32,12 +34,24 @@ impl Default for Hub {
         Self {
             tx: broadcast::channel(FOLLOW_BACKLOG).0,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+            file: None,
         }
     }
 }
 
 impl Hub {
+    /// A hub that also appends every event to `file`.
+    pub fn with_file(file: super::file::EventFile) -> Self {
+        Self {
+            file: Some(file),
+            ..Self::default()
+        }
+    }
+
     pub fn publish(&self, line: EventLine) {
+        if let Some(file) = &self.file {
+            file.append(&line.json);
+        }
         let line = Arc::new(line);
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
