@@ -268,11 +268,7 @@ async fn inspect(docker: &Docker, id: &str, cgroup_root: &Path) -> Option<Contai
         return None;
     }
     let pid = u32::try_from(state.pid?).ok().filter(|p| *p > 0)?;
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))?
-        .to_owned();
+    let cgroup = crate::jobs::ProcFs::default().cgroup(pid)?;
     let cgroup_id = std::fs::metadata(cgroup_root.join(cgroup.trim_start_matches('/')))
         .ok()?
         .ino();

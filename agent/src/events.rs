@@ -289,13 +289,9 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
 /// Writes one event the agent itself produced (the DNS proxy's refusals)
 /// to stdout and to every follower, as the kernel's events are.
 pub fn publish(record: &EventRecord, hub: &Hub) {
-    let Some(line) = line_of(record) else { return };
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", line.json);
-        let _ = out.flush();
+    if let Some(line) = line_of(record) {
+        write_out(line, hub);
     }
-    hub.publish(line);
 }
 
 /// The line a subscriber gets for `record`, which `egret events` filters by
@@ -352,16 +348,25 @@ pub fn publish_line(runner: &str, line: &impl Serialize, hub: &Hub) {
     let Ok(json) = serde_json::to_string(line) else {
         return;
     };
+    write_out(
+        EventLine {
+            runner: runner.to_owned(),
+            job: None,
+            json,
+        },
+        hub,
+    );
+}
+
+/// One line the agent produced itself: to stdout, flushed, then to every
+/// follower.
+fn write_out(line: EventLine, hub: &Hub) {
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{json}");
+        let _ = writeln!(out, "{}", line.json);
         let _ = out.flush();
     }
-    hub.publish(EventLine {
-        runner: runner.to_owned(),
-        job: None,
-        json,
-    });
+    hub.publish(line);
 }
 
 /// Reads events until the task is dropped. Writes go to stdout, one line per

@@ -107,7 +107,7 @@ impl ProcFs {
     }
 
     /// The process's cgroup v2 path (`0::/a/b`), relative to the root.
-    fn cgroup(&self, pid: u32) -> Option<String> {
+    pub fn cgroup(&self, pid: u32) -> Option<String> {
         let text = std::fs::read_to_string(self.root.join(pid.to_string()).join("cgroup")).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix("0::"))

@@ -157,31 +157,18 @@ impl PrivilegedWatch {
 /// The processes in the cgroup tree at `dir`, each with its cgroup; bounded.
 fn processes(dir: &Path) -> Vec<(u32, PathBuf)> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    let mut visited = 0;
-    while let Some(d) = stack.pop() {
-        visited += 1;
-        if visited > MAX_CGROUPS || out.len() >= MAX_PROCESSES {
-            break;
-        }
+    runners::walk_cgroups(dir, MAX_CGROUPS, |d| {
         if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
             out.extend(
                 procs
                     .lines()
                     .filter_map(|l| l.trim().parse().ok())
                     .take(MAX_PROCESSES.saturating_sub(out.len()))
-                    .map(|pid| (pid, d.clone())),
+                    .map(|pid| (pid, d.to_owned())),
             );
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
+        (out.len() >= MAX_PROCESSES).then_some(())
+    });
     out
 }
 

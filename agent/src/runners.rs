@@ -78,7 +78,7 @@ pub fn relative(root: &Path, dir: &Path) -> Option<String> {
 /// Visits `dir` and the cgroups below it, depth first, until `visit`
 /// returns something; gives up after `max_visits` cgroups so a huge tree
 /// cannot stall the caller.
-fn walk_cgroups<T>(
+pub(crate) fn walk_cgroups<T>(
     dir: &Path,
     max_visits: usize,
     mut visit: impl FnMut(&Path) -> Option<T>,

@@ -62,11 +62,26 @@ fn container(
     extra: &[&str],
     action: &str,
 ) -> String {
+    start_container(s, d, job, kind, name, extra, false, action)
+}
+
+/// As [`container`], running as root when `root` (the labelled root cases).
+#[allow(clippy::too_many_arguments)]
+fn start_container(
+    s: &Scenario,
+    d: &mut Dockerd,
+    job: &str,
+    kind: &str,
+    name: &str,
+    extra: &[&str],
+    root: bool,
+    action: &str,
+) -> String {
     let mut args: Vec<String> = vec!["--name".into(), name.into()];
     args.extend(labels(job, kind));
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    d.run(&s.world, &s.runner_cgroup, &args, false, &[action])
+    d.run(&s.world, &s.runner_cgroup, &args, root, &[action])
 }
 
 /// Waits until the agent follows every container named.
@@ -377,10 +392,16 @@ fn root_with_net_raw_in_a_container_is_outside_egret_and_reported() {
         return;
     }
     let (s, mut d) = start();
-    let mut args: Vec<String> = vec!["--name".into(), "build-root".into()];
-    args.extend(labels("51", "build"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let root = d.run(&s.world, &s.runner_cgroup, &args, true, &["sleep:600000"]);
+    let root = start_container(
+        &s,
+        &mut d,
+        "51",
+        "build",
+        "build-root",
+        &[],
+        true,
+        "sleep:600000",
+    );
     let o = d.exec(
         &root,
         true,
@@ -408,14 +429,16 @@ fn root_with_net_raw_in_a_container_is_outside_egret_and_reported() {
     assert_eq!(ev["job"]["source"], "labels", "{ev}");
 
     // The fix: the runner drops NET_RAW.
-    let mut args: Vec<String> = vec![
-        "--name".into(),
-        "build-dropped".into(),
-        "--cap-drop=NET_RAW".into(),
-    ];
-    args.extend(labels("52", "build"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let dropped = d.run(&s.world, &s.runner_cgroup, &args, true, &["sleep:600000"]);
+    let dropped = start_container(
+        &s,
+        &mut d,
+        "52",
+        "build",
+        "build-dropped",
+        &["--cap-drop=NET_RAW"],
+        true,
+        "sleep:600000",
+    );
     let o = d.exec(
         &dropped,
         true,
