@@ -86,15 +86,20 @@ pub struct RunnerDns {
 }
 
 impl RunnerDns {
-    /// The allow entries a queried name falls under. A known
-    /// DNS-over-HTTPS service counts only when an entry names it exactly.
     fn rules_for(&self, name: &str) -> Vec<&HostRule> {
-        let doh = baseline::is_doh_name(name);
-        self.rules
-            .iter()
-            .filter(|r| r.matches(name) && (!doh || !r.name.starts_with("*.")))
-            .collect()
+        rules_for(&self.rules, name)
     }
+}
+
+/// The allow entries a queried name falls under: what decides whether the
+/// proxy answers it, and on which ports its addresses open. A known
+/// DNS-over-HTTPS service counts only when an entry names it exactly.
+pub fn rules_for<'a>(rules: &'a [HostRule], name: &str) -> Vec<&'a HostRule> {
+    let doh = baseline::is_doh_name(name);
+    rules
+        .iter()
+        .filter(|r| r.matches(name) && (!doh || !r.name.starts_with("*.")))
+        .collect()
 }
 
 /// Counts the status command reports.
@@ -361,18 +366,35 @@ async fn answer(
         return Some(reply);
     }
     let asked = asked.as_str();
+    // Refusals are reported before the reply: the job's socket, which
+    // names the process, is open only while it waits for it.
     if rules.is_empty() {
         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        // Before the reply: the job's socket, which names the process, is
-        // open only while it waits for it.
-        report_refusal(runner, shared, asked, transport, peer).await;
         if runner.mode == Mode::Enforce {
+            report_refusal(runner, shared, asked, transport, peer, None).await;
             let code = match runner.refuse_with {
                 DnsRefusal::Refused => ResponseCode::Refused,
                 DnsRefusal::Nxdomain => ResponseCode::NXDomain,
             };
             return Some(error_reply(id, OpCode::Query, code, Some(&request)));
         }
+    }
+    let private_ok = rules.iter().any(|r| r.private_answers);
+    let resolved = resolve(query, transport, runner, shared, question, private_ok).await;
+    if rules.is_empty() {
+        // Audit mode let the name through: report what it resolved to, and
+        // name the job's connects to those addresses after it, which is
+        // what learn mode builds a policy from.
+        let answers = resolved
+            .as_ref()
+            .map(|r| r.screened.ips.clone())
+            .unwrap_or_default();
+        shared
+            .learning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_audited(runner.id, &name, &answers);
+        report_refusal(runner, shared, asked, transport, peer, Some(answers)).await;
     }
     let servfail = || {
         shared.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -383,24 +405,14 @@ async fn answer(
             Some(&request),
         ))
     };
-    let Some(raw) = forward(query, transport, &runner.upstream, &shared.upstreams).await else {
+    let Some(Resolved {
+        raw,
+        mut response,
+        screened,
+    }) = resolved
+    else {
         return servfail();
     };
-    let Ok(mut response) = Message::from_vec(&raw) else {
-        return servfail();
-    };
-    if response.queries.len() != 1
-        || response.queries[0].name() != question.name()
-        || response.queries[0].query_type() != question.query_type()
-    {
-        return servfail();
-    }
-    let private_ok = rules.iter().any(|r| r.private_answers);
-    let screened = screen(&mut response, shared.ttl.cap, private_ok, &runner.nat64);
-    shared
-        .stats
-        .stripped
-        .fetch_add(screened.stripped as u64, Ordering::Relaxed);
     if !rules.is_empty() && !screened.ips.is_empty() {
         let ports: Vec<PortRule> = rules.iter().flat_map(|r| r.ports.iter().copied()).collect();
         match learn(
@@ -431,6 +443,43 @@ async fn answer(
         return response.to_vec().ok().or_else(servfail);
     }
     Some(raw)
+}
+
+/// An upstream answer, screened.
+struct Resolved {
+    raw: Vec<u8>,
+    response: Message,
+    screened: Screened,
+}
+
+/// Forwards `query` upstream and screens the answer; `None` when no usable
+/// answer to this very question came back.
+async fn resolve(
+    query: &[u8],
+    transport: Transport,
+    runner: &RunnerDns,
+    shared: &Shared,
+    question: &hickory_proto::op::Query,
+    private_ok: bool,
+) -> Option<Resolved> {
+    let raw = forward(query, transport, &runner.upstream, &shared.upstreams).await?;
+    let mut response = Message::from_vec(&raw).ok()?;
+    if response.queries.len() != 1
+        || response.queries[0].name() != question.name()
+        || response.queries[0].query_type() != question.query_type()
+    {
+        return None;
+    }
+    let screened = screen(&mut response, shared.ttl.cap, private_ok, &runner.nat64);
+    shared
+        .stats
+        .stripped
+        .fetch_add(screened.stripped as u64, Ordering::Relaxed);
+    Some(Resolved {
+        raw,
+        response,
+        screened,
+    })
 }
 
 /// Seconds a service container's address is cached by the job: it lives

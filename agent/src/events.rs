@@ -6,6 +6,7 @@ pub mod file;
 mod hub;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     io::Write as _,
     net::{IpAddr, Ipv6Addr},
@@ -20,7 +21,7 @@ use egret_common::{
     event::{Event, action, hook, reason},
     rules::proto,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 pub use hub::{EventLine, Hub};
@@ -152,7 +153,10 @@ impl Enricher {
     }
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// One event line, as the agent writes it and as `egret suggest` and
+/// `egret replay` read it back from a recording. Text the agent fills from
+/// its own tables is borrowed; read back, it is owned.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventRecord {
     /// RFC 3339, UTC.
     pub time: String,
@@ -163,26 +167,32 @@ pub struct EventRecord {
     pub cgroup_id: u64,
     pub pid: u32,
     pub comm: String,
-    pub family: &'static str,
+    pub family: Cow<'static, str>,
     pub proto: String,
     /// None for a refused `socket()`, which has no destination yet.
     pub dst: Option<String>,
     pub port: u16,
     /// For a refused `socket()`: stream, dgram, raw, ...
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_type: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<Cow<'static, str>>,
     /// For a refused `setsockopt()`: the option, e.g. `IP_ADD_MEMBERSHIP`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_option: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_option: Option<Cow<'static, str>>,
     /// For a `privileged_job` report: the capabilities the process holds
     /// that put it outside what egret can hold.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
-    /// The name this runner resolved to `dst`, if any.
+    /// The name this runner resolved to `dst`, if any; for a DNS event,
+    /// the name asked.
     pub host: Option<String>,
-    pub reason: &'static str,
-    pub action: &'static str,
-    pub hook: &'static str,
+    /// For a name an audit-mode runner's jobs resolved outside the policy:
+    /// what it resolved to, so learn mode can tie the job's connects to
+    /// the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<IpAddr>>,
+    pub reason: Cow<'static, str>,
+    pub action: Cow<'static, str>,
+    pub hook: Cow<'static, str>,
     /// The CI job, when it could be told.
     pub job: Option<JobIdentity>,
 }
@@ -266,7 +276,7 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         cgroup_id: ev.cgroup_id,
         pid: ev.pid,
         comm: String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned(),
-        family: if ev.family == 4 { "ipv4" } else { "ipv6" },
+        family: if ev.family == 4 { "ipv4" } else { "ipv6" }.into(),
         proto: if ev.hook == hook::SETSOCKOPT {
             sockopt_level_name(ev.proto)
         } else {
@@ -274,14 +284,15 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         },
         dst: has_destination.then(|| destination(ev).to_string()),
         port: if has_destination { ev.port } else { 0 },
-        socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type)),
+        socket_type: (ev.hook == hook::SOCK_CREATE).then(|| socket_type_name(ev.sock_type).into()),
         socket_option: (ev.hook == hook::SETSOCKOPT)
-            .then(|| egret_common::sockopt::name(i32::from(ev.proto), i32::from(ev.port))),
+            .then(|| egret_common::sockopt::name(i32::from(ev.proto), i32::from(ev.port)).into()),
         capabilities: None,
         host: enricher.host_for(ev.runner, judged(ev)),
-        reason: reason::name(ev.reason),
-        action: action::name(ev.action),
-        hook: hook::name(ev.hook),
+        answers: None,
+        reason: reason::name(ev.reason).into(),
+        action: action::name(ev.action).into(),
+        hook: hook::name(ev.hook).into(),
         job: enricher.job_of(ev, std::time::Instant::now()),
     }
 }

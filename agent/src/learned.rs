@@ -118,7 +118,15 @@ pub struct Learning {
     /// (runner, queried name) → its addresses with their expiry, to cap how
     /// many one name may hold.
     per_name: HashMap<(u32, String), HashMap<IpAddr, Instant>>,
+    /// (runner, address) → names an audit-mode runner's jobs resolved to it
+    /// outside the policy. Never in the map (the job's connects stay
+    /// audited); only to name those connects in events.
+    audited: HashMap<(u32, IpAddr), Vec<String>>,
 }
+
+/// Addresses remembered for audit attribution; past this many the memory
+/// starts over, so a job resolving names without end cannot grow the agent.
+const AUDITED_KEPT: usize = 16_384;
 
 /// How much a repeated answer may extend an address's expiry before the
 /// map entry is rewritten: well inside every grace period.
@@ -294,6 +302,8 @@ impl Learning {
             ips.retain(|_, u| *u > now);
             runners.contains(runner) && !ips.is_empty()
         });
+        self.audited
+            .retain(|(runner, _), _| runners.contains(runner));
     }
 
     /// Each runner's share of the learned-address map, so that no runner
@@ -485,6 +495,20 @@ impl Learning {
             .collect()
     }
 
+    /// Remembers that an audit-mode runner's job resolved `name`, which no
+    /// allow entry covers, to `ips`.
+    pub fn note_audited(&mut self, runner: u32, name: &str, ips: &[IpAddr]) {
+        if self.audited.len() + ips.len() > AUDITED_KEPT {
+            self.audited.clear();
+        }
+        for ip in ips {
+            let names = self.audited.entry((runner, *ip)).or_default();
+            if !names.iter().any(|n| n == name) && names.len() < NAMES_PER_ADDRESS {
+                names.push(name.to_owned());
+            }
+        }
+    }
+
     /// Which host names this runner resolved to `ip`, for event attribution.
     pub fn hosts_for(&self, runner: u32, ip: IpAddr) -> Option<String> {
         let mut names: Vec<&str> = self
@@ -497,6 +521,7 @@ impl Learning {
                     .get(&(runner, ip))
                     .into_iter()
                     .flat_map(|p| p.names.iter())
+                    .chain(self.audited.get(&(runner, ip)).into_iter().flatten())
                     .map(String::as_str),
             )
             .collect();
@@ -515,6 +540,16 @@ fn learned_value(
     now: Instant,
     mono_now: u64,
 ) -> egret_common::maps::Learned {
+    let expires = mono_now + until.saturating_duration_since(now).as_nanos() as u64;
+    egret_common::maps::Learned {
+        expires_ns: expires.div_ceil(1_000_000) * 1_000_000,
+        rules: port_rules(runner, ports),
+    }
+}
+
+/// The ports of every host entry that answered with an address, merged as
+/// the learned map holds them.
+pub fn port_rules(runner: u32, ports: Vec<PortRule>) -> egret_common::rules::PortRules {
     let merged = compile::merge_rules(ports);
     if merged.len() > egret_common::rules::MAX_PORT_RULES {
         // Fails closed: the ports that do not fit stay denied.
@@ -524,14 +559,12 @@ fn learned_value(
         );
     }
     let n = merged.len().min(egret_common::rules::MAX_PORT_RULES);
-    let expires = mono_now + until.saturating_duration_since(now).as_nanos() as u64;
-    let mut value = egret_common::maps::Learned {
-        expires_ns: expires.div_ceil(1_000_000) * 1_000_000,
-        rules: Default::default(),
+    let mut rules = egret_common::rules::PortRules {
+        count: n as u32,
+        ..Default::default()
     };
-    value.rules.count = n as u32;
-    value.rules.rules[..n].copy_from_slice(&merged[..n]);
-    value
+    rules.rules[..n].copy_from_slice(&merged[..n]);
+    rules
 }
 
 #[cfg(test)]

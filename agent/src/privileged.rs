@@ -194,7 +194,7 @@ fn record(runner: &str, p: &PrivilegedProcess, cgroup_id: u64) -> EventRecord {
         cgroup_id,
         pid: p.pid,
         comm: p.comm.clone(),
-        family: "none",
+        family: "none".into(),
         proto: "none".into(),
         dst: None,
         port: 0,
@@ -202,9 +202,10 @@ fn record(runner: &str, p: &PrivilegedProcess, cgroup_id: u64) -> EventRecord {
         socket_option: None,
         capabilities: Some(p.capabilities.clone()),
         host: None,
-        reason: reason::name(reason::PRIVILEGED_JOB),
-        action: "report",
-        hook: hook::name(hook::PROCESS_SCAN),
+        answers: None,
+        reason: reason::name(reason::PRIVILEGED_JOB).into(),
+        action: "report".into(),
+        hook: hook::name(hook::PROCESS_SCAN).into(),
         job: p.job.clone(),
     }
 }

@@ -14,13 +14,15 @@ use crate::{
 pub(super) const SCANS_PER_SECOND: u32 = 50;
 
 /// Publishes a `dns_refused` event, naming the process behind the query
-/// when it can be found among the runner's processes.
+/// when it can be found among the runner's processes. `answers`: what an
+/// audit-mode runner's job was let resolve the name to.
 pub(super) async fn report_refusal(
     runner: &RunnerDns,
     shared: &Arc<Shared>,
     name: &str,
     transport: Transport,
     peer: SocketAddr,
+    answers: Option<Vec<std::net::IpAddr>>,
 ) {
     let (runner, shared, name) = (runner.clone(), shared.clone(), name.to_owned());
     let scan = shared.scans.allow(runner.id, std::time::Instant::now());
@@ -54,7 +56,7 @@ pub(super) async fn report_refusal(
             cgroup_id: owner.as_ref().map_or(0, |o| o.cgroup_id),
             pid: owner.as_ref().map_or(0, |o| o.pid),
             comm: owner.as_ref().map_or_else(String::new, |o| o.comm.clone()),
-            family: if peer.is_ipv4() { "ipv4" } else { "ipv6" },
+            family: if peer.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
             proto: match transport {
                 Transport::Udp => "udp".into(),
                 Transport::Tcp => "tcp".into(),
@@ -65,12 +67,15 @@ pub(super) async fn report_refusal(
             socket_option: None,
             capabilities: None,
             host: Some(name),
-            reason: egret_common::event::reason::name(egret_common::event::reason::DNS_REFUSED),
+            answers,
+            reason: egret_common::event::reason::name(egret_common::event::reason::DNS_REFUSED)
+                .into(),
             action: match runner.mode {
                 Mode::Enforce => "deny",
                 Mode::Audit => "audit",
-            },
-            hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+            }
+            .into(),
+            hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY).into(),
             job,
         };
         if let Some(job) = &record.job {
@@ -103,7 +108,7 @@ pub(super) fn report_quota(
         cgroup_id: 0,
         pid: 0,
         comm: String::new(),
-        family: "ipv4",
+        family: "ipv4".into(),
         proto: "udp".into(),
         dst: None,
         port: egret_common::port::DNS,
@@ -111,9 +116,10 @@ pub(super) fn report_quota(
         socket_option: None,
         capabilities: None,
         host: Some(name.to_owned()),
-        reason: egret_common::event::reason::name(egret_common::event::reason::QUOTA),
-        action: "deny",
-        hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY),
+        answers: None,
+        reason: egret_common::event::reason::name(egret_common::event::reason::QUOTA).into(),
+        action: "deny".into(),
+        hook: egret_common::event::hook::name(egret_common::event::hook::DNS_PROXY).into(),
         job: None,
     };
     events::publish(&record, &shared.hub);

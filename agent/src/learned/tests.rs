@@ -204,3 +204,19 @@ fn each_runner_holds_at_most_its_share() {
     );
     assert!(l.learn_answer(1, "b.test", &ssh, &[ip(3)], ttl).is_ok());
 }
+
+/// Names an audit-mode runner's jobs resolved outside the policy name
+/// their connects in events, and teach the map nothing.
+#[test]
+fn audited_answers_name_connects_without_learning() {
+    let mut l = Learning::new(TtlSettings::default());
+    let ip: IpAddr = "203.0.113.22".parse().unwrap();
+    l.note_audited(1, "a.pkg.test", &[ip]);
+    l.note_audited(1, "b.pkg.test", &[ip]);
+    l.note_audited(1, "a.pkg.test", &[ip]);
+    assert_eq!(l.hosts_for(1, ip).as_deref(), Some("a.pkg.test,b.pkg.test"));
+    assert_eq!(l.hosts_for(2, ip), None, "another runner's");
+    assert!(l.desired(Instant::now()).is_empty(), "nothing to learn");
+    l.prune(Instant::now(), &std::collections::HashSet::from([2]));
+    assert_eq!(l.hosts_for(1, ip), None, "gone with its runner");
+}
