@@ -5,10 +5,13 @@ mod agent;
 mod check;
 mod doctor;
 mod events;
+mod learn;
 mod lockdown;
 mod presets;
 mod reload;
+mod replay;
 mod status;
+mod suggest;
 mod teardown;
 mod verify;
 
@@ -122,6 +125,34 @@ pub enum Command {
     /// no-new-privileges). Exit 0 when nothing fails, 1 when something
     /// does, 2 when it could not run.
     Doctor(doctor::Args),
+    /// Learn mode: print a policy for a runner from what its recorded jobs
+    /// needed, for `egret check`, review and `egret replay`.
+    ///
+    /// Record first: run the runner in audit mode with an empty allow list
+    /// (or only the forge) and the agent's --events-file, through a
+    /// representative set of jobs. Every connect and every DNS name outside
+    /// the allow list is then in the recording, with the job that made it.
+    ///
+    /// The suggestion takes embedded presets first where their hosts cover
+    /// what was seen, then exact names with their ports, then `*.parent`
+    /// where several names share a parent that is not a public or shared
+    /// hosting suffix, then addresses reached with no name. Metadata,
+    /// lateral addresses and DNS-over-HTTPS services are never suggested;
+    /// they are listed as comments with what else was left out. Each entry
+    /// says how many jobs and events needed it.
+    Suggest(suggest::Args),
+    /// Learn mode: would this policy have broken these jobs? Judges every
+    /// recorded connect and DNS name again, with the same verdict code the
+    /// kernel programs run, as if the candidate were enforced.
+    ///
+    /// For each recorded job: what the candidate would refuse that was let
+    /// through when recorded (it breaks the job), what stays refused, and
+    /// what it newly allows. Exit 0 when no job would break, 1 when one
+    /// would, 2 when it could not judge (invalid policy, no events).
+    ///
+    /// The host's own subnets count as lateral, as on the runner host: run
+    /// it there for the exact answer.
+    Replay(replay::Args),
 }
 
 /// Where the agent keeps its state. Every command that talks to the agent
@@ -156,6 +187,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Schema(args) => presets::schema(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Suggest(args) => suggest::run(&args),
+        Command::Replay(args) => replay::run(&args),
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `events` reads the kernel's denials, names them and fans them out to
 //!   subscribers; `control` serves them and the other requests of the CLI;
 //! - `lockdown` is incident mode, `status` the report of it all;
+//! - `learn` reads recorded events back: the policy jobs needed, and what
+//!   a candidate policy would break;
 //! - `runners` and `mountinfo` find cgroups, `state_dir` holds what the
 //!   agent keeps on disk, `clock` is the kernel's clock;
 //! - `daemon` ties them together for `egret agent`.
@@ -28,6 +30,7 @@ pub mod docker;
 pub mod doctor;
 pub mod events;
 pub mod jobs;
+pub mod learn;
 pub mod learned;
 pub mod lockdown;
 pub mod mountinfo;

@@ -328,7 +328,8 @@ pub(super) fn parse_cidr(text: &str, at: Location, diags: &mut Diagnostics) -> O
     Some(net)
 }
 
-pub(super) fn validate_hostname(name: &str) -> Result<(), String> {
+/// Why `name` cannot be a `host` entry, if it cannot.
+pub fn validate_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty name".into());
     }

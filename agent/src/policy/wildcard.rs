@@ -50,6 +50,13 @@ pub(super) fn validate_pattern(suffix: &str) -> Result<Option<String>, String> {
         .map(|m| format!("'{m}' hosts anyone's content")))
 }
 
+/// Whether `*.suffix` is a pattern `egret check` accepts without a word:
+/// no public suffix, no shared hosting, no suffix where anyone can get a
+/// name, and more than a top-level domain.
+pub fn wildcard_allowed_quietly(suffix: &str) -> bool {
+    suffix.contains('.') && matches!(validate_pattern(suffix), Ok(None))
+}
+
 /// Suffixes where anyone can get a name, beyond what the public suffix list
 /// marks as private. A wildcard on one, or on a parent of one, warns.
 pub(super) const MULTITENANT: &[&str] = &[

@@ -1,0 +1,113 @@
+//! The maps of a compiled plan as the verdict reads them, on the host: the
+//! same `egret_common::verdict::decide` the kernel programs run, over
+//! tries that answer with the longest matching prefix as the kernel's do.
+
+use std::collections::HashMap;
+
+use egret_common::{
+    addr::Addr,
+    maps::{BaselineEntry, ExactKey, Learned, Nat64Entry, OwnedKey},
+    rules::PortRules,
+    state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags},
+    verdict::Lookup,
+};
+
+use crate::compile::{Plan, TrieKey};
+
+/// A candidate policy's maps, and the addresses its DNS answers taught so
+/// far in the replay.
+pub struct PlanMaps {
+    states: HashMap<u32, RunnerState>,
+    /// No lockdown: replay asks what the policy itself decides.
+    open: Lockdown,
+    metadata: Vec<(TrieKey, BaselineEntry)>,
+    lateral: Vec<(TrieKey, BaselineEntry)>,
+    nat64: Vec<(TrieKey, Nat64Entry)>,
+    /// Per runner: (prefix length over the address, address, rules).
+    cidrs: HashMap<u32, Vec<(u32, Addr, PortRules)>>,
+    pub learned: HashMap<ExactKey, Learned>,
+}
+
+impl PlanMaps {
+    /// Every runner judged as enforcing, whatever mode the candidate gives
+    /// it: replay asks what enforcing it would break.
+    pub fn new(plan: &Plan) -> Self {
+        let mut cidrs: HashMap<u32, Vec<(u32, Addr, PortRules)>> = HashMap::new();
+        for ((len, key), rules) in &plan.cidrs {
+            cidrs
+                .entry(u32::from_be_bytes(key.runner_be))
+                .or_default()
+                .push((len.saturating_sub(32), key.addr, *rules));
+        }
+        Self {
+            states: plan
+                .runners
+                .iter()
+                .map(|r| {
+                    let mut state = r.state;
+                    state.flags &= !flags::AUDIT;
+                    (r.id, state)
+                })
+                .collect(),
+            open: Lockdown::default(),
+            metadata: plan.metadata.iter().map(|(k, v)| (*k, *v)).collect(),
+            lateral: plan.lateral.iter().map(|(k, v)| (*k, *v)).collect(),
+            nat64: plan.nat64.iter().map(|(k, v)| (*k, *v)).collect(),
+            cidrs,
+            learned: HashMap::new(),
+        }
+    }
+}
+
+fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
+    (0..len.min(128) as usize).all(|bit| {
+        let mask = 0x80u8 >> (bit % 8);
+        net[bit / 8] & mask == target[bit / 8] & mask
+    })
+}
+
+fn longest<'a, V>(
+    entries: impl Iterator<Item = (u32, &'a Addr, &'a V)>,
+    t: &Addr,
+) -> Option<&'a V> {
+    entries
+        .filter(|(len, net, _)| prefix_match(*len, net, t))
+        .max_by_key(|(len, ..)| *len)
+        .map(|(.., v)| v)
+}
+
+impl Lookup for PlanMaps {
+    fn runner_state(&self, runner: u32) -> Option<&RunnerState> {
+        self.states.get(&runner)
+    }
+    fn lockdown(&self, id: u32) -> Option<&Lockdown> {
+        (id == GLOBAL_RUNNER || self.states.contains_key(&id)).then_some(&self.open)
+    }
+    fn metadata(&self, t: &Addr) -> Option<&BaselineEntry> {
+        longest(self.metadata.iter().map(|((l, a), v)| (*l, a, v)), t)
+    }
+    fn lateral(&self, t: &Addr) -> Option<&BaselineEntry> {
+        longest(self.lateral.iter().map(|((l, a), v)| (*l, a, v)), t)
+    }
+    fn cidr(&self, runner: u32, t: &Addr) -> Option<&PortRules> {
+        longest(
+            self.cidrs.get(&runner)?.iter().map(|(l, a, v)| (*l, a, v)),
+            t,
+        )
+    }
+    fn learned(&self, key: &ExactKey) -> Option<&Learned> {
+        self.learned.get(key)
+    }
+    /// A recording holds only refused or audited loopback connects, never
+    /// the runner's own listeners, which were let through unreported.
+    fn loopback_owner(&self, _key: &OwnedKey) -> Option<u32> {
+        None
+    }
+    fn nat64(&self, t: &Addr) -> Option<&Nat64Entry> {
+        longest(self.nat64.iter().map(|((l, a), v)| (*l, a, v)), t)
+    }
+    /// Likewise a job's own service containers, reached unreported.
+    fn job_peer(&self, _cgroup: u64, _target: &Addr) -> bool {
+        false
+    }
+}
