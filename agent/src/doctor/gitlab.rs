@@ -16,6 +16,45 @@ const DOCKER_EXECUTORS: [&str; 4] = [
     "docker-windows",
 ];
 
+/// Executors whose jobs run on another machine or in a VM, where egret on
+/// this host does not see them.
+const ELSEWHERE_EXECUTORS: [&str; 6] = [
+    "ssh",
+    "virtualbox",
+    "parallels",
+    "custom",
+    "instance",
+    "docker-windows",
+];
+
+/// What the executor means for egret: the jobs of `docker*` and `shell`
+/// run on this host, where egret holds them; the others elsewhere.
+fn executor_finding(subject: &str, executor: &str, at: Option<String>) -> Finding {
+    if executor.is_empty() {
+        return Finding::fail(
+            "gitlab.executor",
+            subject,
+            "no executor set: the runner cannot take jobs",
+            "set executor = \"docker\" (or \"shell\" for one trusted project)",
+        )
+        .at(at);
+    }
+    if ELSEWHERE_EXECUTORS.contains(&executor) {
+        return Finding::warn(
+            "gitlab.executor",
+            subject,
+            format!("executor {executor}: jobs run on another machine or in a VM, which egret on this host does not guard"),
+            "run egret where the jobs run, or use the docker executor on this host",
+        )
+        .at(at);
+    }
+    Finding::pass(
+        "gitlab.executor",
+        subject,
+        format!("executor {executor}: jobs run on this host, where egret holds them"),
+    )
+}
+
 /// Every finding for the runners in `text` (the file at `path`).
 /// `policy` lists the egret policy's runners as (name, cgroup).
 pub fn check(path: &Path, text: &str, policy: &[(String, String)]) -> Vec<Finding> {
@@ -68,11 +107,7 @@ pub fn check(path: &Path, text: &str, policy: &[(String, String)]) -> Vec<Findin
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        out.push(Finding::pass(
-            "gitlab.executor",
-            &subject,
-            format!("executor {executor}"),
-        ));
+        out.push(executor_finding(&subject, &executor, at(Some("executor"))));
         let docker = runner.get("docker").and_then(Value::as_table);
         if DOCKER_EXECUTORS.contains(&executor.as_str()) {
             out.extend(docker_findings(&subject, docker, policy, &at));

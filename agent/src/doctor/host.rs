@@ -210,6 +210,38 @@ mod tests {
         assert!(f.iter().all(|f| f.level == Level::Pass), "{f:#?}");
     }
 
+    /// Lockdown, the BPF LSM and ping sockets change nothing egret needs
+    /// (its programs read no kernel memory, its hooks are cgroup programs,
+    /// every echo is judged): each state passes, saying what it means.
+    #[test]
+    fn informational_checks_say_what_each_state_means() {
+        let mut h = healthy();
+        h.lockdown = Some("none integrity [confidentiality]".into());
+        h.lsms = Some("capability,landlock,yama".into());
+        h.ping_group_range = Some("0\t2147483647".into());
+        let f = check(&h);
+        let found = |id: &str| {
+            let f = f.iter().find(|f| f.check == id).expect(id);
+            assert_eq!(f.level, Level::Pass, "{f:?}");
+            f.found.clone()
+        };
+        assert!(found("egret.kernel_lockdown").contains("lockdown confidentiality"));
+        assert!(found("egret.bpf_lsm").contains("not active"));
+        assert!(found("egret.ping_group_range").contains("judges every echo"));
+        let healthy = check(&self::healthy());
+        let text = |id: &str| {
+            healthy
+                .iter()
+                .find(|f| f.check == id)
+                .expect(id)
+                .found
+                .clone()
+        };
+        assert_eq!(text("egret.kernel_lockdown"), "kernel lockdown off");
+        assert!(text("egret.bpf_lsm").starts_with("BPF LSM active"));
+        assert!(text("egret.ping_group_range").contains("cannot open ping sockets"));
+    }
+
     #[test]
     fn each_problem_is_reported() {
         let mut h = healthy();

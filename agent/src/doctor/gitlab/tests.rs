@@ -59,6 +59,15 @@ const UNSAFE: &str = r#"concurrent = 2
   executor = "shell"
 
 [[runners]]
+  name = "vm"
+  url = "https://gitlab.example.com"
+  executor = "virtualbox"
+
+[[runners]]
+  name = "unfinished"
+  url = "https://gitlab.example.com"
+
+[[runners]]
   name = "k8s"
   url = "https://gitlab.example.com"
   executor = "kubernetes"
@@ -121,6 +130,12 @@ fn each_unsafe_setting_fails_with_its_line() {
     assert_eq!(level(&f, "shell-1", "gitlab.shell")[0].0, Level::Warn);
     assert_eq!(level(&f, "shell-1", "gitlab.job_cleanup")[0].0, Level::Warn);
     assert_eq!(level(&f, "k8s", "gitlab.kubernetes")[0].0, Level::Warn);
+    assert_eq!(
+        level(&f, "vm", "gitlab.executor"),
+        vec![(Level::Warn, Some("config.toml:34".into()))]
+    );
+    assert_eq!(level(&f, "unfinished", "gitlab.executor")[0].0, Level::Fail);
+    assert_eq!(level(&f, "shell-1", "gitlab.executor")[0].0, Level::Pass);
     let cap = f
         .iter()
         .find(|f| f.check == "gitlab.cap_add")
