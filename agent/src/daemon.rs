@@ -131,8 +131,18 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         .map_err(IoError::at("create state directory", &opts.state_dir))?;
     let (datapath, ring) = Datapath::open(opts.pins.clone())?;
     let mut learning = Learning::new(opts.ttl);
-    // What the proxy learned before a restart stays until it expires.
-    learning.restore(datapath.learned().map(|(k, v)| (*k, *v)));
+    // What the proxy learned before a restart stays until it expires, if
+    // the policy is the one it was learned under: the pins do not say which
+    // name an address came from, so under another policy nothing tells
+    // whether that name is still allowed.
+    let previous = AppliedRecord::read(&opts.state_dir).map(|r| r.digest);
+    if previous.as_deref() == Some(loaded.digest.as_str()) {
+        learning.restore(datapath.learned().map(|(k, v)| (*k, *v)));
+    } else if datapath.learned().next().is_some() {
+        tracing::info!(
+            "the policy changed since the last agent: addresses its jobs resolved are not carried over; they resolve again"
+        );
+    }
     let learning = SharedLearning::new(learning.into());
     let jobs = Arc::new(crate::jobs::Jobs::default());
     let enricher = Arc::new(Enricher::new(
@@ -314,8 +324,8 @@ impl Agent {
                 }
                 match self.apply(&loaded.policy).await {
                     Ok(()) => {
-                        self.record_applied(&loaded.files);
                         self.digest = loaded.digest;
+                        self.record_applied(&loaded.files);
                         tracing::info!(
                             load_ms = loaded_in.as_secs_f64() * 1000.0,
                             apply_ms = (started.elapsed() - loaded_in).as_secs_f64() * 1000.0,
@@ -448,6 +458,23 @@ impl Agent {
         self.track_hosts(policy, &ids);
         self.resolve_due().await;
         self.start_proxies(policy, &mut plan)?;
+        let rules: HashMap<u32, Vec<policy::HostRule>> = policy
+            .runners
+            .iter()
+            .map(|r| {
+                (
+                    ids[&r.name],
+                    r.hosts.iter().chain(&r.patterns).cloned().collect(),
+                )
+            })
+            .collect();
+        {
+            // Under the learning lock, as the DNS proxy writes the map.
+            let learning = self.learning.clone();
+            let mut learning = learning.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = learning.reconcile(&rules);
+            self.datapath.remove_learned(&gone)?;
+        }
         let changed = self.datapath.sync(&plan)?;
         tracing::debug!(changed, "maps synced to the plan");
         self.sync_learned(&plan.ids())?;
@@ -554,6 +581,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             policy: self.opts.policy.clone(),
+            digest: self.digest.clone(),
             files: files.to_vec(),
             bpffs: self.opts.pins.root.clone(),
             runners,

@@ -329,6 +329,20 @@ impl Datapath {
         .map_err(map_err(names::LEARNED))
     }
 
+    /// Removes learned entries at once, wherever they came from: the DNS
+    /// proxy writes the map itself, so these may be in the kernel without
+    /// ever having been in a sync.
+    pub fn remove_learned(&mut self, keys: &[ExactKey]) -> Result<()> {
+        for key in keys {
+            self.learned_mirror.remove(key);
+            match self.maps.learned.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::LEARNED)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Learned entries currently in the kernel, as read at open and kept
     /// in step since.
     pub fn learned(&self) -> impl Iterator<Item = (&ExactKey, &Learned)> {

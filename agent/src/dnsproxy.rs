@@ -47,10 +47,9 @@ pub use listen::tcp_frame;
 pub use upstream::{Upstreams, upstream_servers};
 
 use crate::{
-    baseline,
     events::Hub,
     learned::{SharedLearning, TtlSettings},
-    policy::{DnsRefusal, HostRule, Mode},
+    policy::{self, DnsRefusal, HostRule, Mode},
 };
 
 /// Queries in flight per runner; more are dropped (the client retries).
@@ -87,19 +86,8 @@ pub struct RunnerDns {
 
 impl RunnerDns {
     fn rules_for(&self, name: &str) -> Vec<&HostRule> {
-        rules_for(&self.rules, name)
+        policy::rules_for(&self.rules, name)
     }
-}
-
-/// The allow entries a queried name falls under: what decides whether the
-/// proxy answers it, and on which ports its addresses open. A known
-/// DNS-over-HTTPS service counts only when an entry names it exactly.
-pub fn rules_for<'a>(rules: &'a [HostRule], name: &str) -> Vec<&'a HostRule> {
-    let doh = baseline::is_doh_name(name);
-    rules
-        .iter()
-        .filter(|r| r.matches(name) && (!doh || !r.name.starts_with("*.")))
-        .collect()
 }
 
 /// Counts the status command reports.

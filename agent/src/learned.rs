@@ -306,6 +306,57 @@ impl Learning {
             .retain(|(runner, _), _| runners.contains(runner));
     }
 
+    /// After a policy change: an address the DNS proxy handed out keeps
+    /// only what the names that produced it still get from `rules` (each
+    /// runner's host entries and patterns), and goes when none is allowed
+    /// any more, so a name taken out of the policy is refused as soon as
+    /// the maps are synced, not when its TTL runs out. Addresses restored
+    /// nameless from a previous agent are kept: the agent restores them
+    /// only when the policy is the one that agent applied.
+    ///
+    /// Returns the map entries to remove now; narrowed ones are rewritten
+    /// by the next sync.
+    pub fn reconcile(&mut self, rules: &HashMap<u32, Vec<HostRule>>) -> Vec<ExactKey> {
+        let none: Vec<HostRule> = Vec::new();
+        let mut gone = Vec::new();
+        self.proxied.retain(|(runner, ip), credit| {
+            if credit.names.is_empty() {
+                return true;
+            }
+            let rules = rules.get(runner).unwrap_or(&none);
+            credit
+                .names
+                .retain(|n| !crate::policy::rules_for(rules, n).is_empty());
+            let ports: Vec<PortRule> = credit
+                .names
+                .iter()
+                .flat_map(|n| crate::policy::rules_for(rules, n))
+                .flat_map(|r| r.ports.iter().copied())
+                .collect();
+            credit.ports = compile::merge_rules(ports);
+            let keep = !credit.names.is_empty();
+            if !keep
+                && !self
+                    .tracked
+                    .iter()
+                    .any(|t| t.runner == *runner && t.ips.contains_key(ip))
+            {
+                gone.push(ExactKey {
+                    runner: *runner,
+                    addr: compile::judged_addr(*ip, &self.nat64),
+                });
+            }
+            keep
+        });
+        self.per_name.retain(|(runner, name), _| {
+            rules
+                .get(runner)
+                .is_some_and(|r| !crate::policy::rules_for(r, name).is_empty())
+        });
+        self.recount();
+        gone
+    }
+
     /// Each runner's share of the learned-address map, so that no runner
     /// can fill it for the others: seven eighths of its capacity (the rest
     /// is for the policy's exact hostnames) over the number of runners.

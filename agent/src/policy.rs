@@ -33,7 +33,7 @@ pub use entries::{merge_ranges, validate_hostname};
 pub use files::{MAX_FILE_BYTES, digest, policy_files};
 pub use model::*;
 pub use validate::validate;
-pub use wildcard::wildcard_allowed_quietly;
+pub use wildcard::{rules_for, wildcard_allowed_quietly};
 
 pub const VERSION: u32 = 1;
 

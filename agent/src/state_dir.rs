@@ -29,6 +29,11 @@ pub struct AppliedRecord {
     /// RFC 3339.
     pub applied_at: String,
     pub policy: PathBuf,
+    /// `sha256:` over the policy's files, as `egret status` shows it: a
+    /// restarted agent carries the DNS-learned addresses over only when
+    /// its policy is this one.
+    #[serde(default)]
+    pub digest: String,
     pub files: Vec<PathBuf>,
     pub bpffs: PathBuf,
     pub runners: Vec<AppliedRunner>,

@@ -184,3 +184,54 @@ fn reload_attaches_new_runners_and_detaches_removed_ones() {
         .collect();
     assert_eq!(names, vec!["second"]);
 }
+
+/// A name taken out of the policy is refused as soon as the reload ends,
+/// also at the addresses jobs already resolved it to; and an agent
+/// restarted under another policy does not carry such addresses over,
+/// while one restarted under the same policy does.
+#[test]
+fn a_removed_name_is_refused_at_the_addresses_jobs_resolved() {
+    if !privileged("a_removed_name_is_refused_at_the_addresses_jobs_resolved") {
+        return;
+    }
+    const WILDCARD: &str = "- host: \"*.pkg.test\"\n  ports: [443]\n";
+    const FORGE: &str = "- cidr: 203.0.113.10/32\n  ports: [443]\n";
+    let resolve_and_connect = "dns-connect:files.pkg.test:A:443:udp@203.0.113.53:53";
+    let by_address = "tcp:203.0.113.22:443";
+    let mut s = Scenario::start("enforce", &format!("{WILDCARD}{FORGE}"));
+    assert!(s.job(&[resolve_and_connect])[0].ok());
+    assert!(
+        s.job(&[by_address])[0].ok(),
+        "learned from the job's answer"
+    );
+
+    world::write_file(
+        &s.policy,
+        &scenario::policy(&s.runner_cgroup, "enforce", FORGE),
+    );
+    let out = cli(&s.world, &["reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let o = &s.job(&[by_address])[0];
+    assert!(o.eperm(), "refused right after the reload: {o:?}");
+    assert!(s.outsider(&[by_address])[0].ok(), "the refusal is egret's");
+
+    // Learned again, then the agent restarts: under the same policy the
+    // address stays; under one without the name it is refused at once.
+    world::write_file(
+        &s.policy,
+        &scenario::policy(&s.runner_cgroup, "enforce", &format!("{WILDCARD}{FORGE}")),
+    );
+    assert_eq!(cli(&s.world, &["reload"]).code, 0);
+    assert!(s.job(&[resolve_and_connect])[0].ok());
+    s.kill_agent();
+    s.start_agent();
+    assert!(s.job(&[by_address])[0].ok(), "same policy: carried over");
+    s.kill_agent();
+    world::write_file(
+        &s.policy,
+        &scenario::policy(&s.runner_cgroup, "enforce", FORGE),
+    );
+    s.start_agent();
+    let o = &s.job(&[by_address])[0];
+    assert!(o.eperm(), "another policy: not carried over: {o:?}");
+}

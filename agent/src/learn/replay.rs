@@ -20,7 +20,6 @@ use serde::Serialize;
 use super::recording::{Attempt, JobKey, Recording, Step};
 use crate::{
     compile::{self, CompileError, Host},
-    dnsproxy,
     jobs::JobIdentity,
     policy::{HostRule, Policy},
 };
@@ -196,7 +195,7 @@ pub fn replay(recording: &Recording, candidate: &mut Candidate) -> Report {
 /// Learns `ips` for `runner` with the ports of every entry `name` falls
 /// under; returns whether any did.
 fn learn(maps: &mut PlanMaps, runner: u32, rules: &[HostRule], name: &str, ips: &[IpAddr]) -> bool {
-    let matched = dnsproxy::rules_for(rules, name);
+    let matched = crate::policy::rules_for(rules, name);
     if matched.is_empty() {
         return false;
     }

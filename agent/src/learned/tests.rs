@@ -220,3 +220,60 @@ fn audited_answers_name_connects_without_learning() {
     l.prune(Instant::now(), &std::collections::HashSet::from([2]));
     assert_eq!(l.hosts_for(1, ip), None, "gone with its runner");
 }
+
+/// A policy edit that takes a name out: the addresses jobs resolved for it
+/// go at once; a narrowed entry narrows them; a name still allowed keeps
+/// its addresses; what a previous agent left, nameless, stays.
+#[test]
+fn a_policy_change_keeps_only_what_the_names_still_get() {
+    let mut l = Learning::new(TtlSettings::default());
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let tcp = |p: u16| PortRule::new(p, p, egret_common::rules::proto::TCP);
+    l.learn_answer(
+        1,
+        "a.pkg.test",
+        &[tcp(443), tcp(8443)],
+        &[ip("203.0.113.22")],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    l.learn_answer(
+        1,
+        "gone.test",
+        &[tcp(443)],
+        &[ip("203.0.113.30")],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    l.restore([(
+        ExactKey {
+            runner: 1,
+            addr: compile::addr_of(ip("203.0.113.40")),
+        },
+        egret_common::maps::Learned {
+            expires_ns: monotonic_ns() + 60_000_000_000,
+            rules: Default::default(),
+        },
+    )]);
+    let rules = HashMap::from([(1, vec![rule("*.pkg.test", 443)])]);
+    let gone = l.reconcile(&rules);
+    let now = Instant::now();
+    let desired = l.desired(now);
+    let at = |s: &str| ExactKey {
+        runner: 1,
+        addr: compile::addr_of(ip(s)),
+    };
+    let kept = desired.get(&at("203.0.113.22")).expect("still allowed");
+    assert_eq!(kept.rules.count, 1, "8443 went with the narrowed entry");
+    assert_eq!(kept.rules.rules[0], tcp(443));
+    assert!(
+        !desired.contains_key(&at("203.0.113.30")),
+        "the name left the policy"
+    );
+    assert!(
+        desired.contains_key(&at("203.0.113.40")),
+        "restored, nameless"
+    );
+    assert_eq!(gone, [at("203.0.113.30")], "removed from the map at once");
+    assert_eq!(l.hosts_for(1, ip("203.0.113.30")), None);
+}

@@ -50,6 +50,17 @@ pub(super) fn validate_pattern(suffix: &str) -> Result<Option<String>, String> {
         .map(|m| format!("'{m}' hosts anyone's content")))
 }
 
+/// The allow entries a queried name falls under: what decides whether the
+/// DNS proxy answers it, and on which ports its addresses open. A known
+/// DNS-over-HTTPS service counts only when an entry names it exactly.
+pub fn rules_for<'a>(rules: &'a [HostRule], name: &str) -> Vec<&'a HostRule> {
+    let doh = crate::baseline::is_doh_name(name);
+    rules
+        .iter()
+        .filter(|r| r.matches(name) && (!doh || !r.name.starts_with("*.")))
+        .collect()
+}
+
 /// Whether `*.suffix` is a pattern `egret check` accepts without a word:
 /// no public suffix, no shared hosting, no suffix where anyone can get a
 /// name, and more than a top-level domain.
