@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use egret::{
-    learn::suggest::{self, Base, Options, WILDCARD_MIN_NAMES},
+    learn::suggest::{self, Base, Options, WILDCARD_MIN_NAMES, plural},
     policy::{self, Severity},
 };
 
@@ -93,10 +93,13 @@ pub fn run(args: &Args) -> ExitCode {
     }
     print!("{text}");
     eprintln!(
-        "egret suggest: {} entries for runner '{runner}' from {} events of {} jobs; {} left out",
-        suggestion.entries.len(),
-        suggestion.events,
-        suggestion.jobs,
+        "egret suggest: {} for runner '{runner}' from {} of {}; {} left out",
+        match suggestion.entries.len() {
+            1 => "1 entry".to_owned(),
+            n => format!("{n} entries"),
+        },
+        plural(suggestion.events, "event"),
+        plural(suggestion.jobs, "job"),
         suggestion.left_out.len()
     );
     ExitCode::SUCCESS

@@ -63,7 +63,6 @@ impl Usage {
     }
 
     fn count(&self) -> String {
-        let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
         format!(
             "{}, {}",
             plural(self.jobs.len(), "job"),
@@ -227,6 +226,11 @@ pub fn suggest(recording: &Recording, opts: &Options) -> Suggestion {
         jobs: jobs.len(),
         events,
     }
+}
+
+/// `1 job`, `2 jobs`.
+pub fn plural(n: usize, one: &str) -> String {
+    format!("{n} {one}{}", if n == 1 { "" } else { "s" })
 }
 
 struct SocketLike(IpAddr, u16);

@@ -17,8 +17,10 @@ pub fn render(s: &Suggestion, opts: &Options) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Suggested by `egret suggest` from {} events of {} jobs of runner '{}'.",
-        s.events, s.jobs, opts.runner
+        "# Suggested by `egret suggest` from {} of {} of runner '{}'.",
+        super::plural(s.events, "event"),
+        super::plural(s.jobs, "job"),
+        opts.runner
     );
     out.push_str(
         "# Review it, then check it against the recording with `egret replay` before\n\

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the test world, the agent with a policy, and a job
-//! showing what is allowed and denied.
+//! showing what is allowed and denied; then learn mode (`demo_learn`).
 
 use super::*;
 
@@ -194,6 +194,7 @@ pub(crate) fn demo(policy: &std::path::Path) -> ExitCode {
         );
     }
     drop(agent);
+    unexpected += super::demo_learn::learn(&world, &pins, &cgroup.procs("ci"));
     drop(pins);
     drop(cgroup);
     drop(world);

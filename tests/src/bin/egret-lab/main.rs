@@ -8,6 +8,7 @@ mod bench_lockdown;
 mod bench_reload;
 mod bench_stream;
 mod demo;
+mod demo_learn;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
