@@ -37,7 +37,8 @@ pub use pins::{Pins, ensure_bpffs, teardown};
 
 use sync::*;
 
-/// The kernel programs, built by build.rs. Empty in a stub build.
+/// The kernel programs: the committed object (`agent/ebpf/egret.bpf.o`),
+/// checked against its sources by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret-programs"));
 
 /// Program names in the object and the hooks they attach to.
@@ -45,11 +46,6 @@ pub const PROGRAMS: [&str; egret_common::programs::ALL.len()] = egret_common::pr
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(
-        "this egret binary was built without its kernel programs (EGRET_EBPF_STUB=1); \
-         rebuild it after `cargo xtask setup`"
-    )]
-    StubBuild,
     #[error(transparent)]
     Io(#[from] crate::IoError),
     #[error(
@@ -114,9 +110,6 @@ impl Datapath {
     /// keeping their contents. Returns the event ring buffer separately so it
     /// can be drained on its own task.
     pub fn open(pins: Pins) -> Result<(Self, EventRings)> {
-        if OBJECT.is_empty() {
-            return Err(DatapathError::StubBuild);
-        }
         ensure_bpffs(&pins.root)?;
         let maps_dir = pins.maps_dir();
         std::fs::create_dir_all(&maps_dir).map_err(IoError::at("create", &maps_dir))?;

