@@ -3,6 +3,7 @@
 
 mod agent;
 mod check;
+mod completions;
 mod doctor;
 mod events;
 mod learn;
@@ -153,6 +154,14 @@ pub enum Command {
     /// The host's own subnets count as lateral, as on the runner host: run
     /// it there for the exact answer.
     Replay(replay::Args),
+    /// Print a completion script for a shell: `egret completions bash >
+    /// /usr/share/bash-completion/completions/egret` (the Debian package
+    /// installs them for bash, zsh and fish).
+    Completions(completions::CompletionsArgs),
+    /// Write a man page for egret and each subcommand into a directory
+    /// (for packagers).
+    #[command(hide = true)]
+    Manpages(completions::ManpagesArgs),
 }
 
 /// Where the agent keeps its state. Every command that talks to the agent
@@ -189,6 +198,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Doctor(args) => doctor::run(&args),
         Command::Suggest(args) => suggest::run(&args),
         Command::Replay(args) => replay::run(&args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Manpages(args) => completions::manpages(&args),
     }
 }
 

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod dist;
 mod ebpf;
 mod setup;
 mod vectors;
@@ -49,6 +50,13 @@ enum Cmd {
         /// what the sources build to (CI runs this).
         #[arg(long)]
         check: bool,
+    },
+    /// Build the Debian package, target/dist/egret_<version>_amd64.deb
+    /// (cargo-deb; installed when missing), with completions and man pages.
+    Dist {
+        /// Also a static binary, target/dist/egret-x86_64-linux-musl.
+        #[arg(long)]
+        musl: bool,
     },
     /// Set up, build, then run every test: unit tests and the privileged
     /// end-to-end tests in network namespaces (root, cgroup v2, BPF).
@@ -112,6 +120,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Build => cargo(&["build", "--release", "--bins"]),
         Cmd::BuildEbpf { check } => ebpf::build_ebpf(check),
+        Cmd::Dist { musl } => dist::dist(musl).map(drop),
         Cmd::Test => {
             setup::for_tests()?;
             test()
@@ -166,8 +175,11 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn test() -> Result<()> {
     let root = root()?;
-    // The end-to-end tests drive the binaries, so build them first.
+    // The end-to-end tests drive the binaries and install the package, so
+    // build them first.
     cargo(&["build", "--release", "--bins"])?;
+    let deb = dist::dist(false)?;
+    let clean_root = dist::clean_root()?;
     let privileged = std::env::var("EGRET_SKIP_PRIVILEGED").map_or(true, |v| v != "1");
     if privileged && !is_root() {
         bail!(
@@ -193,6 +205,8 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ])
         .env("EGRET_BIN_DIR", root.join("target/release"))
+        .env("EGRET_DEB", &deb)
+        .env("EGRET_DEB_ROOT", &clean_root)
         .env(UNTESTABLE_LOG_VAR, &untestable)
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -31,6 +31,8 @@ const TEST_PACKAGES: &[&str] = &[
     // the test world's namespaces, and the busybox its job image carries.
     "docker.io",
     "busybox-static",
+    // A clean Debian root the packaging test installs the .deb into.
+    "mmdebstrap",
 ];
 /// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
 /// for the runner tests (`act -P ubuntu-latest=-self-hosted`).

@@ -8,7 +8,7 @@ use egret_common::ABI_VERSION;
 
 use super::*;
 
-pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(super) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// Where egret's pins live.
 #[derive(Clone, Debug)]
@@ -37,10 +37,11 @@ impl Pins {
     }
 }
 
-fn statfs_type(path: &Path) -> Option<i64> {
+/// The filesystem's magic number. glibc types it signed, musl unsigned.
+fn statfs_type(path: &Path) -> Option<u64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0)
+        .and_then(|s| u64::try_from(s.filesystem_type().0).ok())
 }
 
 /// Makes `root` a directory on a bpffs: fine as it is when it already is one
