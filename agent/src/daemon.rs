@@ -12,9 +12,11 @@ use std::{
 use tokio::{signal::unix::SignalKind, task::JoinSet};
 
 mod outside_hooks;
+mod systemd;
 mod watch;
 
 use outside_hooks::outside_every_hook;
+use systemd::Systemd;
 
 use watch::{POLICY_POLL, PolicyWatch};
 
@@ -116,6 +118,18 @@ struct Agent {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    // First of all: a SIGHUP (a reload, a `systemctl reload` racing the
+    // start) or SIGTERM that came before the handlers would kill the agent
+    // mid-start. Installed now, they wait in the queue until the loop.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| AgentError::from(IoError::at("install signal handler", PathBuf::new())(e)))
+    };
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    release_sighup();
+    let systemd = Systemd::from_env();
     if !nix::unistd::geteuid().is_root() {
         return Err(AgentError::NotRoot);
     }
@@ -251,15 +265,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         bpffs = %agent.opts.pins.root.display(),
         "egret agent ready"
     );
-    notify_ready();
-
-    let signal = |kind| {
-        tokio::signal::unix::signal(kind)
-            .map_err(|e| AgentError::from(IoError::at("install signal handler", PathBuf::new())(e)))
-    };
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    systemd.ready(&agent.summary());
+    let mut watchdog = systemd.watchdog_interval().map(tokio::time::interval);
     loop {
         let deadline = agent.next_deadline();
         tokio::select! {
@@ -269,16 +276,24 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 }
             }
             _ = hup.recv() => {
-                let _ = agent.reload().await;
+                let _ = agent.reload_notified(&systemd).await;
             }
             Some(request) = control_rx.recv() => match request {
                 AgentRequest::Status(reply) => {
                     let _ = reply.send(agent.status());
                 }
                 AgentRequest::Reload(reply) => {
-                    let _ = reply.send(agent.reload().await);
+                    let _ = reply.send(agent.reload_notified(&systemd).await);
                 }
             },
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => systemd.watchdog(),
             _ = housekeeping.tick() => {
                 agent.expire_lockdowns();
                 agent.report_suppressed();
@@ -286,7 +301,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             _ = watch.tick() => {
                 if agent.opts.watch && watcher.changed_and_settled() {
                     tracing::info!("policy files changed");
-                    let _ = agent.reload().await;
+                    let _ = agent.reload_notified(&systemd).await;
                 }
             }
             _ = term.recv() => break,
@@ -296,6 +311,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     }
     tracing::info!("stopping; programs and maps stay pinned, so enforcement continues");
+    systemd.stopping();
     let _ = std::fs::remove_file(&agent.opts.socket);
     Ok(())
 }
@@ -309,6 +325,33 @@ impl Agent {
         let cap = Instant::now() + std::time::Duration::from_secs(60);
         self.learning(|l| l.next_deadline())
             .map_or(cap, |d| d.min(cap))
+    }
+
+    /// A reload as the service manager sees it: RELOADING=1, then READY=1
+    /// with the outcome in STATUS=.
+    async fn reload_notified(&mut self, systemd: &Systemd) -> Result<String, String> {
+        systemd.reloading();
+        let result = self.reload().await;
+        systemd.ready(&self.summary());
+        result
+    }
+
+    /// The one line `systemctl status` shows.
+    fn summary(&self) -> String {
+        let digest = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
+        let mut line = format!(
+            "enforcing {} runner{}, policy sha256:{}",
+            self.ids.len(),
+            if self.ids.len() == 1 { "" } else { "s" },
+            &digest[..digest.len().min(12)]
+        );
+        if let Some(r) = self.last_reload.as_ref().filter(|r| !r.ok) {
+            line.push_str(&format!(
+                "; reload at {} rejected, running policy kept",
+                r.at
+            ));
+        }
+        line
     }
 
     /// Re-reads the policy. A policy that fails validation is rejected
@@ -646,6 +689,30 @@ impl Agent {
     }
 }
 
+/// Blocks SIGHUP in the calling thread and every thread it starts after:
+/// see [`release_sighup`].
+pub fn hold_sighup() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&set),
+        None,
+    );
+}
+
+/// Lets SIGHUP through to this thread, where the handler now waits; one
+/// that came while it was held is delivered now.
+fn release_sighup() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&set),
+        None,
+    );
+}
+
 /// An event pump stopped, which it never does while the agent runs: the
 /// agent stops too, and its service manager restarts it.
 fn pump_ended(
@@ -659,15 +726,4 @@ fn pump_ended(
         Err(e) => tracing::error!(ring, error = %e, "event task failed"),
     }
     IoError::at("read events from", bpffs)(std::io::Error::other("event stream ended")).into()
-}
-
-/// Tells systemd (Type=notify) that enforcement is in place.
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let _ = sock.send_to(b"READY=1", PathBuf::from(path));
 }

@@ -156,8 +156,19 @@ impl Enricher {
 /// One event line, as the agent writes it and as `egret suggest` and
 /// `egret replay` read it back from a recording. Text the agent fills from
 /// its own tables is borrowed; read back, it is owned.
+/// The version of the event line format. Bumped when a field changes
+/// meaning or goes away; new fields may come without a bump.
+pub const SCHEMA: u32 = 1;
+
+fn schema() -> u32 {
+    SCHEMA
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventRecord {
+    /// [`SCHEMA`]; lines written before it existed read as 1.
+    #[serde(default = "schema")]
+    pub schema: u32,
     /// RFC 3339, UTC.
     pub time: String,
     pub runner: String,
@@ -270,6 +281,7 @@ pub fn enrich(ev: &Event, enricher: &Enricher, wall_now: SystemTime, mono_now: u
         .position(|b| *b == 0)
         .unwrap_or(ev.comm.len());
     EventRecord {
+        schema: SCHEMA,
         time,
         runner,
         cgroup,
@@ -333,6 +345,7 @@ pub fn flood_limit() -> PerRunnerBudget {
 /// them.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Suppressed {
+    pub schema: u32,
     pub time: String,
     pub runner: String,
     /// Always `events_suppressed`, so a consumer tells it from a denial.
@@ -344,6 +357,7 @@ pub struct Suppressed {
 impl Suppressed {
     pub fn new(runner: &str, suppressed: u64) -> Self {
         Self {
+            schema: SCHEMA,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             runner: runner.to_owned(),
             notice: "events_suppressed",

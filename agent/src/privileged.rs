@@ -188,6 +188,7 @@ fn start_time(pid: u32) -> u64 {
 
 fn record(runner: &str, p: &PrivilegedProcess, cgroup_id: u64) -> EventRecord {
     EventRecord {
+        schema: crate::events::SCHEMA,
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         runner: runner.to_owned(),
         cgroup: p.cgroup.clone(),

@@ -68,6 +68,18 @@ impl Agent {
 
     /// Starts the agent without waiting (to test failures).
     pub fn spawn(world: &World, pins: &Pins, policy: &Path, extra: &[&str]) -> Self {
+        Self::spawn_env(world, pins, policy, extra, &[])
+    }
+
+    /// Starts the agent without waiting, with more environment (what a
+    /// service manager sets, say).
+    pub fn spawn_env(
+        world: &World,
+        pins: &Pins,
+        policy: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let state_dir = world.path("state");
         let mut cmd = Command::new(crate::workspace_bin("egret"));
         cmd.arg("agent")
@@ -82,6 +94,7 @@ impl Agent {
             .args(["--ttl-floor", "1s", "--grace", "2s"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -93,6 +93,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    // Held back, not lost: a SIGHUP before the agent's handler exists would
+    // end it. The runtime's threads inherit the mask; the daemon lets it
+    // through once its handler is in place, and a pending one is a reload.
+    egret::daemon::hold_sighup();
     let socket_group = match args
         .socket_group
         .as_deref()

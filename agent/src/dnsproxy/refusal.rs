@@ -48,6 +48,7 @@ pub(super) async fn report_refusal(
             shared.jobs.resolve(&wanted, std::time::Instant::now())
         });
         let record = events::EventRecord {
+            schema: events::SCHEMA,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             runner: runner.name.clone(),
             cgroup: owner
@@ -102,6 +103,7 @@ pub(super) fn report_quota(
         "runner holds its whole share of the learned-address map; answering SERVFAIL"
     );
     let record = events::EventRecord {
+        schema: events::SCHEMA,
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         runner: runner.name.clone(),
         cgroup: None,

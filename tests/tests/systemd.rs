@@ -1,0 +1,196 @@
+//! The agent under a service manager: a datagram socket stands in for
+//! systemd's NOTIFY_SOCKET and records what the agent says, in order.
+//! READY=1 comes once enforcement is in place, with a STATUS= line; a
+//! SIGHUP sent while it starts is a reload, never its end; every reload is
+//! RELOADING=1 then READY=1, and a rejected one says so in STATUS= and
+//! fails `egret reload` (the unit's ExecReload=); WATCHDOG=1 comes as
+//! WatchdogSec= asks; SIGTERM says STOPPING=1.
+
+use std::{
+    ffi::OsStr,
+    os::unix::net::UnixDatagram,
+    time::{Duration, Instant},
+};
+
+use egret_tests::{
+    agent::{Agent, cli},
+    privileged,
+    scenario::{self, Scenario},
+    world,
+};
+
+const FORGE: &str = "- cidr: 203.0.113.10/32\n  ports: [443]\n";
+
+/// The service manager's end: every message, as it came.
+struct Manager {
+    socket: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Manager {
+    /// Messages until one satisfies `done`, or the deadline; returns them.
+    fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} within 30 s; saw {:?}",
+                self.seen
+            );
+            self.socket
+                .set_read_timeout(Some(left.min(Duration::from_millis(500))))
+                .unwrap();
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+            self.seen.push(message.clone());
+            let finished = done(&message);
+            got.push(message);
+            if finished {
+                return got;
+            }
+        }
+    }
+
+    /// The non-watchdog messages in `got`.
+    fn lifecycle(got: &[String]) -> Vec<String> {
+        got.iter()
+            .filter(|m| m.as_str() != "WATCHDOG=1")
+            .cloned()
+            .collect()
+    }
+}
+
+fn has(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
+}
+
+#[test]
+fn the_agent_speaks_the_notify_protocol_in_order() {
+    if !privileged("the_agent_speaks_the_notify_protocol_in_order") {
+        return;
+    }
+    let s = Scenario::prepare("enforce", FORGE);
+    let path = s.world.path("notify.sock");
+    let mut manager = Manager {
+        socket: UnixDatagram::bind(&path).expect("bind the notify socket"),
+        seen: Vec::new(),
+    };
+    let mut agent = Agent::spawn_env(
+        &s.world,
+        &s.pins,
+        &s.policy,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new("400000")),
+        ],
+    );
+    // A reload request racing the start: from the moment the agent blocks
+    // or catches SIGHUP (its first step), a SIGHUP must be a reload.
+    let pid = agent.pid().expect("agent pid");
+    egret_tests::poll_until(
+        "the agent to take charge of SIGHUP",
+        Duration::from_secs(10),
+        || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            ["SigBlk:", "SigCgt:"].iter().any(|field| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    .is_some_and(|mask| mask & 1 != 0)
+            })
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let got = manager.until("READY=1", |m| has(m, "READY=1"));
+    let ready = got.last().unwrap();
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=enforcing 1 runner, policy sha256:")),
+        "{ready}"
+    );
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("the agent survived a SIGHUP during its start");
+
+    // The reload the SIGHUP asked for, then one through `egret reload`:
+    // RELOADING=1 (with the monotonic time systemd wants), then READY=1.
+    for _ in 0..2 {
+        let reload = std::thread::scope(|scope| {
+            let asked = scope.spawn(|| cli(&s.world, &["reload"]));
+            let got = manager.until("READY=1 after RELOADING=1", |m| {
+                has(m, "READY=1")
+                    && Manager::lifecycle(&[m.to_owned()]).len() == 1
+                    && m.contains("STATUS=")
+            });
+            (asked.join().unwrap(), got)
+        });
+        let (out, got) = reload;
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let life = Manager::lifecycle(&got);
+        let reloading = life
+            .iter()
+            .position(|m| has(m, "RELOADING=1"))
+            .unwrap_or_else(|| panic!("RELOADING=1 before READY=1: {life:?}"));
+        assert!(life[reloading].contains("MONOTONIC_USEC="), "{life:?}");
+        assert!(has(life.last().unwrap(), "READY=1"), "{life:?}");
+    }
+
+    // A rejected policy: `egret reload` fails, and STATUS says the running
+    // policy stays.
+    world::write_file(&s.policy, "version: 1\nrunners: [\n");
+    let (out, got) = std::thread::scope(|scope| {
+        let asked = scope.spawn(|| cli(&s.world, &["reload"]));
+        let got = manager.until("READY=1 after a rejected reload", |m| {
+            has(m, "READY=1") && m.contains("rejected")
+        });
+        (asked.join().unwrap(), got)
+    });
+    assert_ne!(out.code, 0, "a rejected policy fails the reload");
+    assert!(
+        Manager::lifecycle(&got)
+            .iter()
+            .any(|m| has(m, "RELOADING=1"))
+    );
+    assert!(
+        got.last().unwrap().contains("running policy kept"),
+        "{got:?}"
+    );
+    world::write_file(
+        &s.policy,
+        &scenario::policy(&s.runner_cgroup, "enforce", FORGE),
+    );
+
+    // WatchdogSec= of 0.4 s: a ping at least every 0.2 s or so.
+    let start = Instant::now();
+    let pings = manager.until("WATCHDOG=1 three times", {
+        let count = std::cell::Cell::new(0);
+        move |m| {
+            if m == "WATCHDOG=1" {
+                count.set(count.get() + 1);
+            }
+            count.get() == 3
+        }
+    });
+    assert!(start.elapsed() < Duration::from_secs(2), "{pings:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    manager.until("STOPPING=1", |m| has(m, "STOPPING=1"));
+    let (code, logs) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{logs}");
+}
