@@ -55,6 +55,8 @@ pub struct AgentOptions {
     /// Where every event is also appended, and the size at which that
     /// file rotates.
     pub events_file: Option<(PathBuf, u64)>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,8 @@ struct Agent {
     host_netns: u64,
     started: Instant,
     digest: String,
+    /// Reloads applied, and rejected.
+    reloads: (u64, u64),
     last_reload: Option<ReloadResult>,
     hub: Arc<Hub>,
     /// Per runner: the events-dropped counter when last reported.
@@ -197,6 +201,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         started: Instant::now(),
         digest: loaded.digest.clone(),
         last_reload: None,
+        reloads: (0, 0),
         hub: hub.clone(),
         suppressed_seen: HashMap::new(),
         flood_limit: Arc::new(events::flood_limit()),
@@ -208,6 +213,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 
     let listener = control::bind(&agent.opts.socket, agent.opts.socket_group)?;
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);
+    if let Some(addr) = agent.opts.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(IoError::at("listen for metrics on", addr.to_string()))?;
+        let requests = control_tx.clone();
+        let source: crate::metrics::serve::StatusSource = Arc::new(move || {
+            let requests = requests.clone();
+            Box::pin(async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                requests.send(AgentRequest::Status(reply)).await.ok()?;
+                let value = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+                    .await
+                    .ok()?
+                    .ok()?;
+                serde_json::from_value(value).ok()
+            })
+        });
+        tracing::info!(%addr, "serving metrics at /metrics");
+        tokio::spawn(crate::metrics::serve::serve(listener, source));
+    }
     tokio::spawn(control::serve(
         listener,
         hub.clone(),
@@ -389,6 +414,11 @@ impl Agent {
                 ))
             }
         };
+        if result.is_ok() {
+            self.reloads.0 += 1;
+        } else {
+            self.reloads.1 += 1;
+        }
         self.last_reload = Some(ReloadResult {
             at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             ok: result.is_ok(),
@@ -411,7 +441,9 @@ impl Agent {
             policy: self.opts.policy.display().to_string(),
             policy_digest: self.digest.clone(),
             last_reload: self.last_reload.clone(),
-            dns: self.proxies.shared().stats.counts(),
+            reloads_ok: self.reloads.0,
+            reloads_failed: self.reloads.1,
+            dns: self.proxies.counts(),
             containers: self
                 .containers
                 .read()
@@ -427,6 +459,7 @@ impl Agent {
                 .collect(),
         });
         for r in &mut s.runners {
+            r.dns = self.proxies.counts_of(r.id);
             r.recent_jobs = self.enricher.jobs().recent.of(&r.name);
             r.privileged_processes = self.privileged.of(&r.name);
         }
@@ -599,6 +632,7 @@ impl Agent {
                     listen: runner.dns_listen,
                     cgroup_dir: planned.cgroup_dir.clone(),
                     nat64: policy.nat64_prefixes.clone(),
+                    stats: Arc::default(),
                 },
                 old.dns_proxy_port,
             )?;

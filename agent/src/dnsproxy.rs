@@ -82,6 +82,9 @@ pub struct RunnerDns {
     pub cgroup_dir: PathBuf,
     /// The policy's NAT64 prefixes, for the rebinding guard.
     pub nat64: Vec<ipnet::Ipv6Net>,
+    /// What this runner's proxy did; [`Proxies::ensure`] carries it over
+    /// from the configuration it replaces, so reloads keep counting.
+    pub stats: Arc<ProxyStats>,
 }
 
 impl RunnerDns {
@@ -134,7 +137,6 @@ pub struct Shared {
     /// Job containers, whose service names the proxy answers for the
     /// same job's containers.
     containers: crate::docker::SharedRegistry,
-    pub stats: ProxyStats,
 }
 
 impl Shared {
@@ -160,7 +162,6 @@ impl Shared {
             cgroup_root,
             jobs,
             containers,
-            stats: ProxyStats::default(),
         })
     }
 }
@@ -206,7 +207,15 @@ impl Proxies {
     /// Starts or updates a runner's proxy and returns its port. A running
     /// proxy keeps its port and sockets; a new one tries `preferred` (the
     /// port the pinned programs already redirect to) before any other.
-    pub fn ensure(&mut self, config: RunnerDns, preferred: u16) -> Result<u16, ProxyError> {
+    pub fn ensure(&mut self, mut config: RunnerDns, preferred: u16) -> Result<u16, ProxyError> {
+        if let Some(l) = self.by_runner.get(&config.id) {
+            config.stats = l
+                .config
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .stats
+                .clone();
+        }
         if let Some(l) = self.by_runner.get_mut(&config.id)
             && l.listen == config.listen
         {
@@ -259,6 +268,33 @@ impl Proxies {
 
     pub fn port_of(&self, runner: u32) -> Option<u16> {
         self.by_runner.get(&runner).map(|l| l.port)
+    }
+
+    /// What one runner's proxy did since the agent started.
+    pub fn counts_of(&self, runner: u32) -> crate::status::DnsCounts {
+        self.by_runner
+            .get(&runner)
+            .map_or_else(Default::default, |l| {
+                l.config
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stats
+                    .counts()
+            })
+    }
+
+    /// What every runner's proxy did, summed.
+    pub fn counts(&self) -> crate::status::DnsCounts {
+        let mut total = crate::status::DnsCounts::default();
+        for id in self.by_runner.keys() {
+            let c = self.counts_of(*id);
+            total.answered += c.answered;
+            total.refused += c.refused;
+            total.failed += c.failed;
+            total.stripped += c.stripped;
+            total.quota += c.quota;
+        }
+        total
     }
 }
 
@@ -350,14 +386,14 @@ async fn answer(
         runner.rules_for(&name)
     };
     if let Some(reply) = service_answer(shared, &request, peer, &name) {
-        shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+        runner.stats.answered.fetch_add(1, Ordering::Relaxed);
         return Some(reply);
     }
     let asked = asked.as_str();
     // Refusals are reported before the reply: the job's socket, which
     // names the process, is open only while it waits for it.
     if rules.is_empty() {
-        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        runner.stats.refused.fetch_add(1, Ordering::Relaxed);
         if runner.mode == Mode::Enforce {
             report_refusal(runner, shared, asked, transport, peer, None).await;
             let code = match runner.refuse_with {
@@ -385,7 +421,7 @@ async fn answer(
         report_refusal(runner, shared, asked, transport, peer, Some(answers)).await;
     }
     let servfail = || {
-        shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        runner.stats.failed.fetch_add(1, Ordering::Relaxed);
         Some(error_reply(
             id,
             OpCode::Query,
@@ -415,7 +451,7 @@ async fn answer(
             // Not in the map: the job's connect would be refused anyway;
             // tell it now rather than hand it an address it cannot reach.
             Err(NotLearned::Quota(over)) => {
-                shared.stats.quota.fetch_add(1, Ordering::Relaxed);
+                runner.stats.quota.fetch_add(1, Ordering::Relaxed);
                 report_quota(runner, shared, asked, over);
                 return servfail();
             }
@@ -425,7 +461,7 @@ async fn answer(
             }
         }
     }
-    shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+    runner.stats.answered.fetch_add(1, Ordering::Relaxed);
     if screened.changed {
         response.metadata.id = id;
         return response.to_vec().ok().or_else(servfail);
@@ -459,7 +495,7 @@ async fn resolve(
         return None;
     }
     let screened = screen(&mut response, shared.ttl.cap, private_ok, &runner.nat64);
-    shared
+    runner
         .stats
         .stripped
         .fetch_add(screened.stripped as u64, Ordering::Relaxed);

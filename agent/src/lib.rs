@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod learn;
 pub mod learned;
 pub mod lockdown;
+pub mod metrics;
 pub mod mountinfo;
 pub mod policy;
 pub mod privileged;

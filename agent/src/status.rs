@@ -34,6 +34,12 @@ pub struct AgentInfo {
     pub policy: String,
     pub policy_digest: String,
     pub last_reload: Option<ReloadResult>,
+    /// Reloads since the agent started (file changes, SIGHUP, `egret
+    /// reload`), applied and rejected.
+    #[serde(default)]
+    pub reloads_ok: u64,
+    #[serde(default)]
+    pub reloads_failed: u64,
     /// What the DNS proxies did since the agent started.
     #[serde(default)]
     pub dns: DnsCounts,
@@ -90,6 +96,10 @@ pub struct RunnerStatus {
     #[serde(default)]
     pub dns_proxy_port: u16,
     pub counters: HashMap<String, u64>,
+    /// What the runner's DNS proxy did since the agent started (only the
+    /// agent knows).
+    #[serde(default)]
+    pub dns: DnsCounts,
     /// The CI jobs denied lately, with their denial counts (only the agent
     /// knows them).
     #[serde(default)]
@@ -141,6 +151,7 @@ pub fn from_pins(
                 learned_entries: maps.count_learned(rec.id),
                 dns_proxy_port: state.dns_proxy_port,
                 counters,
+                dns: DnsCounts::default(),
                 recent_jobs: Vec::new(),
                 privileged_processes: Vec::new(),
                 id: rec.id,

@@ -41,6 +41,23 @@ pub fn isolate_this_thread() {
     );
 }
 
+impl Netns {
+    /// Runs `f` on a thread of its own inside this namespace (a client of
+    /// a service the agent runs there, say), after checking that the
+    /// thread really left the initial one.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.path()));
+        let before = initial();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            assert_ne!(current(), before, "still in the initial network namespace");
+            f()
+        })
+        .join()
+        .expect("the thread in the namespace panicked")
+    }
+}
+
 pub fn run_ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)

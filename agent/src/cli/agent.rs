@@ -73,6 +73,12 @@ pub struct Args {
     /// Size at which the events file rotates (e.g. 64M, 1G).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub events_file_max: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics: per runner allowed,
+    /// denied by reason, audited, DNS outcomes, map entries, lockdown; and
+    /// reloads, lost events, build info. A bare port listens on loopback
+    /// only (9464 is 127.0.0.1:9464). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = egret::metrics::serve::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `64M`, `1G`, `512K` or a plain number of bytes.
@@ -131,6 +137,7 @@ pub fn run(args: Args) -> ExitCode {
         },
         docker_socket: (!args.no_docker).then_some(args.docker_socket),
         events_file: args.events_file.map(|p| (p, args.events_file_max)),
+        metrics_listen: args.metrics_listen,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

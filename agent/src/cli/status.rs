@@ -11,9 +11,14 @@ use super::{Paths, chain};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Machine-readable output.
-    #[arg(long)]
+    /// Machine-readable output (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `text`, `json`, or `prometheus`: the metrics `--metrics-listen`
+    /// serves, for node_exporter's textfile collector on hosts that open no
+    /// port (`egret status --format prometheus > /var/lib/node_exporter/egret.prom`).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
     #[command(flatten)]
     pub paths: Paths,
 }
@@ -51,13 +56,20 @@ pub fn run(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.json {
-        println!(
+    match (args.json, args.format) {
+        (true, _) | (_, Format::Json) => println!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
-        );
-    } else {
-        print!("{}", egret::status::render(&status));
+        ),
+        (_, Format::Prometheus) => print!("{}", egret::metrics::render(&status)),
+        (_, Format::Text) => print!("{}", egret::status::render(&status)),
     }
     ExitCode::SUCCESS
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Prometheus,
 }

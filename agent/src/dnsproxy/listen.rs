@@ -177,7 +177,8 @@ pub(super) async fn serve_udp(
             continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            let runner = config.read().unwrap_or_else(|e| e.into_inner()).clone();
+            runner.stats.failed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let query = buf[..n].to_vec();
@@ -210,7 +211,8 @@ pub(super) async fn serve_tcp(
             }
         };
         let Ok(seat) = clients.clone().try_acquire_owned() else {
-            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            let runner = config.read().unwrap_or_else(|e| e.into_inner()).clone();
+            runner.stats.failed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let (shared, config, limit) = (shared.clone(), config.clone(), limit.clone());

@@ -99,6 +99,7 @@ fn runner(rules: &[(&str, bool)]) -> RunnerDns {
         listen: None,
         cgroup_dir: PathBuf::new(),
         nat64: Vec::new(),
+        stats: Default::default(),
     }
 }
 
