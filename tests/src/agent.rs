@@ -68,20 +68,30 @@ impl Agent {
 
     /// Starts the agent without waiting (to test failures).
     pub fn spawn(world: &World, pins: &Pins, policy: &Path, extra: &[&str]) -> Self {
-        Self::spawn_env(world, pins, policy, extra, &[])
+        Self::spawn_env(world, pins, policy, extra, &[], &[])
     }
 
     /// Starts the agent without waiting, with more environment (what a
-    /// service manager sets, say).
+    /// service manager sets, say), under `wrapper` when one is given
+    /// (`strace -f -o FILE`, say).
     pub fn spawn_env(
         world: &World,
         pins: &Pins,
         policy: &Path,
         extra: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
+        wrapper: &[&std::ffi::OsStr],
     ) -> Self {
         let state_dir = world.path("state");
-        let mut cmd = Command::new(crate::workspace_bin("egret"));
+        let egret = crate::workspace_bin("egret");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&egret);
+                c
+            }
+            None => Command::new(&egret),
+        };
         cmd.arg("agent")
             .arg("--policy")
             .arg(policy)

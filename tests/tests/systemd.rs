@@ -89,6 +89,7 @@ fn the_agent_speaks_the_notify_protocol_in_order() {
             ("NOTIFY_SOCKET", path.as_os_str()),
             ("WATCHDOG_USEC", OsStr::new("400000")),
         ],
+        &[],
     );
     // A reload request racing the start: from the moment the agent blocks
     // or catches SIGHUP (its first step), a SIGHUP must be a reload.
@@ -193,4 +194,141 @@ fn the_agent_speaks_the_notify_protocol_in_order() {
     manager.until("STOPPING=1", |m| has(m, "STOPPING=1"));
     let (code, logs) = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{logs}");
+}
+
+/// The system calls a `SystemCallFilter=` line allows: its names, and the
+/// members of its groups as this machine's systemd lists them.
+fn allowed_by(filter: &[String]) -> std::collections::HashSet<String> {
+    let mut allowed = std::collections::HashSet::new();
+    let mut groups: Vec<String> = Vec::new();
+    for item in filter {
+        if item.starts_with('@') {
+            groups.push(item.clone());
+        } else {
+            allowed.insert(item.clone());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(group) = groups.pop() {
+        if !seen.insert(group.clone()) {
+            continue;
+        }
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["syscall-filter", &group])
+            .output()
+            .expect("systemd-analyze syscall-filter");
+        for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+            let item = line.trim();
+            if item.is_empty() || item.starts_with('#') {
+                continue;
+            }
+            if item.starts_with('@') {
+                groups.push(item.to_owned());
+            } else {
+                allowed.insert(item.to_owned());
+            }
+        }
+    }
+    allowed
+}
+
+/// Every system call the agent makes through a start, a job's DNS lookups,
+/// connects and denials, a reload, a status request and a stop is one the
+/// unit's `SystemCallFilter=` lets through: under systemd the filter would
+/// kill the agent on the first one it does not.
+#[test]
+fn the_agent_stays_within_the_units_system_call_filter() {
+    if !privileged("the_agent_stays_within_the_units_system_call_filter") {
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/systemd/egret.service"
+    ))
+    .expect("unit file");
+    let filter: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(|l| l.split_whitespace().map(str::to_owned))
+        .collect();
+    assert!(!filter.is_empty(), "the unit sets no SystemCallFilter=");
+    assert!(
+        filter.iter().all(|f| !f.starts_with('~')),
+        "deny lists are not modelled here: {filter:?}"
+    );
+    let allowed = allowed_by(&filter);
+    assert!(
+        allowed.contains("bpf") && allowed.contains("openat"),
+        "{filter:?}"
+    );
+
+    let s = Scenario::prepare("enforce", FORGE);
+    let trace = s.world.path("agent.strace");
+    let mut agent = Agent::spawn_env(
+        &s.world,
+        &s.pins,
+        &s.policy,
+        &[],
+        &[],
+        &[
+            OsStr::new("strace"),
+            OsStr::new("-f"),
+            OsStr::new("-qq"),
+            OsStr::new("-o"),
+            trace.as_os_str(),
+        ],
+    );
+    agent
+        .wait_ready(Duration::from_secs(60))
+        .expect("the traced agent becomes ready");
+    let o = s.job(&[
+        "tcp:203.0.113.10:443",
+        "tcp:198.51.100.66:443",
+        "dns:registry.test:A:udp@203.0.113.53:53",
+        "dns:exfil.attacker.test:A:tcp@203.0.113.53:53",
+    ]);
+    assert!(o[0].ok() && o[1].eperm(), "{o:?}");
+    assert_eq!(cli(&s.world, &["reload"]).code, 0);
+    assert_eq!(cli(&s.world, &["status"]).code, 0);
+    // strace runs the agent as its child: signal the agent itself.
+    let traced =
+        std::fs::read_to_string(format!("/proc/{}/task/{0}/children", agent.pid().unwrap()))
+            .unwrap_or_default();
+    let agent_pid: i32 = traced
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the traced agent's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let (code, logs) = agent.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{logs}");
+
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let mut used: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split_once(' ').map_or(line, |(_, r)| r).trim_start();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty() && rest[name.len()..].starts_with('(')).then_some(name)
+        })
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(
+        used.len() > 20,
+        "the trace holds the agent's calls: {used:?}"
+    );
+    let outside: Vec<&String> = used.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        outside.is_empty(),
+        "the agent makes system calls SystemCallFilter={} does not allow: {outside:?}",
+        filter.join(" ")
+    );
 }

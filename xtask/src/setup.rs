@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     // A clean Debian root the packaging test installs the .deb into.
     "mmdebstrap",
+    // Records the agent's system calls against the unit's filter.
+    "strace",
 ];
 /// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
 /// for the runner tests (`act -P ubuntu-latest=-self-hosted`).
