@@ -125,6 +125,28 @@ pub const fn is_loopback(a: &Addr) -> bool {
     a[15] == 1 || a[15] == 0
 }
 
+/// Whether the first `len` bits of `target` are those of `net`: what a
+/// longest-prefix-match trie compares. For host code (tests, replay) that
+/// stands in for the kernel's tries.
+pub fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
+    (0..len.min(128) as usize).all(|bit| {
+        let mask = 0x80u8 >> (bit % 8);
+        net[bit / 8] & mask == target[bit / 8] & mask
+    })
+}
+
+/// The value of the longest `(prefix length, network)` entry holding
+/// `target`, as an LPM trie answers.
+pub fn longest_match<'a, V>(
+    entries: impl Iterator<Item = (u32, &'a Addr, &'a V)>,
+    target: &Addr,
+) -> Option<&'a V> {
+    entries
+        .filter(|(len, net, _)| prefix_match(*len, net, target))
+        .max_by_key(|(len, ..)| *len)
+        .map(|(.., v)| v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

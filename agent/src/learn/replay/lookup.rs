@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use egret_common::{
-    addr::Addr,
+    addr::{Addr, longest_match as longest},
     maps::{BaselineEntry, ExactKey, Learned, Nat64Entry, OwnedKey},
     rules::PortRules,
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags},
@@ -57,23 +57,6 @@ impl PlanMaps {
             learned: HashMap::new(),
         }
     }
-}
-
-fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
-    (0..len.min(128) as usize).all(|bit| {
-        let mask = 0x80u8 >> (bit % 8);
-        net[bit / 8] & mask == target[bit / 8] & mask
-    })
-}
-
-fn longest<'a, V>(
-    entries: impl Iterator<Item = (u32, &'a Addr, &'a V)>,
-    t: &Addr,
-) -> Option<&'a V> {
-    entries
-        .filter(|(len, net, _)| prefix_match(*len, net, t))
-        .max_by_key(|(len, ..)| *len)
-        .map(|(.., v)| v)
 }
 
 impl Lookup for PlanMaps {

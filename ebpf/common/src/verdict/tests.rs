@@ -29,22 +29,7 @@ struct World {
     current_cgroup: u64,
 }
 
-fn prefix_match(len: u32, net: &Addr, target: &Addr) -> bool {
-    (0..len as usize).all(|bit| {
-        let mask = 0x80u8 >> (bit % 8);
-        net[bit / 8] & mask == target[bit / 8] & mask
-    })
-}
-
-fn longest<'a, V>(
-    entries: impl Iterator<Item = (u32, &'a Addr, &'a V)>,
-    t: &Addr,
-) -> Option<&'a V> {
-    entries
-        .filter(|(len, net, _)| prefix_match(*len, net, t))
-        .max_by_key(|(len, ..)| *len)
-        .map(|(.., v)| v)
-}
+use crate::addr::longest_match as longest;
 
 impl Lookup for World {
     fn runner_state(&self, runner: u32) -> Option<&RunnerState> {
