@@ -32,6 +32,28 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub type StatusSource =
     Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Option<Status>> + Send + Sync>;
 
+/// Statuses asked of the agent's loop over its control channel, as
+/// `egret status` gets them.
+pub fn from_agent(
+    requests: tokio::sync::mpsc::Sender<crate::control::AgentRequest>,
+) -> StatusSource {
+    Arc::new(move || {
+        let requests = requests.clone();
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            requests
+                .send(crate::control::AgentRequest::Status(reply))
+                .await
+                .ok()?;
+            let value = tokio::time::timeout(Duration::from_secs(5), answer)
+                .await
+                .ok()?
+                .ok()?;
+            serde_json::from_value(value).ok()
+        })
+    })
+}
+
 /// `9464` means the loopback address; an address with a port is taken as
 /// it is.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
