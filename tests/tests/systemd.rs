@@ -332,3 +332,114 @@ fn the_agent_stays_within_the_units_system_call_filter() {
         filter.join(" ")
     );
 }
+
+/// The fields of one entry in journald's native protocol: `KEY=value\n`,
+/// or `KEY\n`, a 64-bit little-endian length, the value and `\n`.
+fn journal_fields(mut entry: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while !entry.is_empty() {
+        let Some(end) = entry.iter().position(|b| *b == b'=' || *b == b'\n') else {
+            break;
+        };
+        let key = String::from_utf8_lossy(&entry[..end]).into_owned();
+        let rest = &entry[end + 1..];
+        let (value, next) = if entry[end] == b'=' {
+            let stop = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+            (&rest[..stop], stop + 1)
+        } else {
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("a length")) as usize;
+            (&rest[8..8 + len], 8 + len + 1)
+        };
+        fields.insert(key, String::from_utf8_lossy(value).into_owned());
+        entry = rest.get(next..).unwrap_or_default();
+    }
+    fields
+}
+
+/// Under systemd stderr is the journal (JOURNAL_STREAM names it): logs go
+/// to journald as native entries with their priority, and stdout keeps
+/// nothing but event lines. journald itself cannot run here (no systemd
+/// as PID 1), so the agent runs in a mount namespace of its own where
+/// /run/systemd/journal/socket is a datagram socket this test reads.
+#[test]
+fn logs_go_to_the_journal_with_their_levels_and_events_stay_json() {
+    if !privileged("logs_go_to_the_journal_with_their_levels_and_events_stay_json") {
+        return;
+    }
+    let s = Scenario::prepare("audit", FORGE);
+    let dir = s.world.path("journal");
+    std::fs::create_dir_all(&dir).expect("journal dir");
+    let journal = UnixDatagram::bind(dir.join("socket")).expect("bind the journal socket");
+    journal
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let script = "mount -t tmpfs egret-test /run && mkdir -p /run/systemd/journal \
+                  && mount --bind \"$EGRET_JOURNAL_DIR\" /run/systemd/journal \
+                  && JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/2) && export JOURNAL_STREAM \
+                  && exec \"$0\" \"$@\"";
+    let agent = Agent::spawn_env(
+        &s.world,
+        &s.pins,
+        &s.policy,
+        &[],
+        &[("EGRET_JOURNAL_DIR", dir.as_os_str())],
+        &[
+            OsStr::new("unshare"),
+            OsStr::new("--mount"),
+            OsStr::new("--propagation"),
+            OsStr::new("private"),
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new(script),
+        ],
+    );
+    let mut entries: Vec<std::collections::HashMap<String, String>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 65_536];
+    let message = |e: &std::collections::HashMap<String, String>, text: &str| {
+        e.get("MESSAGE").is_some_and(|m| m.contains(text))
+    };
+    while !entries.iter().any(|e| message(e, "egret agent ready")) {
+        assert!(
+            Instant::now() < deadline,
+            "no 'ready' entry in the journal; entries {entries:?}; stderr {}",
+            agent.logs()
+        );
+        if let Ok(n) = journal.recv(&mut buf) {
+            entries.push(journal_fields(&buf[..n]));
+        }
+    }
+    // tracing-journald's levels: info is notice (5), warn is warning (4).
+    let ready = entries
+        .iter()
+        .find(|e| message(e, "egret agent ready"))
+        .unwrap();
+    assert_eq!(
+        ready.get("PRIORITY").map(String::as_str),
+        Some("5"),
+        "{ready:?}"
+    );
+    let warning = entries
+        .iter()
+        .find(|e| message(e, "audit mode"))
+        .unwrap_or_else(|| panic!("the audit-mode warning: {entries:?}"));
+    assert_eq!(
+        warning.get("PRIORITY").map(String::as_str),
+        Some("4"),
+        "{warning:?}"
+    );
+    assert!(
+        agent.logs().trim().is_empty(),
+        "nothing on stderr: {}",
+        agent.logs()
+    );
+
+    // Events: JSON on stdout (the harness fails on any other line).
+    let o = s.job(&["tcp:198.51.100.66:443"]);
+    assert!(o[0].ok(), "audit mode lets it through: {o:?}");
+    let event = agent
+        .wait_event(Duration::from_secs(10), |e| e["dst"] == "198.51.100.66")
+        .expect("an audit event on stdout");
+    assert_eq!(event["action"], "audit");
+    assert_eq!(event["schema"], 1);
+}
