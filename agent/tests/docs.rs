@@ -50,17 +50,25 @@ fn the_readme_lists_every_event_reason_the_code_emits() {
     }
 }
 
+/// The README's example event is an event line the agent writes: it reads
+/// back as the record, with the current schema and a real hook.
 #[test]
-fn the_readme_example_event_names_a_real_hook() {
+fn the_readme_example_event_is_a_real_event_line() {
     let readme = doc("README.md");
     let hooks = names(hook::name);
-    let example = paragraph(&readme, "```json\n{\"time\"");
-    let named = example
-        .split("\"hook\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the example event has a hook");
-    assert!(hooks.contains(named), "{named} is not one of {hooks:?}");
+    let example = paragraph(&readme, "```json\n{\"schema\"");
+    let json = example
+        .trim_start_matches("```json\n")
+        .trim_end()
+        .trim_end_matches("```");
+    let record: egret::events::EventRecord =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("README example: {e}\n{json}"));
+    assert_eq!(record.schema, egret::events::SCHEMA);
+    assert!(
+        hooks.contains(record.hook.as_ref()),
+        "{} is not one of {hooks:?}",
+        record.hook
+    );
 }
 
 #[test]
