@@ -226,11 +226,13 @@ fn test() -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    let untestable: Vec<String> = std::fs::read_to_string(&untestable)
+    let log = untestable;
+    let untestable: Vec<String> = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
         .map(str::to_owned)
         .collect();
+    let _ = std::fs::remove_file(&log);
     print_vectors(&results, &untestable, privileged);
     if !status.success() {
         bail!("tests failed");
