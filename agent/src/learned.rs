@@ -324,15 +324,12 @@ impl Learning {
                 return true;
             }
             let rules = rules.get(runner).unwrap_or(&none);
-            credit
-                .names
-                .retain(|n| !crate::policy::rules_for(rules, n).is_empty());
-            let ports: Vec<PortRule> = credit
-                .names
-                .iter()
-                .flat_map(|n| crate::policy::rules_for(rules, n))
-                .flat_map(|r| r.ports.iter().copied())
-                .collect();
+            let mut ports: Vec<PortRule> = Vec::new();
+            credit.names.retain(|n| {
+                let matched = crate::policy::rules_for(rules, n);
+                ports.extend(matched.iter().flat_map(|r| r.ports.iter().copied()));
+                !matched.is_empty()
+            });
             credit.ports = compile::merge_rules(ports);
             let keep = !credit.names.is_empty();
             if !keep

@@ -41,12 +41,7 @@ impl Agent {
         let rules: HashMap<u32, Vec<policy::HostRule>> = policy
             .runners
             .iter()
-            .map(|r| {
-                (
-                    ids[&r.name],
-                    r.hosts.iter().chain(&r.patterns).cloned().collect(),
-                )
-            })
+            .map(|r| (ids[&r.name], r.host_rules()))
             .collect();
         {
             // Under the learning lock, as the DNS proxy writes the map.
@@ -126,12 +121,7 @@ impl Agent {
                     id: planned.id,
                     name: runner.name.clone(),
                     mode: runner.mode,
-                    rules: runner
-                        .hosts
-                        .iter()
-                        .chain(&runner.patterns)
-                        .cloned()
-                        .collect(),
+                    rules: runner.host_rules(),
                     upstream: dnsproxy::upstream_servers(
                         &runner.dns_upstream,
                         &self.opts.dns_upstream,

@@ -48,10 +48,7 @@ impl Candidate {
             runners: policy
                 .runners
                 .iter()
-                .map(|r| {
-                    let rules = r.hosts.iter().chain(&r.patterns).cloned().collect();
-                    (r.name.clone(), (ids[&r.name], rules))
-                })
+                .map(|r| (r.name.clone(), (ids[&r.name], r.host_rules())))
                 .collect(),
         })
     }

@@ -285,8 +285,7 @@ fn embedded_presets() -> Vec<(String, Vec<HostRule>, Vec<CidrRule>)> {
                 return None;
             }
             let runner = policy?.runners.into_iter().next()?;
-            let hosts = runner.hosts.into_iter().chain(runner.patterns).collect();
-            Some(((*name).to_owned(), hosts, runner.cidrs))
+            Some(((*name).to_owned(), runner.host_rules(), runner.cidrs))
         })
         .collect()
 }

@@ -96,6 +96,14 @@ pub struct Runner {
     pub patterns: Vec<HostRule>,
 }
 
+impl Runner {
+    /// The entries a queried name is matched against: exact names, then
+    /// patterns (see [`crate::policy::rules_for`]).
+    pub fn host_rules(&self) -> Vec<HostRule> {
+        self.hosts.iter().chain(&self.patterns).cloned().collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CidrRule {
     pub net: IpNet,
