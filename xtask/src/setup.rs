@@ -187,7 +187,7 @@ pub fn bpf_linker() -> Option<(String, Option<u32>)> {
         .split_whitespace()
         .nth(1)?
         .to_owned();
-    let path = which("bpf-linker")?;
+    let path = which::which("bpf-linker").ok()?;
     let ldd = Command::new("ldd").arg(&path).output().ok()?;
     let llvm = String::from_utf8_lossy(&ldd.stdout)
         .split_whitespace()
@@ -200,14 +200,6 @@ pub fn bpf_linker() -> Option<(String, Option<u32>)> {
                 .and_then(|rest| llvm_major_of(rest.trim_end_matches(".so")))
         });
     Some((version, llvm))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 fn report(what: &str, did: &[String]) {

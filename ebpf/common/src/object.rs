@@ -98,8 +98,12 @@ impl core::fmt::Display for ObjectError {
 impl std::error::Error for ObjectError {}
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(Sha256::digest(bytes))
+}
+
+fn hex(digest: impl IntoIterator<Item = u8>) -> String {
     let mut out = String::with_capacity(64);
-    for b in Sha256::digest(bytes) {
+    for b in digest {
         let _ = write!(out, "{b:02x}");
     }
     out
@@ -133,11 +137,7 @@ pub fn sources_digest(root: &Path) -> Result<String, ObjectError> {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
-    let mut out = String::with_capacity(64);
-    for b in hasher.finalize() {
-        let _ = write!(out, "{b:02x}");
-    }
-    Ok(out)
+    Ok(hex(hasher.finalize()))
 }
 
 fn collect(root: &Path, path: &Path, out: &mut Vec<String>) -> Result<(), ObjectError> {
@@ -173,27 +173,29 @@ fn collect(root: &Path, path: &Path, out: &mut Vec<String>) -> Result<(), Object
 }
 
 pub fn read_manifest(root: &Path) -> Result<Manifest, ObjectError> {
-    let path = root.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|source| ObjectError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| ObjectError::Manifest {
-        path,
-        error: e.to_string(),
+    read_as(root, MANIFEST, |text| {
+        serde_json::from_str(text).map_err(|e| e.to_string())
     })
 }
 
 pub fn read_toolchain(root: &Path) -> Result<Toolchain, ObjectError> {
-    let path = root.join(TOOLCHAIN);
+    read_as(root, TOOLCHAIN, |text| {
+        toml::from_str(text).map_err(|e| e.to_string())
+    })
+}
+
+/// The file at `relative`, read and parsed.
+fn read_as<T>(
+    root: &Path,
+    relative: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ObjectError> {
+    let path = root.join(relative);
     let text = std::fs::read_to_string(&path).map_err(|source| ObjectError::Io {
         path: path.clone(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ObjectError::Manifest {
-        path,
-        error: e.to_string(),
-    })
+    parse(&text).map_err(|error| ObjectError::Manifest { path, error })
 }
 
 /// The committed object's bytes, once its hash and its sources are checked
