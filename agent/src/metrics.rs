@@ -129,23 +129,21 @@ pub fn render(status: &Status) -> String {
 
     for r in &status.runners {
         let runner = r.name.as_str();
+        let one = labels(&[("runner", runner)]);
         let count = |name: &str| r.counters.get(name).copied().unwrap_or(0);
-        allowed
-            .get_or_create(&labels(&[("runner", runner)]))
-            .inc_by(count("allowed"));
+        for (family, counter) in [
+            (&allowed, "allowed"),
+            (&audited, "audited"),
+            (&lost, "events_dropped"),
+            (&errors, "errors"),
+        ] {
+            family.get_or_create(&one).inc_by(count(counter));
+        }
         for (counter, reason) in DENIALS {
             denied
                 .get_or_create(&labels(&[("runner", runner), ("reason", reason)]))
                 .inc_by(count(counter));
         }
-        audited
-            .get_or_create(&labels(&[("runner", runner)]))
-            .inc_by(count("audited"));
-        lost.get_or_create(&labels(&[("runner", runner)]))
-            .inc_by(count("events_dropped"));
-        errors
-            .get_or_create(&labels(&[("runner", runner)]))
-            .inc_by(count("errors"));
         for (outcome, n) in [
             ("answered", r.dns.answered),
             ("refused", r.dns.refused),
@@ -155,22 +153,19 @@ pub fn render(status: &Status) -> String {
             dns.get_or_create(&labels(&[("runner", runner), ("outcome", outcome)]))
                 .inc_by(n);
         }
-        rebinding
-            .get_or_create(&labels(&[("runner", runner)]))
-            .inc_by(r.dns.stripped);
+        rebinding.get_or_create(&one).inc_by(r.dns.stripped);
         for (map, n) in [("cidr", r.cidr_entries), ("learned", r.learned_entries)] {
             entries
                 .get_or_create(&labels(&[("runner", runner), ("map", map)]))
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        lockdown
-            .get_or_create(&labels(&[("runner", runner)]))
-            .set(i64::from(r.lockdown.is_some()));
-        jobs.get_or_create(&labels(&[("runner", runner)]))
-            .set(r.recent_jobs.len() as i64);
-        privileged
-            .get_or_create(&labels(&[("runner", runner)]))
-            .set(r.privileged_processes.len() as i64);
+        for (family, value) in [
+            (&lockdown, i64::from(r.lockdown.is_some())),
+            (&jobs, r.recent_jobs.len() as i64),
+            (&privileged, r.privileged_processes.len() as i64),
+        ] {
+            family.get_or_create(&one).set(value);
+        }
     }
     for (map, n) in [
         ("cidr", egret_common::maps::CIDRS_CAPACITY),
