@@ -6,7 +6,9 @@ use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use egret_common::{
     addr::{Addr, MAPPED_PREFIX_LEN, mapped_v4},
-    maps::{BaselineEntry, CIDR_KEY_BITS, CidrKey, Nat64Entry, baseline_kind},
+    maps::{
+        Baseline, BaselineEntry, CIDR_KEY_BITS, CidrKey, Nat64Entry, baseline_kind, merged_baseline,
+    },
     rules::{MAX_PORT_RULES, PortRule, PortRules, rules_flags},
     state::{RunnerState, flags},
 };
@@ -81,6 +83,20 @@ impl Plan {
     /// Every runner id the plan configures.
     pub fn ids(&self) -> std::collections::HashSet<u32> {
         self.runners.iter().map(|r| r.id).collect()
+    }
+
+    /// The metadata and lateral sets as the one trie the kernel asks
+    /// (`egret_common::maps::merged_baseline`).
+    pub fn baseline(&self) -> HashMap<TrieKey, Baseline> {
+        let metadata = || self.metadata.iter().map(|((l, a), v)| (*l, a, v));
+        let lateral = || self.lateral.iter().map(|((l, a), v)| (*l, a, v));
+        metadata()
+            .chain(lateral())
+            .map(|(len, net, _)| {
+                let value = merged_baseline(len, net, metadata(), lateral());
+                ((len, *net), value)
+            })
+            .collect()
     }
 }
 

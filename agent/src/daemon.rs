@@ -182,7 +182,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let containers = crate::docker::SharedRegistry::default();
     let shared = dnsproxy::Shared::new(
         learning.clone(),
-        &opts.pins.map(egret_common::maps::LEARNED),
+        &opts.pins,
         hub.clone(),
         cgroup_root.clone(),
         jobs.clone(),

@@ -6,6 +6,7 @@
 //! - `v<ABI>/links/<runner id>/<program>`: the cgroup links. A pinned link
 //!   stays attached when the agent exits, which is what keeps enforcement on.
 
+mod hints;
 mod maps;
 mod pins;
 mod raw_link;
@@ -32,6 +33,7 @@ use egret_common::{
     state::{MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
 
+pub use hints::LearnedWriter;
 pub use maps::{EventRings, Maps};
 pub use pins::{Pins, ensure_bpffs, teardown};
 
@@ -144,9 +146,13 @@ impl Datapath {
     /// stale ones are removed, so no entry wanted before and after is ever
     /// missing in between.
     pub fn sync(&mut self, plan: &Plan) -> Result<usize> {
-        let mut changed =
-            sync_baseline_trie(&mut self.maps.metadata, names::METADATA, &plan.metadata)?;
-        changed += sync_baseline_trie(&mut self.maps.lateral, names::LATERAL, &plan.lateral)?;
+        let baseline = plan.baseline();
+        let hints = hints::plan_hints(plan, baseline.keys());
+        self.maps
+            .hints
+            .raise(&hints)
+            .map_err(map_err(names::HINTS))?;
+        let mut changed = sync_baseline_trie(&mut self.maps.baseline, names::BASELINE, &baseline)?;
         changed += sync_baseline_trie(&mut self.maps.nat64, names::NAT64, &plan.nat64)?;
         let ids = plan.ids();
         changed += diff_sync(
@@ -158,6 +164,11 @@ impl Datapath {
             |trie, k| trie.remove(&Key::new(k.0, k.1)),
         )
         .map_err(map_err(names::CIDRS))?;
+        // Only now that stale entries are gone may their hints go.
+        self.maps
+            .hints
+            .lower(&hints)
+            .map_err(map_err(names::HINTS))?;
         for runner in &plan.runners {
             if self.maps.runner_state(runner.id).ok() != Some(runner.state) {
                 self.maps.set_runner_state(runner.id, runner.state)?;
@@ -307,6 +318,11 @@ impl Datapath {
         runners: &HashSet<u32>,
         desired: &HashMap<ExactKey, Learned>,
     ) -> Result<usize> {
+        hints::raise_learned(
+            &mut self.maps.hints.map,
+            desired.keys().filter(|k| runners.contains(&k.runner)),
+        )
+        .map_err(map_err(names::HINTS))?;
         diff_sync(
             &mut self.maps.learned,
             &mut self.learned_mirror,

@@ -28,11 +28,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use egret_common::{
-    maps::{ExactKey, Learned},
-    rules::PortRule,
-};
+use egret_common::rules::PortRule;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{RData, Record, RecordType},
@@ -125,7 +121,7 @@ pub struct Shared {
     /// The agent's own handle on the pinned learned-address map. Writes
     /// happen with the learning lock held, so they never interleave with
     /// the agent's syncs of the same map.
-    learned: Mutex<BpfHashMap<MapData, ExactKey, Learned>>,
+    learned: Mutex<crate::datapath::LearnedWriter>,
     hub: Arc<Hub>,
     /// To name a refused query's cgroup as events do.
     cgroup_root: PathBuf,
@@ -144,15 +140,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         learning: SharedLearning,
-        learned_pin: &std::path::Path,
+        pins: &crate::datapath::Pins,
         hub: Arc<Hub>,
         cgroup_root: PathBuf,
         jobs: Arc<crate::jobs::Jobs>,
         containers: crate::docker::SharedRegistry,
     ) -> Result<Self, ProxyError> {
-        let data = MapData::from_pin(learned_pin)?;
-        let map = aya::maps::Map::from_map_data(data)?;
-        let learned = BpfHashMap::try_from(map)?;
+        let learned = crate::datapath::LearnedWriter::open(pins)?;
         let ttl = learning.lock().unwrap_or_else(|e| e.into_inner()).settings;
         Ok(Self {
             upstreams: Upstreams::default(),

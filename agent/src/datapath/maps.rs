@@ -8,7 +8,7 @@ use aya::{
 };
 use egret_common::{
     addr::Addr,
-    maps::{self as names, BaselineEntry, CidrKey, ExactKey, Learned},
+    maps::{self as names, Baseline, CidrKey, ExactKey, Learned},
     rules::PortRules,
     state::{Lockdown, MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
@@ -22,10 +22,11 @@ pub struct Maps {
     pub runners: BpfHashMap<MapData, RunnerName, RunnerRecord>,
     pub cidrs: LpmTrie<MapData, CidrKey, PortRules>,
     pub learned: BpfHashMap<MapData, ExactKey, Learned>,
-    pub metadata: LpmTrie<MapData, Addr, BaselineEntry>,
-    pub lateral: LpmTrie<MapData, Addr, BaselineEntry>,
+    /// Metadata and lateral ranges, merged ([`crate::compile::Plan::baseline`]).
+    pub baseline: LpmTrie<MapData, Addr, Baseline>,
     pub nat64: LpmTrie<MapData, Addr, egret_common::maps::Nat64Entry>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub hints: super::hints::Hints,
 }
 
 impl Maps {
@@ -66,10 +67,10 @@ impl Maps {
             runners,
             cidrs: typed(names::CIDRS, source)?,
             learned: typed(names::LEARNED, source)?,
-            metadata: typed(names::METADATA, source)?,
-            lateral: typed(names::LATERAL, source)?,
+            baseline: typed(names::BASELINE, source)?,
             nat64: typed(names::NAT64, source)?,
             counters: typed(names::COUNTERS, source)?,
+            hints: super::hints::Hints::new(typed(names::HINTS, source)?),
         })
     }
 

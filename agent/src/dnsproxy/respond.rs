@@ -213,11 +213,8 @@ fn learn(
     let changes = learning
         .learn_answer(runner, name, ports, ips, ttl)
         .map_err(NotLearned::Quota)?;
-    let mut map = shared.learned.lock().unwrap_or_else(|e| e.into_inner());
-    for (key, value) in changes {
-        map.insert(key, value, 0).map_err(NotLearned::Map)?;
-    }
-    Ok(())
+    let mut maps = shared.learned.lock().unwrap_or_else(|e| e.into_inner());
+    maps.insert(&changes).map_err(NotLearned::Map)
 }
 
 /// Why an answer's addresses are not in the map.

@@ -16,24 +16,26 @@ pub const RUNNERS: &str = "EGRET_RUNNERS";
 pub const CIDRS: &str = "EGRET_CIDRS";
 /// `HashMap<ExactKey, Learned>`: exact IPs learned from DNS, with expiry.
 pub const LEARNED: &str = "EGRET_LEARNED";
-/// `LpmTrie<Addr, BaselineEntry>`: cloud metadata, never allowable.
-pub const METADATA: &str = "EGRET_METADATA";
-/// `LpmTrie<Addr, BaselineEntry>`: private, link-local, CGNAT, ULA and the
-/// host's own subnets; denied unless a policy entry allows the destination.
-pub const LATERAL: &str = "EGRET_LATERAL";
+/// `LpmTrie<Addr, Baseline>`: cloud metadata, and the lateral ranges
+/// (private, link-local, CGNAT, ULA, the host's own subnets, DoH
+/// resolvers), in one trie so a verdict pays for one lookup. The agent
+/// merges the two sets ([`merged_baseline`]).
+pub const BASELINE: &str = "EGRET_BASELINE";
 /// `HashMap<OwnedKey, Owner>`: loopback and wildcard listeners opened inside
 /// a runner's cgroup, for `loopback: own`.
 pub const OWNED: &str = "EGRET_OWNED";
-/// `HashMap<u64, OwnedKey>`: socket cookie → the [`OWNED`] entry that
-/// socket made, so its release removes exactly that entry.
-pub const BOUND: &str = "EGRET_BOUND";
 /// `Array<u64>` indexed by runner id: how many [`OWNED`] entries the
 /// runner's sockets hold, against [`OWNED_PER_RUNNER`].
 pub const OWNED_COUNTS: &str = "EGRET_OWNED_N";
-/// `LruHashMap<u64, DnsOrigin>`: socket cookie → the resolver a job aimed a
-/// DNS query at before it was redirected to the proxy, so replies appear to
-/// come from there.
-pub const DNS_ORIGINS: &str = "EGRET_DNS_ORIG";
+/// `Array<u8>` of [`hint`] rows: which /8 blocks of IPv4 and which first
+/// bytes of IPv6 may hold an entry of the baseline, of a runner's CIDRs or
+/// of its learned addresses, so a verdict skips a lookup that cannot match.
+pub const HINTS: &str = "EGRET_HINTS";
+/// Socket-local storage of [`SockNote`]: what a socket's own hooks need to
+/// remember about it (the resolver a redirected DNS query was aimed at, the
+/// [`OWNED`] entry it holds). It goes away with the socket, and a socket
+/// without one costs its release a single lookup.
+pub const SOCKS: &str = "EGRET_SOCKS";
 /// `LpmTrie<Addr, Nat64Entry>`: the NAT64 prefixes a policy declares,
 /// whose destinations are judged by the IPv4 address they carry (the
 /// well-known `64:ff9b::/96` needs no entry).
@@ -58,20 +60,19 @@ pub const URGENT_EVENTS: &str = "EGRET_URGENT";
 /// Every map the kernel object defines, by the name it is pinned under.
 /// ([`RUNNERS`] is the agent's own and not in the object; the loader also
 /// makes maps of the object's data sections, named after them.)
-pub const IN_OBJECT: [&str; 16] = [
+pub const IN_OBJECT: [&str; 15] = [
     STATE,
     LOCKDOWN,
     CIDRS,
     LEARNED,
-    METADATA,
-    LATERAL,
+    BASELINE,
     NAT64,
     OWNED,
-    BOUND,
     OWNED_COUNTS,
+    HINTS,
+    SOCKS,
     CONTAINER_GROUPS,
     GROUP_PEERS,
-    DNS_ORIGINS,
     COUNTERS,
     EVENTS,
     URGENT_EVENTS,
@@ -95,7 +96,6 @@ pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * OWNED_PER_RUNNER as u32;
 /// `BPF_F_NO_PREALLOC`: entries are allocated as listeners appear, so the
 /// room every runner's share needs costs nothing until used.
 pub const NO_PREALLOC: u32 = 1;
-pub const DNS_ORIGINS_CAPACITY: u32 = 65_536;
 /// Containers of CI jobs the agent tracks at once, and their addresses.
 pub const CONTAINERS_CAPACITY: u32 = 16_384;
 pub const PEERS_CAPACITY: u32 = 65_536;
@@ -196,26 +196,87 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 16);
 
-/// A baseline deny entry.
+/// A baseline entry as the agent compiles it, before the metadata and
+/// lateral sets are merged into one trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BaselineEntry {
     /// A port this entry does not cover (for example DNS on Azure's
     /// 168.63.129.16); 0 = none.
     pub exempt_port: u16,
-    /// [`baseline_kind`] of a lateral-trie entry.
+    /// [`baseline_kind`] of a lateral entry.
     pub kind: u8,
     pub _pad: [u8; 5],
 }
+const _: () = assert!(core::mem::size_of::<BaselineEntry>() == 8);
 
-/// What a lateral-trie entry stands for. Either way only an allow entry
-/// that names the destination itself opens it.
+/// What a lateral entry stands for. Either way only an allow entry that
+/// names the destination itself opens it.
 pub mod baseline_kind {
     /// A neighbour: private, link-local, CGNAT, ULA or a host subnet.
     pub const LATERAL: u8 = 0;
     /// A well-known public DNS-over-HTTPS resolver, through which any name
     /// resolves past the proxy.
     pub const DOH: u8 = 1;
+}
+
+/// A value of the merged [`BASELINE`] trie: what the longest metadata
+/// prefix and the longest lateral prefix holding an address say about it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// The metadata entry's exempt port (0 = none).
+    pub exempt_port: u16,
+    /// 1 when a metadata prefix holds the address.
+    pub metadata: u8,
+    /// [`lateral_kind`].
+    pub lateral: u8,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<Baseline>() == 8);
+
+/// Which lateral prefix, if any, holds an address.
+pub mod lateral_kind {
+    pub const NONE: u8 = 0;
+    pub const NEIGHBOUR: u8 = 1;
+    pub const DOH: u8 = 2;
+}
+
+impl Baseline {
+    /// Whether the metadata baseline refuses `port` here.
+    #[inline(always)]
+    pub const fn refuses_metadata(&self, port: u16) -> bool {
+        self.metadata != 0 && (self.exempt_port == 0 || self.exempt_port != port)
+    }
+}
+
+/// The value the merged trie holds at the prefix `len`/`net`, one of the
+/// prefixes of either set: the longest metadata and the longest lateral
+/// prefix that hold all of it. An address's longest match in the merged
+/// trie then answers as both separate tries would: any prefix of either
+/// set that holds the address either holds the whole matched prefix or is
+/// itself a longer prefix of the merged trie.
+pub fn merged_baseline<'a>(
+    len: u32,
+    net: &Addr,
+    metadata: impl Iterator<Item = (u32, &'a Addr, &'a BaselineEntry)>,
+    lateral: impl Iterator<Item = (u32, &'a Addr, &'a BaselineEntry)>,
+) -> Baseline {
+    let holding = |(l, n, _): &(u32, &Addr, &BaselineEntry)| {
+        *l <= len && crate::addr::prefix_match(*l, n, net)
+    };
+    let md = metadata.filter(holding).max_by_key(|(l, ..)| *l);
+    let lat = lateral.filter(holding).max_by_key(|(l, ..)| *l);
+    Baseline {
+        exempt_port: md.map_or(0, |(.., e)| e.exempt_port),
+        metadata: u8::from(md.is_some()),
+        lateral: match lat {
+            None => lateral_kind::NONE,
+            Some((.., e)) if e.kind == baseline_kind::DOH => lateral_kind::DOH,
+            Some(_) => lateral_kind::NEIGHBOUR,
+        },
+        _pad: [0; 4],
+    }
 }
 
 /// A NAT64 prefix: where its destinations carry their IPv4 address.
@@ -229,6 +290,69 @@ pub struct Nat64Entry {
 const _: () = assert!(core::mem::size_of::<Nat64Entry>() == 8);
 pub const NAT64_CAPACITY: u32 = 64;
 
+/// Hints that let a verdict skip a lookup: one row of [`hint::SLOTS`] bytes
+/// per runner and kind, a byte per slot, non-zero when an entry of that
+/// kind may hold addresses of the slot.
+///
+/// A CIDR or learned hint can only ever cost a refusal when it is missing,
+/// as those entries only allow; the baseline's must be set before its
+/// entry is written, as the baseline refuses. Either way the agent sets a
+/// hint before the entry it stands for, and clears it only after.
+pub mod hint {
+    use crate::{addr::Addr, state::MAX_RUNNERS};
+
+    /// 256 slots for the first byte of an IPv4 address, then 256 for the
+    /// first byte of an IPv6 one.
+    pub const SLOTS: u32 = 512;
+    /// A runner's CIDR entries. Runner 0 (`GLOBAL_RUNNER`) has none, so its
+    /// row of this kind holds the baseline's hints.
+    pub const CIDRS: u32 = 0;
+    /// A runner's learned addresses. The agent never clears these: a stale
+    /// one costs a lookup, nothing else.
+    pub const LEARNED: u32 = 1;
+    pub const KINDS: u32 = 2;
+    pub const CAPACITY: u32 = MAX_RUNNERS * KINDS * SLOTS;
+
+    /// The slot of an address (IPv4 mapped).
+    #[inline(always)]
+    pub const fn slot(addr: &Addr) -> u32 {
+        if crate::addr::is_mapped_v4(addr) {
+            addr[12] as u32
+        } else {
+            256 + addr[0] as u32
+        }
+    }
+
+    #[inline(always)]
+    pub const fn index(runner: u32, kind: u32, slot: u32) -> u32 {
+        (runner * KINDS + kind) * SLOTS + slot
+    }
+
+    /// Every slot holding an address of the prefix `len`/`net` (over the
+    /// 128-bit address): `mark` is called for each, at least once.
+    pub fn slots_of(len: u32, net: &Addr, mut mark: impl FnMut(u32)) {
+        let mapped_net = crate::addr::mapped_v4([0, 0, 0, 0]);
+        let mut range = |first: u32, byte: u8, bits: u32| {
+            // The prefix fixes `bits` (0..=8) leading bits of the byte.
+            let bits = bits.min(8);
+            let base = u32::from(byte) & !((1u32 << (8 - bits)) - 1) & 0xff;
+            for b in base..base + (1 << (8 - bits)) {
+                mark(first + b);
+            }
+        };
+        if len >= 96 && crate::addr::prefix_match(96, &mapped_net, net) {
+            range(0, net[12], len - 96);
+            return;
+        }
+        if crate::addr::prefix_match(len.min(96), net, &mapped_net) {
+            // A prefix of 96 bits or fewer around the mapped block holds
+            // every IPv4 address.
+            range(0, 0, 0);
+        }
+        range(256, net[0], len);
+    }
+}
+
 /// The resolver a redirected DNS query was aimed at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -239,7 +363,24 @@ pub struct DnsOrigin {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 24);
-const _: () = assert!(core::mem::size_of::<BaselineEntry>() == 8);
+
+/// A socket's entry in [`SOCKS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockNote {
+    /// [`sock_note`] bits: which fields below hold something.
+    pub flags: u32,
+    pub _pad: u32,
+    pub dns_origin: DnsOrigin,
+    /// The [`OWNED`] entry this socket made, which its release removes.
+    pub owned: OwnedKey,
+}
+const _: () = assert!(core::mem::size_of::<SockNote>() == 64);
+
+pub mod sock_note {
+    pub const DNS_ORIGIN: u32 = 1 << 0;
+    pub const OWNS_LISTENER: u32 = 1 << 1;
+}
 
 /// Counter slots kept per runner.
 pub mod counter {

@@ -3,7 +3,8 @@
 use crate::{
     event::Event,
     maps::{
-        BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey, Owner, PeerKey,
+        Baseline, BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey,
+        Owner, PeerKey, SockNote,
     },
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
@@ -21,6 +22,8 @@ unsafe impl aya::Pod for CidrKey {}
 unsafe impl aya::Pod for ExactKey {}
 unsafe impl aya::Pod for Learned {}
 unsafe impl aya::Pod for BaselineEntry {}
+unsafe impl aya::Pod for Baseline {}
+unsafe impl aya::Pod for SockNote {}
 unsafe impl aya::Pod for OwnedKey {}
 unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}

@@ -9,7 +9,7 @@
 use crate::{
     addr::{self, Addr},
     event::reason,
-    maps::{BaselineEntry, ExactKey, Learned, Nat64Entry, OwnedKey, baseline_kind},
+    maps::{Baseline, ExactKey, Learned, Nat64Entry, OwnedKey, hint, lateral_kind},
     rules::{PortRules, rules_flags},
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags, lockdown_flags},
 };
@@ -26,11 +26,12 @@ pub trait Lookup {
     fn runner_state(&self, runner: u32) -> Option<&RunnerState>;
     /// The lockdown entry of `id` ([`GLOBAL_RUNNER`] for every runner).
     fn lockdown(&self, id: u32) -> Option<&Lockdown>;
-    /// Longest-prefix match in the metadata baseline.
-    fn metadata(&self, target: &Addr) -> Option<&BaselineEntry>;
-    /// Longest-prefix match in the lateral baseline (neighbours and DoH
-    /// resolvers).
-    fn lateral(&self, target: &Addr) -> Option<&BaselineEntry>;
+    /// Longest-prefix match in the merged baseline: metadata, neighbours
+    /// and DoH resolvers ([`crate::maps::merged_baseline`]).
+    fn baseline(&self, target: &Addr) -> Option<Baseline>;
+    /// Whether an entry of `kind` ([`crate::maps::hint`]) of `runner` may
+    /// hold addresses of `slot`; `false` lets the verdict skip that lookup.
+    fn may_hold(&self, runner: u32, kind: u32, slot: u32) -> bool;
     /// The runner's longest-prefix static CIDR entry for `target`.
     fn cidr(&self, runner: u32, target: &Addr) -> Option<&PortRules>;
     /// An address the runner's DNS answers taught it.
@@ -92,7 +93,11 @@ pub enum Lock {
 /// The lockdown state of `runner`; `None` when an entry cannot be read. The
 /// clock is read only when a lockdown is active, for its deadline.
 #[inline(always)]
-pub fn lock_of<M: Lookup + ?Sized>(maps: &M, runner: u32, now: impl Fn() -> u64) -> Option<Lock> {
+pub fn lock_of<M: Lookup + ?Sized>(
+    maps: &M,
+    runner: u32,
+    mut now: impl FnMut() -> u64,
+) -> Option<Lock> {
     let (Some(own), Some(global)) = (maps.lockdown(runner), maps.lockdown(GLOBAL_RUNNER)) else {
         return None;
     };
@@ -148,17 +153,59 @@ pub fn is_dns(dst: &Destination) -> bool {
             || dst.proto == crate::rules::proto::IPPROTO_UDP)
 }
 
-/// The verdict order of the design: lockdown, metadata, policy, loopback,
-/// lateral, default. The first match wins. `now` is CLOCK_MONOTONIC ns.
-#[inline(always)]
+/// CLOCK_MONOTONIC, read on first use and then remembered: most verdicts
+/// (a static CIDR, no lockdown) never need it, and none reads it twice.
+pub struct Clock<F: Fn() -> u64> {
+    read: F,
+    at: core::cell::Cell<u64>,
+}
+
+impl<F: Fn() -> u64> Clock<F> {
+    #[inline(always)]
+    pub const fn new(read: F) -> Self {
+        Self {
+            read,
+            at: core::cell::Cell::new(0),
+        }
+    }
+
+    /// Nanoseconds; the first call reads the clock.
+    #[inline(always)]
+    pub fn now(&self) -> u64 {
+        if self.at.get() == 0 {
+            self.at.set((self.read)());
+        }
+        self.at.get()
+    }
+}
+
+/// [`decide_at`] at a known time, for host code.
 pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now: u64) -> Outcome {
+    decide_at(maps, runner, dst, &Clock::new(|| now))
+}
+
+/// The verdict order of the design: lockdown, metadata, policy, loopback,
+/// lateral, default. The first match wins.
+///
+/// What it costs, cheapest first: the runner's state, both lockdown entries
+/// and the hints are array slots; then at most one baseline trie lookup,
+/// one learned hash lookup and one CIDR trie lookup, in that order, each
+/// only where its hint says it may match, and the clock only for a learned
+/// entry's expiry or an active lockdown.
+#[inline(always)]
+pub fn decide_at<M: Lookup + ?Sized, F: Fn() -> u64>(
+    maps: &M,
+    runner: u32,
+    dst: &Destination,
+    clock: &Clock<F>,
+) -> Outcome {
     let Some(state) = maps.runner_state(runner) else {
         return Outcome::Fault;
     };
     if !state.has(flags::CONFIGURED) {
         return Outcome::Deny(reason::NOT_ALLOWED);
     }
-    let forge_only = match lock_of(maps, runner, || now) {
+    let forge_only = match lock_of(maps, runner, || clock.now()) {
         None => return Outcome::Fault,
         Some(Lock::Closed) => return Outcome::Deny(reason::LOCKDOWN),
         // Under lockdown only rules marked `forge` can still match.
@@ -184,9 +231,13 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
         return Outcome::Allow;
     }
 
-    if let Some(entry) = maps.metadata(&target)
-        && (entry.exempt_port == 0 || entry.exempt_port != dst.port)
-    {
+    let slot = hint::slot(&target);
+    let baseline = if maps.may_hold(GLOBAL_RUNNER, hint::CIDRS, slot) {
+        maps.baseline(&target).unwrap_or_default()
+    } else {
+        Baseline::default()
+    };
+    if baseline.refuses_metadata(dst.port) {
         return Outcome::Deny(reason::METADATA);
     }
 
@@ -194,15 +245,16 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
         runner,
         addr: target,
     };
-    if let Some(learned) = maps.learned(&exact)
-        && now < learned.expires_ns
+    if maps.may_hold(runner, hint::LEARNED, slot)
+        && let Some(learned) = maps.learned(&exact)
         && learned.rules.permits_with(dst.port, dst.proto, forge_only)
+        && clock.now() < learned.expires_ns
     {
         return Outcome::Allow;
     }
-    let guarded = maps.lateral(&target);
-    let mut lateral = guarded.is_some();
-    if let Some(rules) = maps.cidr(runner, &target)
+    let mut lateral = baseline.lateral != lateral_kind::NONE;
+    if maps.may_hold(runner, hint::CIDRS, slot)
+        && let Some(rules) = maps.cidr(runner, &target)
         && (!lateral || rules.flags & rules_flags::LATERAL_OK != 0)
         && rules.permits_with(dst.port, dst.proto, forge_only)
     {
@@ -228,7 +280,7 @@ pub fn decide<M: Lookup + ?Sized>(maps: &M, runner: u32, dst: &Destination, now:
         return Outcome::Allow;
     }
 
-    let doh = guarded.is_some_and(|e| e.kind == baseline_kind::DOH);
+    let doh = baseline.lateral == lateral_kind::DOH;
     let why = if lateral && !doh {
         reason::LATERAL
     } else {

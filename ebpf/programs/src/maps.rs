@@ -1,17 +1,21 @@
 //! The pinned maps every runner's copy of the programs shares, and the
 //! verdict's view of them.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    bindings::{BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use egret_common::{
     addr::Addr,
     maps::{
-        ADDR_BITS, BASELINE_CAPACITY, BaselineEntry, CIDR_KEY_BITS, CIDRS_CAPACITY,
-        CONTAINERS_CAPACITY, COUNTERS_LEN, CidrKey, DNS_ORIGINS_CAPACITY, DnsOrigin, EVENTS_BYTES,
-        ExactKey, LEARNED_CAPACITY, Learned, NAT64_CAPACITY, NO_PREALLOC, Nat64Entry,
-        OWNED_CAPACITY, OwnedKey, Owner, PEERS_CAPACITY, PeerKey, URGENT_EVENTS_BYTES,
+        ADDR_BITS, BASELINE_CAPACITY, Baseline, CIDR_KEY_BITS, CIDRS_CAPACITY, CONTAINERS_CAPACITY,
+        COUNTERS_LEN, CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, NAT64_CAPACITY,
+        NO_PREALLOC, Nat64Entry, OWNED_CAPACITY, OwnedKey, Owner, PEERS_CAPACITY, PeerKey,
+        SockNote, URGENT_EVENTS_BYTES, hint,
     },
     rules::PortRules,
     state::{Lockdown, MAX_RUNNERS, RunnerState},
@@ -46,11 +50,8 @@ pub static CIDRS: LpmTrie<CidrKey, PortRules> = LpmTrie::pinned(CIDRS_CAPACITY, 
 #[map(name = "EGRET_LEARNED")]
 pub static LEARNED: HashMap<ExactKey, Learned> = HashMap::pinned(LEARNED_CAPACITY, 0);
 
-#[map(name = "EGRET_METADATA")]
-pub static METADATA: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
-
-#[map(name = "EGRET_LATERAL")]
-pub static LATERAL: LpmTrie<Addr, BaselineEntry> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
+#[map(name = "EGRET_BASELINE")]
+pub static BASELINE: LpmTrie<Addr, Baseline> = LpmTrie::pinned(BASELINE_CAPACITY, 0);
 
 #[map(name = "EGRET_NAT64")]
 pub static NAT64: LpmTrie<Addr, Nat64Entry> = LpmTrie::pinned(NAT64_CAPACITY, 0);
@@ -58,14 +59,12 @@ pub static NAT64: LpmTrie<Addr, Nat64Entry> = LpmTrie::pinned(NAT64_CAPACITY, 0)
 #[map(name = "EGRET_OWNED")]
 pub static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
 
-/// Socket cookie → the OWNED key it holds: a released socket cannot read
-/// its own port, but it can tell its cookie.
-#[map(name = "EGRET_BOUND")]
-pub static BOUND: HashMap<u64, OwnedKey> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
-
 /// Runner id → how many OWNED entries its sockets hold.
 #[map(name = "EGRET_OWNED_N")]
 pub static OWNED_COUNTS: Array<u64> = Array::pinned(MAX_RUNNERS, 0);
+
+#[map(name = "EGRET_HINTS")]
+pub static HINTS: Array<u8> = Array::pinned(hint::CAPACITY, 0);
 
 #[map(name = "EGRET_CT_GROUP")]
 pub static CONTAINER_GROUPS: HashMap<u64, u64> = HashMap::pinned(CONTAINERS_CAPACITY, 0);
@@ -73,8 +72,66 @@ pub static CONTAINER_GROUPS: HashMap<u64, u64> = HashMap::pinned(CONTAINERS_CAPA
 #[map(name = "EGRET_PEERS")]
 pub static GROUP_PEERS: HashMap<PeerKey, u64> = HashMap::pinned(PEERS_CAPACITY, 0);
 
-#[map(name = "EGRET_DNS_ORIG")]
-pub static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGINS_CAPACITY, 0);
+/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`), declared the BTF way
+/// the kernel requires for it, with `pinning` so every runner's copy of the
+/// programs shares the one pinned map. aya-ebpf's own `SkStorage` has no
+/// pinning field, and takes only sock_addr contexts.
+#[repr(C)]
+pub struct SocketStorage {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockNote,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    /// `LIBBPF_PIN_BY_NAME`.
+    pinning: *const [i32; 1],
+}
+
+// SAFETY: the fields are never read: they only carry types into BTF, from
+// which the loader takes the map's definition.
+unsafe impl Sync for SocketStorage {}
+
+impl SocketStorage {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The note of socket `sk`, created empty when `create` is set and it
+    /// has none; `None` when it has none (or it could not be made).
+    ///
+    /// # Safety
+    /// `sk` must be a socket pointer the calling program type may pass to
+    /// `bpf_sk_storage_get`; the verifier rejects any other.
+    #[inline(always)]
+    pub unsafe fn note(&self, sk: *mut c_void, create: bool) -> Option<*mut SockNote> {
+        let flags = if create {
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: the map is this static, the socket the caller's; a null
+        // initial value makes a created entry all zeroes.
+        let p = unsafe {
+            bpf_sk_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                sk,
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p.cast())
+    }
+}
+
+#[btf_map(name = "EGRET_SOCKS")]
+pub static SOCKS: SocketStorage = SocketStorage::new();
 
 #[map(name = "EGRET_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
@@ -100,13 +157,16 @@ impl Lookup for Kernel {
     }
 
     #[inline(always)]
-    fn metadata(&self, target: &Addr) -> Option<&BaselineEntry> {
-        METADATA.get(Key::new(ADDR_BITS, *target))
+    fn baseline(&self, target: &Addr) -> Option<Baseline> {
+        BASELINE.get(Key::new(ADDR_BITS, *target)).copied()
     }
 
     #[inline(always)]
-    fn lateral(&self, target: &Addr) -> Option<&BaselineEntry> {
-        LATERAL.get(Key::new(ADDR_BITS, *target))
+    fn may_hold(&self, runner: u32, kind: u32, slot: u32) -> bool {
+        // An unreadable hint means looking up: the lookup decides.
+        HINTS
+            .get(hint::index(runner, kind, slot))
+            .is_none_or(|h| *h != 0)
     }
 
     #[inline(always)]

@@ -1,12 +1,13 @@
 //! Counters and events: how a verdict becomes visible to the agent.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
 };
 use egret_common::{
     event::{Event, action, reason},
     maps::{counter, counter_index},
-    verdict::{ALLOW, DENY, Destination, Outcome, decide},
+    verdict::{ALLOW, Clock, DENY, Destination, Outcome, decide_at},
 };
 
 use crate::maps::{COUNTERS, EVENTS, Kernel, URGENT_EVENTS, runner_id};
@@ -50,19 +51,21 @@ pub fn count(runner: u32, kind: u32) {
     }
 }
 
+/// The clock verdicts read: CLOCK_MONOTONIC at the kernel tick, a plain
+/// load where the precise clock costs a clock-source read. Learned entries
+/// and lockdowns last seconds to hours; a tick more or less of either is
+/// no matter.
+#[inline(always)]
+pub fn verdict_clock() -> Clock<impl Fn() -> u64> {
+    // SAFETY: a helper with no arguments.
+    Clock::new(|| unsafe { bpf_ktime_get_coarse_ns() })
+}
+
 /// Never blocks: a full ring buffer costs an event, counted, not a verdict.
 /// Metadata and lockdown denials go to a ring of their own, so a flood of
 /// ordinary denials never crowds them out.
 #[inline(always)]
-pub fn emit(
-    runner: u32,
-    dst: &Destination,
-    why: u8,
-    act: u8,
-    sock_type: u8,
-    now: u64,
-    origin: &Origin,
-) {
+pub fn emit(runner: u32, dst: &Destination, why: u8, act: u8, sock_type: u8, origin: &Origin) {
     let ring = if reason::urgent(why) {
         &URGENT_EVENTS
     } else {
@@ -73,7 +76,9 @@ pub fn emit(
         return;
     };
     slot.write(Event {
-        time_ns: now,
+        // SAFETY: a helper with no arguments. Events keep the precise
+        // clock: they are read against the agent's own.
+        time_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: origin.cgroup_id,
         pid: origin.pid,
         runner,
@@ -95,9 +100,7 @@ pub fn emit(
 #[inline(always)]
 pub fn judge(dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
     let runner = runner_id();
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (why, act) = match decide(&Kernel, runner, dst, now) {
+    let (why, act) = match decide_at(&Kernel, runner, dst, &verdict_clock()) {
         Outcome::Allow => {
             count(runner, counter::ALLOWED);
             return ALLOW;
@@ -118,6 +121,6 @@ pub fn judge(dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
             denial_counter(why)
         },
     );
-    emit(runner, dst, why, act, 0, now, &origin());
+    emit(runner, dst, why, act, 0, &origin());
     if audit { ALLOW } else { DENY }
 }

@@ -1,7 +1,7 @@
 //! The packet-level backstop (`cgroup_skb/egress`).
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    helpers::{bpf_sk_fullsock, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -14,7 +14,7 @@ use egret_common::{
 
 use crate::{
     maps::{Kernel, runner_id},
-    report::{Origin, judge},
+    report::{Origin, judge, verdict_clock},
     sock::SOCK_RAW,
 };
 
@@ -27,13 +27,42 @@ pub fn egret_egress(ctx: SkBuffContext) -> i32 {
     backstop(&ctx).unwrap_or(DENY)
 }
 
+/// `T` at `offset` from the IP header: read straight from the packet when
+/// the headers are in its linear part (as they are for what a local socket
+/// sends), through the copying helper otherwise.
+#[inline(always)]
+fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, i64> {
+    // SAFETY: the context's own packet bounds; the verifier checks the
+    // access against them.
+    let (start, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if start + offset + core::mem::size_of::<T>() <= end {
+        // SAFETY: within [data, data_end), just checked.
+        Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+    } else {
+        ctx.load(offset)
+    }
+}
+
+/// One byte at `offset`, read as the first of two: for a one-byte read the
+/// compiler turns the bounds check into a form the verifier learns no range
+/// from (`end > p`). Every byte read here has another header byte after it.
+#[inline(always)]
+fn read_byte(ctx: &SkBuffContext, offset: usize) -> Result<u8, i64> {
+    read::<[u8; 2]>(ctx, offset).map(|b| b[0])
+}
+
 #[inline(always)]
 fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
-    let first: u8 = ctx.load(0)?;
+    let first = read_byte(ctx, 0)?;
     // The fast path reads only what it needs: version, protocol, socket type.
     let (family, ip_proto, l4) = match first >> 4 {
-        4 => (4, ctx.load::<u8>(9)?, usize::from(first & 0x0f) * 4),
-        6 => (6, ctx.load::<u8>(6)?, 40),
+        4 => (4, read_byte(ctx, 9)?, usize::from(first & 0x0f) * 4),
+        6 => (6, read_byte(ctx, 6)?, 40),
         _ => return Ok(DENY),
     };
     let tcp_or_udp = ip_proto == proto::IPPROTO_TCP || ip_proto == proto::IPPROTO_UDP;
@@ -60,16 +89,16 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
     // a listener on 0.0.0.0 is no command channel for whoever reaches it.
     let passive_open = ip_proto == proto::IPPROTO_TCP
         && sock_type != SOCK_RAW
-        && ctx.load::<u8>(l4 + 13)? & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+        && read_byte(ctx, l4 + 13)? & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     // Established flows pass without lookups, except under lockdown, which
     // must cut connections opened before it too.
     if tcp_or_udp && sock_type != SOCK_RAW && !passive_open && !locked_down() {
         return Ok(egret_common::verdict::ALLOW);
     }
     let given = if family == 4 {
-        addr::mapped_v4(ctx.load::<[u8; 4]>(16)?)
+        addr::mapped_v4(read::<[u8; 4]>(ctx, 16)?)
     } else {
-        ctx.load::<[u8; 16]>(24)?
+        read::<[u8; 16]>(ctx, 24)?
     };
     let icmp = ip_proto == proto::IPPROTO_ICMP || ip_proto == proto::IPPROTO_ICMPV6;
     // Pinging the host itself reaches no service; a client on loopback
@@ -79,7 +108,7 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(egret_common::verdict::ALLOW);
     }
     let port = if tcp_or_udp {
-        u16::from_be(ctx.load::<u16>(l4 + 2)?)
+        u16::from_be(read::<u16>(ctx, l4 + 2)?)
     } else {
         0
     };
@@ -110,6 +139,6 @@ const TCP_ACK: u8 = 0x10;
 /// Whether a lockdown of this runner, or of every runner, is in force.
 #[inline(always)]
 fn locked_down() -> bool {
-    // SAFETY: a helper with no arguments.
-    lock_of(&Kernel, runner_id(), || unsafe { bpf_ktime_get_ns() }) != Some(Lock::Open)
+    let clock = verdict_clock();
+    lock_of(&Kernel, runner_id(), || clock.now()) != Some(Lock::Open)
 }

@@ -7,14 +7,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sockopt},
     programs::{SockContext, SockoptContext},
 };
 use egret_common::{
     addr::{self, Addr},
     event::{action, hook, reason},
-    maps::{OWNED_PER_RUNNER, OwnedKey, Owner, counter},
+    maps::{OWNED_PER_RUNNER, OwnedKey, Owner, counter, sock_note},
     rules::proto,
     sockopt,
     state::flags,
@@ -22,7 +22,7 @@ use egret_common::{
 };
 
 use crate::{
-    maps::{BOUND, DNS_ORIGINS, OWNED, OWNED_COUNTS, STATE, runner_id},
+    maps::{OWNED, OWNED_COUNTS, SOCKS, STATE, runner_id},
     report::{count, emit, task_origin},
 };
 
@@ -52,19 +52,23 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
     if family != AF_INET && family != AF_INET6 {
         return ALLOW;
     }
+    let icmp =
+        protocol == u32::from(proto::IPPROTO_ICMP) || protocol == u32::from(proto::IPPROTO_ICMPV6);
+    // The kinds every runner may create need no map at all.
+    match (ty, protocol) {
+        (SOCK_STREAM, p) if p == u32::from(proto::IPPROTO_TCP) => return ALLOW,
+        (SOCK_DGRAM, p) if p == u32::from(proto::IPPROTO_UDP) => return ALLOW,
+        // Ping sockets: connect is judged by the connect hooks, an
+        // unconnected sendto by the egress backstop.
+        (SOCK_DGRAM, _) if icmp => return ALLOW,
+        _ => {}
+    }
     let runner = runner_id();
     let Some(state) = STATE.get(runner) else {
         count(runner, counter::ERRORS);
         return DENY;
     };
-    let icmp =
-        protocol == u32::from(proto::IPPROTO_ICMP) || protocol == u32::from(proto::IPPROTO_ICMPV6);
     let permitted = match (ty, protocol) {
-        (SOCK_STREAM, p) if p == u32::from(proto::IPPROTO_TCP) => true,
-        (SOCK_DGRAM, p) if p == u32::from(proto::IPPROTO_UDP) => true,
-        // Ping sockets: connect is judged by the connect hooks, an
-        // unconnected sendto by the egress backstop.
-        (SOCK_DGRAM, _) if icmp => true,
         (SOCK_RAW, _) => state.has(flags::SOCK_RAW),
         (_, IPPROTO_SCTP) => state.has(flags::SOCK_SCTP),
         _ => false,
@@ -82,15 +86,12 @@ pub fn egret_sock_create(ctx: SockContext) -> i32 {
         hook: hook::SOCK_CREATE,
         cgroup: 0,
     };
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     emit(
         runner,
         &dst,
         reason::SOCKET_KIND,
         action::DENY,
         ty as u8,
-        now,
         &task_origin(),
     );
     DENY
@@ -149,12 +150,22 @@ fn note_listener(ctx: &SockContext, local: Addr) -> i32 {
         add(held, u64::MAX);
         return ALLOW;
     }
-    if BOUND.insert(cookie, key, 0).is_err() {
-        // Without its cookie entry the release could not find it: undo,
-        // and the listener stays unreachable (fail closed).
-        let _ = OWNED.remove(key);
-        add(held, u64::MAX);
-        count(runner, counter::ERRORS);
+    // SAFETY: a cgroup sock program passes its own context, the socket.
+    match unsafe { SOCKS.note(ctx.as_ptr(), true) } {
+        Some(note) => {
+            // SAFETY: this socket's own note, from a successful lookup.
+            unsafe {
+                (*note).owned = key;
+                (*note).flags |= sock_note::OWNS_LISTENER;
+            }
+        }
+        None => {
+            // Without its note the release could not find the entry:
+            // undo, and the listener stays unreachable (fail closed).
+            let _ = OWNED.remove(key);
+            add(held, u64::MAX);
+            count(runner, counter::ERRORS);
+        }
     }
     ALLOW
 }
@@ -180,17 +191,7 @@ fn over_quota(runner: u32, local: Addr, port: u16, protocol: u32) {
         hook: hook::POST_BIND,
         cgroup: 0,
     };
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    emit(
-        runner,
-        &dst,
-        reason::QUOTA,
-        action::DENY,
-        0,
-        now,
-        &task_origin(),
-    );
+    emit(runner, &dst, reason::QUOTA, action::DENY, 0, &task_origin());
 }
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
@@ -220,25 +221,26 @@ pub fn egret_post_bind6(ctx: SockContext) -> i32 {
 
 /// Forgets a listener when the socket that owns it goes away, so a host
 /// service that later binds the same address is not mistaken for the job's.
+/// A socket that owns none (nearly all) costs one lookup of its own note.
 #[cgroup_sock(sock_release)]
 pub fn egret_sock_release(ctx: SockContext) -> i32 {
-    let cookie = socket_cookie(&ctx);
-    let _ = DNS_ORIGINS.remove(cookie);
-    // SAFETY: the entry is copied out at once; only this socket's release
-    // removes it.
-    let Some(key) = (unsafe { BOUND.get(cookie) }).copied() else {
+    // SAFETY: as in note_listener; the note is copied out at once.
+    let Some(note) = (unsafe { SOCKS.note(ctx.as_ptr(), false) }).map(|n| unsafe { *n }) else {
         return ALLOW;
     };
+    if note.flags & sock_note::OWNS_LISTENER == 0 {
+        return ALLOW;
+    }
+    let cookie = socket_cookie(&ctx);
     // SAFETY: the pointer comes from a successful lookup and is read at
     // once; entries are plain integers.
-    let owner = OWNED.get_ptr(key).map(|o| unsafe { *o });
+    let owner = OWNED.get_ptr(note.owned).map(|o| unsafe { *o });
     if let Some(owner) = owner.filter(|o| o.cookie == cookie)
-        && OWNED.remove(key).is_ok()
+        && OWNED.remove(note.owned).is_ok()
         && let Some(held) = OWNED_COUNTS.get_ptr_mut(owner.runner)
     {
         add(held, u64::MAX);
     }
-    let _ = BOUND.remove(cookie);
     ALLOW
 }
 
@@ -275,15 +277,12 @@ pub fn egret_setsockopt(ctx: SockoptContext) -> i32 {
         hook: hook::SETSOCKOPT,
         cgroup: 0,
     };
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     emit(
         runner,
         &dst,
         reason::SOCKET_OPTION,
         action::DENY,
         0,
-        now,
         &task_origin(),
     );
     DENY

@@ -4,16 +4,13 @@
 //! resolver had answered.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    EbpfContext as _, bindings::bpf_sock_addr, helpers::bpf_get_netns_cookie,
+    macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use egret_common::{
     addr::{self, Addr},
     event::{action, hook, reason},
-    maps::{DnsOrigin, counter},
+    maps::{DnsOrigin, counter, sock_note},
     probe,
     rules::proto,
     state::flags,
@@ -21,8 +18,8 @@ use egret_common::{
 };
 
 use crate::{
-    maps::{DNS_ORIGINS, Kernel, STATE, runner_id},
-    report::{count, emit, judge, task_origin},
+    maps::{Kernel, SOCKS, STATE, runner_id},
+    report::{count, emit, judge, task_origin, verdict_clock},
     sock::AF_INET,
 };
 
@@ -80,7 +77,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     // verifier checks the field accesses.
     let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
     let mut dst = Destination {
-        netns: netns_cookie(ctx),
+        netns: 0,
         given: addr::mapped_v4(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -97,7 +94,19 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v4(ctx, proxy, port));
     }
-    judge(&dst, task_origin)
+    judge_sent(ctx, &mut dst)
+}
+
+/// Judges a destination the job named. Only loopback ownership needs the
+/// socket's network namespace, so only a destination that may turn out to
+/// be loopback pays for the helper: a v4 loopback address, or any v6 one
+/// (a NAT64 prefix may carry 127.0.0.1).
+#[inline(always)]
+fn judge_sent(ctx: &SockAddrContext, dst: &mut Destination) -> i32 {
+    if !addr::is_mapped_v4(&dst.given) || addr::is_loopback(&dst.given) {
+        dst.netns = netns_cookie(ctx);
+    }
+    judge(dst, task_origin)
 }
 
 /// `egret verify`'s probe (`egret_common::probe`): the answer is where the
@@ -109,9 +118,9 @@ fn answer_probe(ctx: &SockAddrContext, port: u16) -> i32 {
     let Some(state) = STATE.get(runner) else {
         return DENY;
     };
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !state.has(flags::CONFIGURED) || lock_of(&Kernel, runner, || now) != Some(Lock::Open) {
+    let clock = verdict_clock();
+    if !state.has(flags::CONFIGURED) || lock_of(&Kernel, runner, || clock.now()) != Some(Lock::Open)
+    {
         return DENY;
     }
     let answer = if state.has(flags::AUDIT) {
@@ -157,7 +166,7 @@ fn judge_connected_peer(ctx: &SockAddrContext, dst: &mut Destination) -> i32 {
         addr::from_words(ip6)
     };
     dst.port = u16::from_be(port);
-    judge(dst, task_origin)
+    judge_sent(ctx, dst)
 }
 
 #[inline(always)]
@@ -166,7 +175,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: as in judge_v4.
     let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let mut dst = Destination {
-        netns: netns_cookie(ctx),
+        netns: 0,
         given: user_ip6(ctx),
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -180,7 +189,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v6(ctx, proxy, port));
     }
-    judge(&dst, task_origin)
+    judge_sent(ctx, &mut dst)
 }
 
 #[inline(always)]
@@ -190,10 +199,12 @@ fn netns_cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
+/// The socket a sock_addr program runs for, as `bpf_sk_storage_get`
+/// takes it.
 #[inline(always)]
-fn socket_cookie(ctx: &SockAddrContext) -> u64 {
-    // SAFETY: as in netns_cookie.
-    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+fn socket(ctx: &SockAddrContext) -> *mut core::ffi::c_void {
+    // SAFETY: a valid context; `sk` is never null in sock_addr programs.
+    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk.cast() }
 }
 
 /// The v6 address of a sock_addr context, read one 32-bit word at a time,
@@ -265,8 +276,9 @@ fn proxied_origin(ctx: &SockAddrContext, peer: Addr, port_be: u32) -> Option<Dns
     if !state.is_dns_proxy(&addr::normalize(peer), u16::from_be(port_be as u16)) {
         return None;
     }
-    // SAFETY: the entry is copied out at once.
-    unsafe { DNS_ORIGINS.get(socket_cookie(ctx)) }.copied()
+    // SAFETY: the context's own socket; the note is copied out at once.
+    let note = unsafe { *SOCKS.note(socket(ctx), false)? };
+    (note.flags & sock_note::DNS_ORIGIN != 0).then_some(note.dns_origin)
 }
 
 /// Sends a DNS query, whatever resolver the job aimed it at, to the
@@ -275,11 +287,10 @@ fn proxied_origin(ctx: &SockAddrContext, peer: Addr, port_be: u32) -> Option<Dns
 #[inline(always)]
 fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&Addr, u16)) -> i32 {
     let runner = runner_id();
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let clock = verdict_clock();
     let refuse = |why: u8| {
         count(runner, counter::DENIED_DNS);
-        emit(runner, dst, why, action::DENY, 0, now, &task_origin());
+        emit(runner, dst, why, action::DENY, 0, &task_origin());
         DENY
     };
     let Some(state) = STATE.get(runner) else {
@@ -287,7 +298,7 @@ fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&
         return refuse(reason::DNS_REFUSED);
     };
     // `--keep-forge` keeps DNS: the forge is reached by name.
-    match lock_of(&Kernel, runner, || now) {
+    match lock_of(&Kernel, runner, || clock.now()) {
         None => {
             count(runner, counter::ERRORS);
             return refuse(reason::DNS_REFUSED);
@@ -300,7 +311,7 @@ fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&
     }
     let v4_socket = dst.family == 4;
     let mapped = addr::is_mapped_v4(&dst.given);
-    let proxy: Addr = if dst.netns == state.host_netns {
+    let proxy: Addr = if netns_cookie(ctx) == state.host_netns {
         if v4_socket || mapped {
             addr::mapped_v4([127, 0, 0, 1])
         } else {
@@ -320,10 +331,16 @@ fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&
         port: dst.port,
         _pad: [0; 6],
     };
-    if DNS_ORIGINS.insert(socket_cookie(ctx), origin, 0).is_err() {
+    // SAFETY: the context's own socket.
+    match unsafe { SOCKS.note(socket(ctx), true) } {
+        // SAFETY: this socket's own note, from a successful lookup.
+        Some(note) => unsafe {
+            (*note).dns_origin = origin;
+            (*note).flags |= sock_note::DNS_ORIGIN;
+        },
         // The reply will show the proxy's address, which stub resolvers
         // reject: the lookup fails, closed.
-        count(runner, counter::ERRORS);
+        None => count(runner, counter::ERRORS),
     }
     rewrite(&proxy, state.dns_proxy_port);
     count(runner, counter::ALLOWED);

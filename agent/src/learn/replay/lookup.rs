@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use egret_common::{
     addr::{Addr, longest_match as longest},
-    maps::{BaselineEntry, ExactKey, Learned, Nat64Entry, OwnedKey},
+    maps::{Baseline, ExactKey, Learned, Nat64Entry, OwnedKey},
     rules::PortRules,
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags},
     verdict::Lookup,
@@ -20,8 +20,7 @@ pub struct PlanMaps {
     states: HashMap<u32, RunnerState>,
     /// No lockdown: replay asks what the policy itself decides.
     open: Lockdown,
-    metadata: Vec<(TrieKey, BaselineEntry)>,
-    lateral: Vec<(TrieKey, BaselineEntry)>,
+    baseline: Vec<(TrieKey, Baseline)>,
     nat64: Vec<(TrieKey, Nat64Entry)>,
     /// Per runner: (prefix length over the address, address, rules).
     cidrs: HashMap<u32, Vec<(u32, Addr, PortRules)>>,
@@ -50,8 +49,7 @@ impl PlanMaps {
                 })
                 .collect(),
             open: Lockdown::default(),
-            metadata: plan.metadata.iter().map(|(k, v)| (*k, *v)).collect(),
-            lateral: plan.lateral.iter().map(|(k, v)| (*k, *v)).collect(),
+            baseline: plan.baseline().into_iter().collect(),
             nat64: plan.nat64.iter().map(|(k, v)| (*k, *v)).collect(),
             cidrs,
             learned: HashMap::new(),
@@ -66,11 +64,12 @@ impl Lookup for PlanMaps {
     fn lockdown(&self, id: u32) -> Option<&Lockdown> {
         (id == GLOBAL_RUNNER || self.states.contains_key(&id)).then_some(&self.open)
     }
-    fn metadata(&self, t: &Addr) -> Option<&BaselineEntry> {
-        longest(self.metadata.iter().map(|((l, a), v)| (*l, a, v)), t)
+    fn baseline(&self, t: &Addr) -> Option<Baseline> {
+        longest(self.baseline.iter().map(|((l, a), v)| (*l, a, v)), t).copied()
     }
-    fn lateral(&self, t: &Addr) -> Option<&BaselineEntry> {
-        longest(self.lateral.iter().map(|((l, a), v)| (*l, a, v)), t)
+    /// Replay looks everything up: hints only save the kernel time.
+    fn may_hold(&self, _runner: u32, _kind: u32, _slot: u32) -> bool {
+        true
     }
     fn cidr(&self, runner: u32, t: &Addr) -> Option<&PortRules> {
         longest(

@@ -4,6 +4,8 @@ extern crate std;
 
 use std::{collections::HashMap, vec::Vec};
 
+use crate::maps::{BaselineEntry, baseline_kind};
+
 use super::*;
 use crate::{
     addr::mapped_v4,
@@ -38,11 +40,55 @@ impl Lookup for World {
     fn lockdown(&self, id: u32) -> Option<&Lockdown> {
         self.lockdowns.get(&id)
     }
-    fn metadata(&self, t: &Addr) -> Option<&BaselineEntry> {
-        longest(self.metadata.iter().map(|(l, a, v)| (*l, a, v)), t)
+    /// The merged trie the agent would write, built from both sets as
+    /// the agent builds it, then asked as the kernel asks it.
+    fn baseline(&self, t: &Addr) -> Option<Baseline> {
+        let merged: Vec<(u32, Addr, Baseline)> = self
+            .metadata
+            .iter()
+            .chain(&self.lateral)
+            .map(|(l, a, _)| {
+                let value = crate::maps::merged_baseline(
+                    *l,
+                    a,
+                    self.metadata.iter().map(|(l, a, v)| (*l, a, v)),
+                    self.lateral.iter().map(|(l, a, v)| (*l, a, v)),
+                );
+                (*l, *a, value)
+            })
+            .collect();
+        longest(merged.iter().map(|(l, a, v)| (*l, a, v)), t).copied()
     }
-    fn lateral(&self, t: &Addr) -> Option<&BaselineEntry> {
-        longest(self.lateral.iter().map(|(l, a, v)| (*l, a, v)), t)
+    /// The hints the agent would write for these entries: a verdict with
+    /// them must equal one that looks everything up.
+    fn may_hold(&self, runner: u32, kind: u32, slot: u32) -> bool {
+        use crate::maps::hint;
+        let mut prefixes: Vec<(u32, Addr)> = Vec::new();
+        match kind {
+            hint::CIDRS if runner == GLOBAL_RUNNER => prefixes.extend(
+                self.metadata
+                    .iter()
+                    .chain(&self.lateral)
+                    .map(|(l, a, _)| (*l, *a)),
+            ),
+            hint::CIDRS => prefixes.extend(
+                self.cidrs
+                    .iter()
+                    .filter(|(r, ..)| *r == runner)
+                    .map(|(_, l, a, _)| (*l, *a)),
+            ),
+            _ => prefixes.extend(
+                self.learned
+                    .keys()
+                    .filter(|k| k.runner == runner)
+                    .map(|k| (128, k.addr)),
+            ),
+        }
+        let mut held = false;
+        for (len, net) in prefixes {
+            hint::slots_of(len, &net, |s| held |= s == slot);
+        }
+        held
     }
     fn cidr(&self, runner: u32, t: &Addr) -> Option<&PortRules> {
         longest(
@@ -667,4 +713,179 @@ fn dns_is_port_53_over_tcp_or_udp() {
         proto: proto::IPPROTO_ICMP,
         ..udp(v4([1, 2, 3, 4]), 53)
     }));
+}
+
+/// The kernel asks one merged baseline trie where the verdict once asked a
+/// metadata and a lateral trie; every nesting of the two sets must answer
+/// as the two tries did.
+#[test]
+fn one_merged_baseline_answers_as_the_metadata_and_lateral_sets_did() {
+    let mut w = world();
+    // A metadata range with a neighbour range inside it, and a neighbour
+    // range holding a metadata address exempt on one port.
+    w.metadata
+        .push((96 + 16, v4([100, 100, 0, 0]), BaselineEntry::default()));
+    w.lateral
+        .push((96 + 24, v4([100, 100, 7, 0]), BaselineEntry::default()));
+    w.lateral
+        .push((96 + 16, v4([172, 31, 0, 0]), BaselineEntry::default()));
+    w.metadata.push((
+        128,
+        v4([172, 31, 0, 2]),
+        BaselineEntry {
+            exempt_port: 53,
+            ..Default::default()
+        },
+    ));
+    // A DoH resolver inside a neighbour range, and the same prefix in both
+    // sets.
+    w.lateral.push((
+        128,
+        v4([10, 9, 9, 9]),
+        BaselineEntry {
+            kind: baseline_kind::DOH,
+            ..Default::default()
+        },
+    ));
+    w.metadata
+        .push((96 + 24, v4([192, 0, 0, 0]), BaselineEntry::default()));
+    w.lateral
+        .push((96 + 24, v4([192, 0, 0, 0]), BaselineEntry::default()));
+    let table: &[(&str, Destination, Outcome)] = &[
+        (
+            "metadata range, outside its neighbour range",
+            tcp(v4([100, 100, 1, 1]), 80),
+            Deny(METADATA),
+        ),
+        (
+            "metadata range, inside its neighbour range: metadata still wins",
+            tcp(v4([100, 100, 7, 7]), 80),
+            Deny(METADATA),
+        ),
+        (
+            "metadata inside a neighbour range, off its exempt port",
+            tcp(v4([172, 31, 0, 2]), 80),
+            Deny(METADATA),
+        ),
+        (
+            "metadata inside a neighbour range, on its exempt port: a neighbour",
+            udp(v4([172, 31, 0, 2]), 53),
+            Deny(LATERAL),
+        ),
+        (
+            "the neighbour range around it",
+            tcp(v4([172, 31, 0, 3]), 80),
+            Deny(LATERAL),
+        ),
+        (
+            "a DoH resolver inside a neighbour range is refused as DoH",
+            tcp(v4([10, 9, 9, 9]), 443),
+            Deny(NOT_ALLOWED),
+        ),
+        (
+            "a prefix in both sets is metadata",
+            tcp(v4([192, 0, 0, 9]), 80),
+            Deny(METADATA),
+        ),
+    ];
+    for (what, dst, want) in table {
+        assert_eq!(decide(&w, RUNNER, dst, NOW), *want, "{what}");
+    }
+}
+
+/// The clock is the one read a verdict may skip: a static entry needs none,
+/// a learned entry one, and a lockdown with a learned entry still one.
+#[test]
+fn a_verdict_reads_the_clock_at_most_once_and_only_when_it_must() {
+    let reads = core::cell::Cell::new(0);
+    let clock = Clock::new(|| {
+        reads.set(reads.get() + 1);
+        NOW
+    });
+    let mut w = world();
+    assert_eq!(
+        decide_at(&w, RUNNER, &tcp(v4([203, 0, 113, 10]), 443), &clock),
+        Allow
+    );
+    assert_eq!(reads.get(), 0, "a static CIDR needs no clock");
+    let clock = Clock::new(|| {
+        reads.set(reads.get() + 1);
+        NOW
+    });
+    assert_eq!(
+        decide_at(&w, RUNNER, &tcp(v4([203, 0, 113, 20]), 443), &clock),
+        Allow
+    );
+    assert_eq!(reads.get(), 1, "a learned entry's expiry");
+    lock(&mut w, RUNNER, true);
+    w.learned
+        .get_mut(&ExactKey {
+            runner: RUNNER,
+            addr: v4([203, 0, 113, 20]),
+        })
+        .unwrap()
+        .rules = rules(
+        &[PortRule::new(443, 443, proto::TCP).with_flags(rule_flags::FORGE)],
+        false,
+    );
+    reads.set(0);
+    let clock = Clock::new(|| {
+        reads.set(reads.get() + 1);
+        NOW
+    });
+    assert_eq!(
+        decide_at(&w, RUNNER, &tcp(v4([203, 0, 113, 20]), 443), &clock),
+        Allow
+    );
+    assert_eq!(
+        reads.get(),
+        1,
+        "the lockdown's deadline and the expiry share one read"
+    );
+}
+
+/// Every address a prefix holds lies in one of the slots its hint marks,
+/// whatever the prefix: a missing slot would skip a lookup that matches.
+#[test]
+fn a_prefix_hint_marks_every_slot_its_addresses_fall_in() {
+    use crate::{addr::prefix_match, maps::hint};
+    let nets = [
+        v4([0, 0, 0, 0]),
+        v4([10, 0, 0, 0]),
+        v4([172, 16, 0, 0]),
+        v4([169, 254, 169, 254]),
+        v6("::"),
+        v6("::1"),
+        v6("fd00:ec2::254"),
+        v6("64:ff9b::"),
+        v6("2001:db8::"),
+        v6("fc00::"),
+    ];
+    // Addresses around every slot edge, in both families.
+    let mut targets: Vec<Addr> = Vec::new();
+    for b in [0u8, 1, 9, 10, 11, 127, 128, 169, 172, 203, 254, 255] {
+        targets.push(v4([b, 0, 0, 1]));
+        targets.push(v4([b, 255, 255, 255]));
+        let mut a = [0u8; 16];
+        a[0] = b;
+        a[15] = 1;
+        targets.push(a);
+    }
+    targets.extend(nets.iter().copied());
+    for net in nets {
+        for len in 0..=128 {
+            let mut slots = Vec::new();
+            hint::slots_of(len, &net, |s| slots.push(s));
+            assert!(!slots.is_empty(), "/{len} of {net:?} marks no slot");
+            for t in &targets {
+                if prefix_match(len, &net, t) {
+                    assert!(
+                        slots.contains(&hint::slot(t)),
+                        "{t:?} in /{len} of {net:?}, slot {} unmarked",
+                        hint::slot(t)
+                    );
+                }
+            }
+        }
+    }
 }
