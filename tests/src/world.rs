@@ -33,6 +33,8 @@ pub const CONTAINER_GATEWAY: &str = "172.30.0.1";
 pub const BENCH_SINK: &str = "203.0.113.10:9000";
 /// A listener that reads and discards, for throughput benchmarks.
 pub const BENCH_DISCARD: &str = "203.0.113.10:9001";
+/// A UDP port that reads and discards, for datagram benchmarks.
+pub const BENCH_UDP: &str = "203.0.113.10:9002";
 
 /// Addresses the internet namespace carries on its loopback.
 const INTERNET_V4: &[&str] = &[
@@ -225,6 +227,7 @@ impl World {
         serve.push(format!("tcp:0.0.0.0:{CDN_PORT}"));
         serve.push(format!("sink:{BENCH_SINK}"));
         serve.push(format!("discard:{BENCH_DISCARD}"));
+        serve.push(format!("udp-discard:{BENCH_UDP}"));
         world.start_fixture(Side::Internet, &serve);
         let mut serve = vec!["serve".to_owned()];
         serve.extend(NEIGHBOUR_TCP.iter().map(|a| format!("tcp:{a}")));

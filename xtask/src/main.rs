@@ -97,6 +97,9 @@ enum Bench {
     /// DNS latency and throughput through the proxy, against the upstream
     /// directly and against dnsmasq as a forwarder.
     Dns,
+    /// Kernel time of each egret program per call, from the kernel's BPF
+    /// statistics: the figure to track, as machine noise barely moves it.
+    Hooks,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +148,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 Bench::Reload => "bench-reload",
                 Bench::Stream => "bench-stream",
                 Bench::Dns => "bench-dns",
+                Bench::Hooks => "bench-hooks",
             };
             run_cmd(Command::new(bin("egret-lab")?).arg(sub))
         }

@@ -35,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     "mmdebstrap",
     // Records the agent's system calls against the unit's filter.
     "strace",
+    // What `cargo xtask bench connect` compares egret with.
+    "nftables",
 ];
 /// nektos/act, from PyPI, which runs GitHub Actions workflows on the host
 /// for the runner tests (`act -P ubuntu-latest=-self-hosted`).

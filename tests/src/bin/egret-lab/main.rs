@@ -4,6 +4,7 @@
 mod bench;
 mod bench_connect;
 mod bench_dns;
+mod bench_hooks;
 mod bench_lockdown;
 mod bench_reload;
 mod bench_stream;
@@ -39,8 +40,6 @@ enum Command {
         #[arg(long)]
         policy: PathBuf,
     },
-    /// TCP connects/s from a job cgroup without egret and with egret holding
-    /// 10,000 CIDRs and 10,000 exact IPs, measured side by side.
     /// Time from the start of `egret lockdown` to the first EPERM seen by a
     /// job that connects in a tight loop.
     BenchLockdown {
@@ -62,6 +61,20 @@ enum Command {
         #[arg(long, default_value_t = 400)]
         megabytes: u32,
     },
+    /// Kernel time of each egret program per call and per operation (BPF
+    /// run-time statistics), for short connections, UDP datagrams and a
+    /// bulk stream, under a small policy and under 10,000 CIDRs plus
+    /// 10,000 learned addresses.
+    BenchHooks {
+        #[arg(long, default_value_t = 20_000)]
+        connects: u32,
+        #[arg(long, default_value_t = 100_000)]
+        datagrams: u32,
+        #[arg(long, default_value_t = 200)]
+        megabytes: u32,
+    },
+    /// DNS through the runner's proxy: latency at a fixed rate and
+    /// throughput, against the resolver asked directly.
     BenchDns {
         /// Queries per second of the latency runs.
         #[arg(long, default_value_t = 5000)]
@@ -80,12 +93,19 @@ enum Command {
         #[arg(long)]
         one_name: bool,
     },
+    /// TCP connects/s from a job cgroup with no filter, with egret holding
+    /// 10,000 CIDRs and 10,000 learned addresses, and with an nftables
+    /// ruleset matching the cgroup against the same CIDRs, side by side.
     BenchConnect {
-        /// Alternating rounds per side.
-        #[arg(long, default_value_t = 12)]
+        /// Runs, each giving one figure per side; their spread says how
+        /// stable the figure is.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Rounds per run; a round measures every side once, in turn.
+        #[arg(long, default_value_t = 9)]
         rounds: u32,
-        /// Connects per round.
-        #[arg(long, default_value_t = 2000)]
+        /// Connects per side and round.
+        #[arg(long, default_value_t = 4000)]
         connects: u32,
     },
 }
@@ -99,10 +119,19 @@ fn main() -> ExitCode {
     }
     match Lab::parse().command {
         Command::Demo { policy } => demo(&policy),
-        Command::BenchConnect { rounds, connects } => bench_connect(rounds, connects),
+        Command::BenchConnect {
+            runs,
+            rounds,
+            connects,
+        } => bench_connect(runs, rounds, connects),
         Command::BenchLockdown { runs } => bench_lockdown(runs),
         Command::BenchReload { runs } => bench_reload(runs),
         Command::BenchStream { rounds, megabytes } => bench_stream(rounds, megabytes),
+        Command::BenchHooks {
+            connects,
+            datagrams,
+            megabytes,
+        } => bench_hooks(connects, datagrams, megabytes),
         Command::BenchDns {
             rate,
             ms,
@@ -116,6 +145,7 @@ fn main() -> ExitCode {
 use bench::*;
 use bench_connect::*;
 use bench_dns::*;
+use bench_hooks::*;
 use bench_lockdown::*;
 use bench_reload::*;
 use bench_stream::*;

@@ -49,6 +49,13 @@ pub(crate) fn serve(specs: &[String]) -> ExitCode {
                     }
                 });
             }
+            "udp-discard" => {
+                let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while sock.recv_from(&mut buf).is_ok() {}
+                });
+            }
             "udp" => {
                 let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
                 std::thread::spawn(move || {

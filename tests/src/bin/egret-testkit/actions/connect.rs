@@ -11,6 +11,7 @@ pub const KINDS: &[&str] = &[
     "udp-cmsg",
     "udp-connect",
     "connect-loop",
+    "sendto-loop",
     "hammer",
     "tcp-from",
     "deny-flood",
@@ -104,6 +105,25 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
                         o.count = Some(i);
                         return o;
                     }
+                }
+            }
+            let mut o = success(action);
+            o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
+            o.count = Some(n);
+            o
+        }
+        // N datagrams from one unconnected socket: sendto-loop:ADDR:PORT:N.
+        "sendto-loop" => {
+            let (addr, n) = rest.rsplit_once(':').expect("sendto-loop:ADDR:N");
+            let dst = parse(addr);
+            let n: u64 = n.parse().expect("count");
+            let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
+            let start = Instant::now();
+            for i in 0..n {
+                if let Err(e) = sock.send_to(b"egret-bench", dst) {
+                    let mut o = failure(action, &e);
+                    o.count = Some(i);
+                    return o;
                 }
             }
             let mut o = success(action);

@@ -1,0 +1,288 @@
+//! `cargo xtask bench hooks`: what each of egret's programs costs, per call
+//! and per operation, from the kernel's own BPF statistics (run_time_ns
+//! and run_cnt), which a noisy machine skews far less than a rate.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+
+/// One program's counters at a moment.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    run_ns: u64,
+    runs: u64,
+}
+
+/// The kernel's counters of the programs that use the maps pinned under
+/// `pins`, so copies loaded by anything else on the machine never count.
+fn snapshot(maps: &HashSet<u32>) -> BTreeMap<u32, (String, Counters)> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| {
+            p.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.iter().any(|id| maps.contains(id)))
+        })
+        .map(|p| {
+            // The kernel keeps 15 bytes of a program's name.
+            let short = p.name_as_str().unwrap_or("?");
+            let name = egret_common::programs::ALL
+                .iter()
+                .find(|full| full.starts_with(short))
+                .map_or(short, |full| *full)
+                .to_owned();
+            let c = Counters {
+                run_ns: p.run_time().as_nanos() as u64,
+                runs: p.run_count(),
+            };
+            (p.id(), (name, c))
+        })
+        .collect()
+}
+
+fn pinned_map_ids(pins: &Pins) -> HashSet<u32> {
+    let dir = egret::datapath::Pins::new(&pins.bpffs).maps_dir();
+    std::fs::read_dir(&dir)
+        .expect("read the pinned maps")
+        .flatten()
+        .filter_map(|e| aya::maps::MapData::from_pin(e.path()).ok())
+        .filter_map(|m| m.info().ok().map(|i| i.id()))
+        .collect()
+}
+
+/// Per program: calls and nanoseconds spent between two snapshots.
+fn delta(
+    before: &BTreeMap<u32, (String, Counters)>,
+    after: &BTreeMap<u32, (String, Counters)>,
+) -> BTreeMap<String, Counters> {
+    let mut out: BTreeMap<String, Counters> = BTreeMap::new();
+    for (id, (name, a)) in after {
+        let b = before.get(id).map(|(_, c)| *c).unwrap_or_default();
+        let d = out.entry(name.clone()).or_default();
+        d.run_ns += a.run_ns - b.run_ns;
+        d.runs += a.runs - b.runs;
+    }
+    out.retain(|_, c| c.runs > 0);
+    out
+}
+
+/// The floor: an empty `cgroup/sock_create` program (`return 1`) attached
+/// beside egret's, so the same run measures what any program costs here
+/// before it does anything (the statistics' own clock reads, the call).
+struct EmptyProgram {
+    id: u32,
+    _prog: std::os::fd::OwnedFd,
+    _link: std::os::fd::OwnedFd,
+}
+
+impl EmptyProgram {
+    fn attach(cgroup_dir: &std::path::Path) -> Self {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        const BPF_LINK_CREATE: libc::c_long = 28;
+        const BPF_PROG_TYPE_CGROUP_SOCK: u32 = 9;
+        const BPF_CGROUP_INET_SOCK_CREATE: u32 = 2;
+        // mov r0, 1; exit
+        let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), 0x95];
+        let license = c"GPL";
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(BPF_PROG_TYPE_CGROUP_SOCK) | (2 << 32);
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        // prog_name sits at byte 48.
+        let name = b"egret_floor\0";
+        let bytes: &mut [u8; 128] =
+            // SAFETY: [u64; 16] and [u8; 128] have the same size; u8 has no
+            // alignment needs.
+            unsafe { &mut *attr.as_mut_ptr().cast::<[u8; 128]>() };
+        bytes[48..48 + name.len()].copy_from_slice(name);
+        bytes[68..72].copy_from_slice(&BPF_CGROUP_INET_SOCK_CREATE.to_ne_bytes());
+        let bpf = |cmd: libc::c_long, attr: &mut [u64; 16]| {
+            // SAFETY: the attr buffer outlives the call and is sized as the
+            // kernel's union for every command used here.
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) }
+        };
+        let fd = bpf(BPF_PROG_LOAD, &mut attr);
+        assert!(
+            fd >= 0,
+            "load the empty program: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new fd the kernel just returned, owned only here.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let cgroup = std::fs::File::open(cgroup_dir).expect("open the bench cgroup");
+        let mut attr = [0u64; 16];
+        attr[0] = (prog.as_raw_fd() as u32 as u64) | ((cgroup.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = u64::from(BPF_CGROUP_INET_SOCK_CREATE);
+        let fd = bpf(BPF_LINK_CREATE, &mut attr);
+        assert!(
+            fd >= 0,
+            "attach the empty program: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as above.
+        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // struct bpf_prog_info begins with type, then id.
+        let mut info = [0u32; 64];
+        let mut attr = [0u64; 16];
+        attr[0] = (prog.as_raw_fd() as u32 as u64) | (256 << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        assert!(
+            bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0,
+            "empty program's info"
+        );
+        Self {
+            id: info[1],
+            _prog: prog,
+            _link: link,
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == self.id)
+            .map(|p| Counters {
+                run_ns: p.run_time().as_nanos() as u64,
+                runs: p.run_count(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+struct Workload {
+    title: &'static str,
+    unit: &'static str,
+    action: String,
+    /// Operations the action performs (connections, datagrams), or `None`
+    /// when they are packets, counted by the backstop's own calls.
+    ops: Option<u64>,
+}
+
+pub(crate) fn bench_hooks(connects: u32, datagrams: u32, megabytes: u32) -> ExitCode {
+    const CIDRS: u32 = 10_000;
+    const EXACT: u32 = 10_000;
+    // The statistics stay on while this fd is open.
+    let _stats =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
+    let workloads = [
+        Workload {
+            title: "short TCP connections (connect, accept, close)",
+            unit: "connection",
+            action: format!("connect-loop:{}:{connects}", world::BENCH_SINK),
+            ops: Some(u64::from(connects)),
+        },
+        Workload {
+            title: "unconnected UDP sendto",
+            unit: "datagram",
+            action: format!("sendto-loop:{}:{datagrams}", world::BENCH_UDP),
+            ops: Some(u64::from(datagrams)),
+        },
+        Workload {
+            title: "one bulk TCP stream",
+            unit: "packet",
+            action: format!("bulk:{}:{megabytes}", world::BENCH_DISCARD),
+            ops: None,
+        },
+    ];
+    println!(
+        "egret bench hooks: kernel time per call of each program (BPF run-time statistics), jobs as uid 65534"
+    );
+    println!(
+        "  \"above the floor\" subtracts what an empty program attached beside them costs per call in the same run"
+    );
+    for large in [false, true] {
+        let world = World::new();
+        world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
+        let mut cgroup = TestCgroup::new("egret-bench");
+        let guarded = cgroup.child("egret");
+        let mut allow = String::from(
+            "      - cidr: 203.0.113.10/32\n        ports: [9000, 9001]\n        proto: tcp\n      - cidr: 203.0.113.10/32\n        ports: [9002]\n        proto: udp\n",
+        );
+        if large {
+            for i in 0..CIDRS {
+                allow.push_str(&format!(
+                    "      - cidr: 11.{}.{}.0/24\n        ports: [443]\n",
+                    i / 256,
+                    i % 256
+                ));
+            }
+        }
+        let (pins, _agent) = guard(&world, "bench", &guarded, &format!("    allow:\n{allow}"));
+        let size = if large {
+            let learned = load_exact_ips(&pins, EXACT);
+            format!("{CIDRS} CIDRs and {learned} learned addresses")
+        } else {
+            "a small policy (2 CIDR entries)".to_owned()
+        };
+        let maps = pinned_map_ids(&pins);
+        let floor = EmptyProgram::attach(&cgroup.dir("egret"));
+        // The floor per call, from the workload that creates the most
+        // sockets (the empty program runs at each socket's creation).
+        let mut empty_ns = None;
+        for w in &workloads {
+            let before = snapshot(&maps);
+            let floor_before = floor.counters();
+            let o = job::one(&world.host, Some(&cgroup.procs("egret")), &w.action);
+            assert!(o.ok(), "{}: {o:?}", w.title);
+            let spent = delta(&before, &snapshot(&maps));
+            let floor_after = floor.counters();
+            let empty_runs = floor_after.runs - floor_before.runs;
+            if empty_ns.is_none() && empty_runs >= 1_000 {
+                empty_ns =
+                    Some((floor_after.run_ns - floor_before.run_ns) as f64 / empty_runs as f64);
+            }
+            let ops = w
+                .ops
+                .unwrap_or_else(|| spent.get("egret_egress").map_or(1, |c| c.runs.max(1)));
+            print_table(
+                &format!("{} under {size}", w.title),
+                w.unit,
+                ops,
+                &spent,
+                empty_ns.expect("the connect workload runs first"),
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(
+    title: &str,
+    unit: &str,
+    ops: u64,
+    spent: &BTreeMap<String, Counters>,
+    empty_ns: f64,
+) {
+    println!("\n  {title}: {ops} {unit}s");
+    println!(
+        "    {:<20} {:>9} {:>12} {:>15} {:>16}",
+        "program",
+        "calls",
+        "ns per call",
+        "above the floor",
+        format!("ns per {unit}")
+    );
+    let (mut total, mut runs) = (0.0, 0);
+    for (name, c) in spent {
+        let per_call = c.run_ns as f64 / c.runs as f64;
+        let per_op = c.run_ns as f64 / ops as f64;
+        total += per_op;
+        runs += c.runs;
+        println!(
+            "    {name:<20} {:>9} {per_call:>12.1} {:>15.1} {per_op:>16.1}",
+            c.runs,
+            per_call - empty_ns
+        );
+    }
+    let floor = empty_ns * runs as f64 / ops as f64;
+    println!(
+        "    {:<20} {:>9} {:>12} {:>15.1} {total:>16.1}",
+        "total",
+        "",
+        "",
+        total - floor
+    );
+}
