@@ -2,6 +2,9 @@
 //! policy, worked out on the host with no kernel involved. The agent builds
 //! a [`Plan`] and hands it to `Datapath::sync`; tests check plans directly.
 
+mod cidr_cache;
+pub use cidr_cache::CidrCache;
+
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use egret_common::{
@@ -106,6 +109,18 @@ pub fn plan(
     ids: &HashMap<String, u32>,
     host: &Host,
 ) -> Result<Plan, CompileError> {
+    plan_with(policy, ids, host, &mut CidrCache::default())
+}
+
+/// [`plan`], compiling again only the runners whose CIDR entries (or the
+/// lateral ranges they are judged against) changed since `cache` saw them:
+/// what the agent's reloads use.
+pub fn plan_with(
+    policy: &Policy,
+    ids: &HashMap<String, u32>,
+    host: &Host,
+    cache: &mut CidrCache,
+) -> Result<Plan, CompileError> {
     let id_of = |name: &str| {
         ids.get(name)
             .copied()
@@ -163,7 +178,7 @@ pub fn plan(
         metadata,
         nat64: nat64_entries(&policy.nat64_prefixes),
         lateral,
-        cidrs: compile_cidrs(&cidr_input, &lateral_nets)?,
+        cidrs: cache.compile(&cidr_input, &lateral_nets)?,
         runners,
     })
 }
@@ -278,9 +293,10 @@ fn compile_cidrs(
     runners: &[RunnerCidrs<'_>],
     lateral: &[IpNet],
 ) -> Result<HashMap<CidrEntryKey, PortRules>, CompileError> {
-    let mut out = HashMap::new();
+    let mut out = HashMap::with_capacity(runners.iter().map(|r| r.cidrs.len()).sum());
     for runner in runners {
-        let mut own: HashMap<IpNet, (Vec<PortRule>, bool)> = HashMap::new();
+        let mut own: HashMap<IpNet, (Vec<PortRule>, bool)> =
+            HashMap::with_capacity(runner.cidrs.len());
         for rule in runner.cidrs {
             let net = rule.net.trunc();
             let lateral_ok = crate::baseline::names_lateral(&net, lateral);

@@ -123,6 +123,10 @@ struct Agent {
     privileged: Arc<crate::privileged::PrivilegedWatch>,
     /// Job containers, from the Docker API.
     containers: crate::docker::SharedRegistry,
+    /// The policy files as last parsed and checked, and each runner's
+    /// CIDR entries as last compiled: a reload redoes only what changed.
+    policy_cache: policy::PolicyCache,
+    cidr_cache: crate::compile::CidrCache,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -142,7 +146,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         return Err(AgentError::NotRoot);
     }
     let cgroup_root = runners::cgroup2_root()?;
-    let loaded = policy::load(&opts.policy)?;
+    let mut policy_cache = policy::PolicyCache::default();
+    let loaded = policy::load_with(&opts.policy, &mut policy_cache)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -211,6 +216,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         flood_limit: Arc::new(events::flood_limit()),
         privileged: Arc::default(),
         containers: containers.clone(),
+        policy_cache,
+        cidr_cache: crate::compile::CidrCache::default(),
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
@@ -378,7 +385,7 @@ impl Agent {
     async fn reload(&mut self) -> Result<String, String> {
         tracing::info!(policy = %self.opts.policy.display(), "reloading policy");
         let started = Instant::now();
-        let result = match policy::load(&self.opts.policy) {
+        let result = match policy::load_with(&self.opts.policy, &mut self.policy_cache) {
             Ok(loaded) => {
                 let loaded_in = started.elapsed();
                 for w in &loaded.warnings {

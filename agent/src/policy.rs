@@ -5,6 +5,7 @@
 //! either a validated [`Policy`] or a list of [`Diagnostic`]s, each naming the
 //! file, line and column of the problem.
 
+mod cache;
 mod catalog;
 mod diagnostics;
 mod entries;
@@ -28,11 +29,12 @@ use validate::*;
 use vars::*;
 use wildcard::*;
 
+pub use cache::PolicyCache;
 pub use diagnostics::{Diagnostic, Severity};
 pub use entries::{merge_ranges, validate_hostname};
 pub use files::{MAX_FILE_BYTES, digest, policy_files};
 pub use model::*;
-pub use validate::validate;
+pub use validate::{validate, validate_with};
 pub use wildcard::{rules_for, wildcard_allowed_quietly};
 
 pub const VERSION: u32 = 1;
@@ -64,6 +66,12 @@ pub struct Loaded {
 
 /// Loads a policy file, or every `*.yaml`/`*.yml` file of a directory.
 pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
+    load_with(path, &mut PolicyCache::default())
+}
+
+/// [`load`], parsing only the files whose bytes `cache` has not seen: what
+/// the agent's reloads use.
+pub fn load_with(path: &Path, cache: &mut PolicyCache) -> Result<Loaded, PolicyError> {
     let files = policy_files(path)?;
     let mut sources = Vec::with_capacity(files.len());
     for file in &files {
@@ -90,7 +98,7 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
         sources.push((file.clone(), bytes));
     }
     let digest = digest(&sources);
-    let (policy, diagnostics) = validate(&sources);
+    let (policy, diagnostics) = validate_with(&sources, cache);
     let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
     match policy {
         Some(policy) if !has_errors => Ok(Loaded {

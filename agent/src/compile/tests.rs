@@ -246,3 +246,45 @@ fn a_runner_without_an_id_is_an_error_not_a_guess() {
     let err = plan(&policy.unwrap(), &HashMap::new(), &Host::default()).unwrap_err();
     assert!(matches!(err, CompileError::NoId(name) if name == "ci"));
 }
+
+/// A runner compiled from the cache is the runner compiled afresh, and an
+/// edit to its entries (or to the lateral ranges) is compiled again.
+#[test]
+fn the_cidr_cache_answers_as_a_fresh_compile() {
+    let mut cache = CidrCache::default();
+    let mut rules = vec![
+        rule("0.0.0.0/0", &[(8443, 8443)]),
+        rule("11.0.0.0/24", &[(443, 443)]),
+    ];
+    let input = |cache: &mut CidrCache, rules: &[CidrRule]| {
+        let runners = [RunnerCidrs {
+            id: 1,
+            name: "ci",
+            cidrs: rules,
+        }];
+        cache.compile(&runners, &lateral()).unwrap()
+    };
+    assert_eq!(input(&mut cache, &rules), compile_one(&rules));
+    assert_eq!(
+        input(&mut cache, &rules),
+        compile_one(&rules),
+        "from the cache"
+    );
+    rules.push(rule("11.0.0.7/32", &[(22, 22)]));
+    assert_eq!(
+        input(&mut cache, &rules),
+        compile_one(&rules),
+        "an entry added"
+    );
+    let other_lateral = vec!["11.0.0.0/8".parse().unwrap()];
+    let runners = [RunnerCidrs {
+        id: 1,
+        name: "ci",
+        cidrs: &rules,
+    }];
+    assert_eq!(
+        cache.compile(&runners, &other_lateral).unwrap(),
+        compile_cidrs(&runners, &other_lateral).unwrap(),
+        "other lateral ranges"
+    );
+}

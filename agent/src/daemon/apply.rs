@@ -29,7 +29,7 @@ impl Agent {
                 self.datapath.runner_id(&runner.name, &taken)?,
             );
         }
-        let mut plan = compile::plan(policy, &ids, &host)?;
+        let mut plan = compile::plan_with(policy, &ids, &host, &mut self.cidr_cache)?;
 
         self.learning(|l| {
             l.nat64 = policy.nat64_prefixes.clone();

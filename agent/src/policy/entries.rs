@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 use super::*;
 use crate::baseline;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Entries {
     pub(super) cidrs: Vec<CidrRule>,
     pub(super) hosts: Vec<HostRule>,
@@ -201,14 +201,29 @@ pub(super) fn expand_preset(
         );
         return;
     }
+    // The same preset with the same parameters and variables expands to
+    // the same entries and findings: a large generated preset is checked
+    // once, not on every reload.
+    let key = super::cache::ExpansionKey::new(&preset.value, found.digest, &params, ctx.vars);
+    if let Some(hit) = ctx
+        .expansions
+        .and_then(|cache| cache.borrow().get(&key).cloned())
+    {
+        diags.list.extend(hit.findings);
+        out.extend(hit.entries);
+        return;
+    }
     // Entries are checked where the preset defines them.
     let caller_file = std::mem::replace(&mut diags.file, found.file.clone());
     let inner = Ctx {
         vars: ctx.vars,
         params: Some(&params),
         catalog: ctx.catalog,
+        expansions: None,
     };
-    for entry in &found.allow {
+    let findings_before = diags.list.len();
+    let mut expanded = Entries::default();
+    for entry in &found.source.allow {
         if let Some(nested) = &entry.value.preset {
             diags.error(
                 nested.referenced,
@@ -216,9 +231,27 @@ pub(super) fn expand_preset(
             );
             continue;
         }
-        validate_allow(entry.clone(), &inner, diags, out);
+        validate_allow(entry.clone(), &inner, diags, &mut expanded);
     }
     diags.file = caller_file;
+    if let Some(cache) = ctx.expansions {
+        cache.borrow_mut().insert(
+            key,
+            super::cache::Expanded {
+                entries: expanded.clone(),
+                findings: diags.list[findings_before..].to_vec(),
+            },
+        );
+    }
+    out.extend(expanded);
+}
+
+impl Entries {
+    fn extend(&mut self, more: Entries) {
+        self.cidrs.extend(more.cidrs);
+        self.hosts.extend(more.hosts);
+        self.patterns.extend(more.patterns);
+    }
 }
 
 pub(super) fn validate_ports(

@@ -8,7 +8,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPreset {
     pub(super) preset: Spanned<String>,
@@ -21,7 +21,7 @@ pub(super) struct RawPreset {
     pub(super) allow: Vec<Spanned<RawAllow>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     pub(super) version: Spanned<u32>,
@@ -37,7 +37,7 @@ pub(super) struct RawPolicy {
     pub(super) runners: Vec<RawRunner>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRunner {
     pub(super) name: Spanned<String>,
@@ -63,7 +63,7 @@ pub(super) struct RawRunner {
     pub(super) allow: Vec<Spanned<Box<RawAllow>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDns {
     #[serde(default)]

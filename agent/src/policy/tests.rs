@@ -609,3 +609,62 @@ fn a_slice_names_the_runners_cgroup() {
     );
     assert!(e[0].contains("overlaps cgroup '/egret.slice'"), "{e:?}");
 }
+
+/// What a reload keeps (parses, preset expansions) never changes what a
+/// load says: after every kind of edit, a cached load equals a fresh one,
+/// findings included.
+#[test]
+fn a_cached_load_equals_a_fresh_one_after_every_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = dir.path().join("ranges.preset.yaml");
+    let policy = dir.path().join("policy.yaml");
+    let write = |path: &std::path::Path, text: &str| std::fs::write(path, text).unwrap();
+    let ranges = "preset: ranges\nversion: 1\nparams: [net]\nallow:\n  - cidr: \"${net}\"\n    ports: [443]\n  - cidr: 169.254.0.0/16\n";
+    write(&preset, ranges);
+    write(
+        &policy,
+        "version: 1\nvars:\n  NET: 11.0.0.0/24\nrunners:\n  - name: ci\n    cgroup: /ci\n    allow:\n      - preset: ranges\n        with: {net: \"${NET}\"}\n",
+    );
+    let mut cache = PolicyCache::default();
+    let same = |cache: &mut PolicyCache, what: &str| {
+        let cached = load_with(dir.path(), cache);
+        let fresh = load(dir.path());
+        match (cached, fresh) {
+            (Ok(c), Ok(f)) => {
+                assert_eq!(c.policy, f.policy, "{what}");
+                assert_eq!(c.warnings, f.warnings, "{what}");
+                c.policy
+            }
+            (Err(PolicyError::Invalid(c)), Err(PolicyError::Invalid(f))) => {
+                assert_eq!(c, f, "{what}");
+                panic!("{what}: invalid: {c:?}")
+            }
+            (c, f) => panic!("{what}: cached {c:?}, fresh {f:?}"),
+        }
+    };
+    let first = same(&mut cache, "first load");
+    assert!(
+        load_with(dir.path(), &mut cache)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("metadata")),
+        "the preset's warning is replayed from the cache"
+    );
+    assert_eq!(same(&mut cache, "nothing changed"), first);
+    write(&preset, &format!("{ranges}  - cidr: 12.0.0.0/24\n"));
+    let grown = same(&mut cache, "an entry added to the preset");
+    assert_eq!(
+        grown.runners[0].cidrs.len(),
+        first.runners[0].cidrs.len() + 1
+    );
+    write(
+        &policy,
+        "version: 1\nvars:\n  NET: 11.1.0.0/24\nrunners:\n  - name: ci\n    cgroup: /ci\n    allow:\n      - preset: ranges\n        with: {net: \"${NET}\"}\n",
+    );
+    let moved = same(&mut cache, "a variable the preset's parameter names");
+    assert_eq!(
+        moved.runners[0].cidrs[0].net,
+        "11.1.0.0/24".parse::<ipnet::IpNet>().unwrap()
+    );
+}

@@ -13,14 +13,23 @@ use super::*;
 /// Files named `*.preset.yaml` define presets; every other file holds
 /// runners. Variables (`vars:`) are shared by all files.
 pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnostic>) {
+    validate_with(sources, &mut PolicyCache::default())
+}
+
+/// [`validate`], parsing only files whose bytes `cache` has not seen.
+pub fn validate_with(
+    sources: &[(PathBuf, Vec<u8>)],
+    cache: &mut PolicyCache,
+) -> (Option<Policy>, Vec<Diagnostic>) {
     let mut diags = Diagnostics::default();
     let mut parsed_all = true;
+    cache.retain(sources);
 
     let mut catalog = Catalog::embedded(&mut diags);
     for (file, bytes) in sources.iter().filter(|(f, _)| presets::is_preset_file(f)) {
         diags.file = file.clone();
-        match parse::<RawPreset>(file, bytes, &mut diags) {
-            Some(raw) => catalog.add_user(file, raw, &mut diags),
+        match cache.preset(file, bytes, &mut diags) {
+            Some(raw) => catalog.add_user(file, raw, cache::sha256(bytes), &mut diags),
             None => parsed_all = false,
         }
     }
@@ -29,7 +38,7 @@ pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnost
     let mut vars: HashMap<String, (String, PathBuf, Location)> = HashMap::new();
     for (file, bytes) in sources.iter().filter(|(f, _)| !presets::is_preset_file(f)) {
         diags.file = file.clone();
-        let Some(raw) = parse::<RawPolicy>(file, bytes, &mut diags) else {
+        let Some(raw) = cache.policy(file, bytes, &mut diags) else {
             parsed_all = false;
             continue;
         };
@@ -79,6 +88,7 @@ pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnost
                 vars: &vars,
                 params: None,
                 catalog: &catalog,
+                expansions: None,
             };
             match ctx.expand(&prefix.value).and_then(|t| nat64_prefix(&t)) {
                 Ok(net) if !nat64_prefixes.contains(&net) => nat64_prefixes.push(net),
@@ -98,6 +108,7 @@ pub fn validate(sources: &[(PathBuf, Vec<u8>)]) -> (Option<Policy>, Vec<Diagnost
                 vars: &vars,
                 params: None,
                 catalog: &catalog,
+                expansions: Some(&cache.expansions),
             };
             let Some(runner) = validate_runner(raw_runner, &ctx, &mut diags) else {
                 continue;

@@ -18,6 +18,8 @@ pub(super) struct Ctx<'a> {
     /// A preset's parameters, while expanding one.
     pub(super) params: Option<&'a HashMap<String, String>>,
     pub(super) catalog: &'a Catalog,
+    /// Preset expansions kept from earlier loads, when there are any.
+    pub(super) expansions: Option<&'a std::cell::RefCell<super::cache::Expansions>>,
 }
 
 impl Ctx<'_> {
