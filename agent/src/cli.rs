@@ -85,7 +85,8 @@ pub enum Command {
     ///
     /// Flips pinned state the kernel programs read on every connect, so it
     /// works with no agent running, needs no program reload, and cannot be
-    /// undone by the job. A newly started agent keeps it. Each lockdown is
+    /// undone by the job. Connections the jobs already have open are ended
+    /// (ECONNABORTED), except, with --keep-forge, those to the forge. A newly started agent keeps it. Each lockdown is
     /// appended to the audit log in the state directory, with anything that
     /// failed after it took effect (a freeze, say); then the exit code is 2
     /// although the lockdown holds.

@@ -5,6 +5,9 @@
 //! anything that failed after it took effect (a freeze or thaw): the
 //! lockdown itself is never held up or undone by those.
 
+mod sock_diag;
+mod sockets;
+
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -55,6 +58,9 @@ pub struct Report {
     pub runners: Vec<String>,
     pub frozen: Vec<String>,
     pub thawed: Vec<String>,
+    /// Connections the lockdown ended, and those `--keep-forge` kept.
+    pub connections_ended: usize,
+    pub connections_kept: usize,
     pub took: Duration,
     /// What failed after the change took effect: a cgroup that could not
     /// be found, frozen or thawed, an audit entry that could not be
@@ -145,6 +151,24 @@ pub fn lockdown(pins: &Pins, state_dir: &Path, req: &Request) -> Result<Report, 
     let took = started.elapsed();
 
     let mut failures = Vec::new();
+    // New connections meet the lockdown in the kernel from here on; what
+    // the jobs already have open ends now, not at its own timeout.
+    // (A runner whose cgroup is gone has no job left to hold a socket.)
+    let dirs: Vec<(u32, PathBuf)> = cgroups_of(&maps, state_dir, &targets)
+        .into_iter()
+        .filter_map(|(id, dir)| dir.ok().map(|d| (id, d)))
+        .collect();
+    let cgroups = sockets::RunnerCgroups::new(&dirs);
+    let keep_forge = req.keep_forge;
+    let ended = sockets::end(&cgroups, &|runner, socket| {
+        keep_forge && sockets::still_allowed(&maps, runner, socket)
+    });
+    failures.extend(
+        ended
+            .failures
+            .iter()
+            .map(|f| format!("end connections: {f}")),
+    );
     let frozen = if req.freeze {
         set_frozen(&maps, state_dir, &targets, true, &mut failures)
     } else {
@@ -170,6 +194,8 @@ pub fn lockdown(pins: &Pins, state_dir: &Path, req: &Request) -> Result<Report, 
         runners,
         frozen,
         thawed: Vec::new(),
+        connections_ended: ended.destroyed,
+        connections_kept: ended.kept,
         took,
         failures,
     })
@@ -215,6 +241,8 @@ pub fn unlock(pins: &Pins, state_dir: &Path, names: &[String]) -> Result<Report,
         runners,
         frozen: Vec::new(),
         thawed,
+        connections_ended: 0,
+        connections_kept: 0,
         took,
         failures,
     })
@@ -258,6 +286,8 @@ pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Report, LockdownError
         runners: expired,
         frozen: Vec::new(),
         thawed,
+        connections_ended: 0,
+        connections_kept: 0,
         took: started.elapsed(),
         failures,
     })
@@ -274,7 +304,7 @@ fn set_frozen(
 ) -> Vec<String> {
     let verb = if frozen { "freeze" } else { "thaw" };
     let mut done = Vec::new();
-    for found in cgroups_of(maps, state_dir, targets) {
+    for (_, found) in cgroups_of(maps, state_dir, targets) {
         let result = found.and_then(|dir| {
             let path = dir.join("cgroup.freeze");
             std::fs::write(&path, if frozen { "1" } else { "0" })
@@ -302,10 +332,14 @@ fn record(state_dir: &Path, entry: AuditEntry, failures: &mut Vec<String>) {
 /// host-wide target stands for every installed runner. Paths come from
 /// what the agent recorded and are checked against the pinned cgroup id;
 /// failing that, the tree is searched.
-fn cgroups_of(maps: &Maps, state_dir: &Path, targets: &[Target]) -> Vec<Result<PathBuf, String>> {
+fn cgroups_of(
+    maps: &Maps,
+    state_dir: &Path,
+    targets: &[Target],
+) -> Vec<(u32, Result<PathBuf, String>)> {
     let root = match runners::cgroup2_root() {
         Ok(root) => root,
-        Err(e) => return vec![Err(e.to_string())],
+        Err(e) => return vec![(GLOBAL_RUNNER, Err(e.to_string()))],
     };
     let recorded = state_dir::recorded_cgroups(state_dir);
     let expanded = if targets.iter().any(|t| t.id == GLOBAL_RUNNER) {
@@ -316,7 +350,7 @@ fn cgroups_of(maps: &Maps, state_dir: &Path, targets: &[Target]) -> Vec<Result<P
     expanded
         .into_iter()
         .map(|t| {
-            recorded
+            let dir = recorded
                 .get(&t.name)
                 .map(|rel| runners::cgroup_dir(&root, rel))
                 .filter(|dir| runners::cgroup_id(dir).is_ok_and(|id| id == t.cgroup_id))
@@ -329,7 +363,8 @@ fn cgroups_of(maps: &Maps, state_dir: &Path, targets: &[Target]) -> Vec<Result<P
                         "the cgroup of runner '{}' (id {}) is gone",
                         t.name, t.cgroup_id
                     )
-                })
+                });
+            (t.id, dir)
         })
         .collect()
 }

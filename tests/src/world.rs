@@ -338,6 +338,33 @@ impl World {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Waits until a TCP connection from the host namespace to `remote`
+    /// (an IPv4 `ADDR:PORT`) is established, polling the kernel's table.
+    pub fn wait_established(&self, remote: &str) {
+        let addr: std::net::SocketAddrV4 = remote.parse().expect("IPv4 ADDR:PORT");
+        // /proc shows the address as its four bytes in host order, in hex.
+        let needle = format!(
+            " {:08X}:{:04X} 01 ",
+            u32::from_ne_bytes(addr.ip().octets()),
+            addr.port()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let needle = needle.clone();
+            let found = self.host.run_in(move || {
+                std::fs::read_to_string("/proc/thread-self/net/tcp")
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains(&needle))
+            });
+            if found {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("no connection to {remote} was established");
+    }
 }
 
 /// Removes what an interrupted earlier run left behind: namespaces, bpffs

@@ -198,35 +198,70 @@ fn unknown_runner_is_a_user_error() {
 }
 
 #[test]
-fn lockdown_cuts_connections_opened_before_it() {
-    if !privileged("lockdown_cuts_connections_opened_before_it") {
+fn lockdown_ends_connections_opened_before_it() {
+    if !privileged("lockdown_ends_connections_opened_before_it") {
         return;
     }
     let s = Scenario::start("enforce", ALLOW);
-    // Connect now, send again in 1.5 s; the lockdown comes in between.
-    let held = s.start_job(&["tcp-hold:203.0.113.10:443:1500"]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(cli(&s.world, &["lockdown", "--runner", "ci"]).code, 0);
+    // Connected, banner read, then waiting for more for up to 20 s: the
+    // lockdown lands while it waits, and the wait ends with the error.
+    let held = s.start_job(&["tcp-wait:203.0.113.10:443:20000"]);
+    s.world.wait_established("203.0.113.10:443");
+    let out = cli(&s.world, &["lockdown", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ended 1 open connection of the jobs"),
+        "{}",
+        out.stdout
+    );
     let held = &held.wait()[0];
     assert_eq!(
         (held.banner.as_deref(), held.errno),
-        (Some("fixture 203.0.113.10:443"), Some(libc::EAGAIN)),
-        "connected before the lockdown, then nothing came back: {held:?}"
-    );
-    assert!(
-        s.wait_event(|e| e["hook"] == "egress" && e["reason"] == "lockdown")
-            .is_some(),
-        "the backstop reports the dropped packets"
+        (Some("fixture 203.0.113.10:443"), Some(libc::ECONNABORTED)),
+        "connected before the lockdown, then ended by it, not by a timeout: {held:?}"
     );
     // With --keep-forge, a connection to the forge keeps working.
     assert_eq!(cli(&s.world, &["unlock"]).code, 0);
     let held = s.start_job(&["tcp-hold:203.0.113.10:443:1500"]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(cli(&s.world, &["lockdown", "--keep-forge"]).code, 0);
+    s.world.wait_established("203.0.113.10:443");
+    let out = cli(&s.world, &["lockdown", "--keep-forge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("kept 1 to the forge"), "{}", out.stdout);
     let held = &held.wait()[0];
     assert!(
         held.ok(),
         "the forge connection survives --keep-forge: {held:?}"
+    );
+}
+
+/// A connection to an address that is allowed, but not as the forge, is
+/// ended by `--keep-forge`; the pinned state and the command do it with no
+/// agent running.
+#[test]
+fn keep_forge_ends_every_other_connection_even_with_no_agent() {
+    if !privileged("keep_forge_ends_every_other_connection_even_with_no_agent") {
+        return;
+    }
+    let mut s = Scenario::start(
+        "enforce",
+        "- cidr: 203.0.113.10/32\n  ports: [443]\n  proto: tcp\n  forge: true\n- cidr: 203.0.113.11/32\n  ports: [443]\n",
+    );
+    s.kill_agent();
+    let forge = s.start_job(&["tcp-wait:203.0.113.10:443:3000"]);
+    let other = s.start_job(&["tcp-wait:203.0.113.11:443:20000"]);
+    s.world.wait_established("203.0.113.10:443");
+    s.world.wait_established("203.0.113.11:443");
+    let out = cli(&s.world, &["lockdown", "--keep-forge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        other.wait()[0].errno,
+        Some(libc::ECONNABORTED),
+        "the registry connection is ended"
+    );
+    assert_eq!(
+        forge.wait()[0].errno,
+        Some(libc::EAGAIN),
+        "the forge connection stays open until its own wait ends"
     );
 }
 

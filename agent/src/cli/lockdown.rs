@@ -69,6 +69,20 @@ pub fn lockdown(args: &LockdownArgs) -> ExitCode {
                     .unwrap_or_default(),
                 format_took(report.took)
             );
+            let kept = if report.connections_kept > 0 {
+                format!(", kept {} to the forge", report.connections_kept)
+            } else {
+                String::new()
+            };
+            println!(
+                "egret: ended {} open connection{} of the jobs{kept}",
+                report.connections_ended,
+                if report.connections_ended == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
             for dir in &report.frozen {
                 println!("egret: froze {dir}");
             }

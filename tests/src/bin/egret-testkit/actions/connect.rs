@@ -17,6 +17,8 @@ pub const KINDS: &[&str] = &[
     "deny-flood",
     "tcp-hold",
     "until-eperm",
+    "tcp-wait",
+    "lockdown-probe",
     "bulk",
 ];
 
@@ -232,6 +234,81 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
                 outcome.banner = Some(banner.trim().to_owned());
             }
             outcome
+        }
+        // Connect, read the banner, then wait for more: tcp-wait:ADDR:PORT:MS.
+        // The errno is what ended the wait (EAGAIN: nothing came in MS);
+        // `elapsed_ns` is the CLOCK_MONOTONIC time it ended.
+        "tcp-wait" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("tcp-wait:ADDR:MS");
+            let stream = match TcpStream::connect_timeout(&parse(addr), TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return failure(action, &e),
+            };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut banner = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut banner);
+            let _ = reader
+                .get_ref()
+                .set_read_timeout(Some(Duration::from_millis(ms.parse().expect("ms"))));
+            let mut more = String::new();
+            let mut o = match std::io::BufRead::read_line(&mut reader, &mut more) {
+                Ok(_) => failure(action, &std::io::Error::other("the connection went on")),
+                Err(e) => failure(action, &e),
+            };
+            o.banner = Some(banner.trim().to_owned());
+            o.elapsed_ns = Some(monotonic_ns());
+            o
+        }
+        // What a lockdown ends, measured from the job: a connection held
+        // open to HELD (blocked reading) and connects to LOOP in a tight
+        // loop, for MS at most: lockdown-probe:HELD,LOOP:MS. `elapsed_ns` is
+        // the CLOCK_MONOTONIC time by which both had seen an error; `others`
+        // counts connects that timed out instead (a handshake cut).
+        "lockdown-probe" => {
+            let (addrs, ms) = rest.rsplit_once(':').expect("lockdown-probe:HELD,LOOP:MS");
+            let (held_at, dst) = addrs.split_once(',').expect("HELD,LOOP");
+            let dst = parse(dst);
+            let ms: u64 = ms.parse().expect("ms");
+            let held = match TcpStream::connect_timeout(&parse(held_at), TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return failure(action, &e),
+            };
+            let _ = held.set_read_timeout(Some(Duration::from_millis(ms)));
+            let reader = std::thread::spawn(move || {
+                let mut held = held;
+                let mut buf = [0u8; 256];
+                loop {
+                    match std::io::Read::read(&mut held, &mut buf) {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => return (monotonic_ns(), None),
+                        Err(e) => return (monotonic_ns(), e.raw_os_error()),
+                    }
+                }
+            });
+            let until = Instant::now() + Duration::from_millis(ms);
+            let (mut attempts, mut cut) = (0, 0);
+            let mut refused_at = None;
+            while Instant::now() < until {
+                attempts += 1;
+                match TcpStream::connect_timeout(&dst, Duration::from_millis(100)) {
+                    Ok(s) => close_without_time_wait(&s),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => cut += 1,
+                    Err(_) => {
+                        refused_at = Some(monotonic_ns());
+                        break;
+                    }
+                }
+            }
+            let (held_ended, held_errno) = reader.join().expect("reader");
+            let Some(refused_at) = refused_at else {
+                return failure(action, &std::io::Error::other("never refused"));
+            };
+            let mut o = success(action);
+            o.elapsed_ns = Some(refused_at.max(held_ended));
+            o.errno = held_errno;
+            o.count = Some(attempts);
+            o.others = Some(cut);
+            o
         }
         // Connect in a tight loop until refused: until-eperm:ADDR:PORT:MS.
         // Reports the CLOCK_MONOTONIC time of the first EPERM.
