@@ -219,6 +219,9 @@ pub(crate) fn bench_hooks(connects: u32, datagrams: u32, megabytes: u32) -> Exit
         };
         let maps = pinned_map_ids(&pins);
         let floor = EmptyProgram::attach(&cgroup.dir("egret"));
+        // A round to warm caches, the sink and the maps, not counted.
+        let warm = format!("connect-loop:{}:2000", world::BENCH_SINK);
+        assert!(job::one(&world.host, Some(&cgroup.procs("egret")), &warm).ok());
         // The floor per call, from the workload that creates the most
         // sockets (the empty program runs at each socket's creation).
         let mut empty_ns = None;

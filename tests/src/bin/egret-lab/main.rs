@@ -101,11 +101,13 @@ enum Command {
         /// stable the figure is.
         #[arg(long, default_value_t = 5)]
         runs: u32,
-        /// Rounds per run; a round measures every side once, in turn.
-        #[arg(long, default_value_t = 9)]
+        /// Rounds per run; a round measures every side once, in turn, and
+        /// a run's figure is the median of its rounds' ratios. Many short
+        /// rounds track the machine's drift better than a few long ones.
+        #[arg(long, default_value_t = 101)]
         rounds: u32,
         /// Connects per side and round.
-        #[arg(long, default_value_t = 4000)]
+        #[arg(long, default_value_t = 1000)]
         connects: u32,
     },
 }
