@@ -222,6 +222,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     };
     agent.apply(&loaded.policy).await?;
     agent.record_applied(&loaded.files);
+    // Only now that this agent's programs hold every runner.
+    for dir in crate::datapath::retire_other_abis(&agent.opts.pins)? {
+        tracing::warn!(
+            pins = %dir.display(),
+            "detached and removed the pins another egret version left; its programs enforced a policy no reload reached"
+        );
+    }
 
     let listener = control::bind(&agent.opts.socket, agent.opts.socket_group)?;
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(16);

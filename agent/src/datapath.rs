@@ -35,7 +35,7 @@ use egret_common::{
 
 pub use hints::LearnedWriter;
 pub use maps::{EventRings, Maps};
-pub use pins::{Pins, ensure_bpffs, teardown};
+pub use pins::{Pins, ensure_bpffs, retire_other_abis, teardown};
 
 use sync::*;
 

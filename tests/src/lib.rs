@@ -7,6 +7,7 @@
 //! the namespace the test process started in.
 
 pub mod agent;
+pub mod bpf;
 pub mod cgroup;
 pub mod ci;
 pub mod docker;

@@ -193,3 +193,70 @@ fn non_root_is_refused_plainly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must run as root"), "{err}");
 }
+
+/// An upgrade changes the pin layout (the ABI version). What the previous
+/// egret left attached would go on enforcing the policy of the day of the
+/// upgrade, which no reload reaches; the new agent detaches it once its
+/// own programs hold the runner, and teardown removes every version's.
+#[test]
+fn an_agent_detaches_what_an_older_egret_left_attached() {
+    if !privileged("an_agent_detaches_what_an_older_egret_left_attached") {
+        return;
+    }
+    let mut s = Scenario::start("enforce", ALLOW);
+    s.kill_agent();
+    // The older egret: a connect4 program refusing everything, its link
+    // pinned where an ABI before this one kept its links.
+    let older = format!("v{}", egret_common::ABI_VERSION - 1);
+    let links = s.pins.bpffs.join(&older).join("links").join("1");
+    std::fs::create_dir_all(&links).expect("older links dir");
+    let old = egret_tests::bpf::attach_returning(
+        egret_tests::bpf::CONNECT4,
+        0,
+        "egret_connect4",
+        &s.cgroup.dir("ci"),
+    );
+    old.pin_link(&links.join("egret_connect4"));
+    drop(old);
+    let forge = "tcp:203.0.113.10:443";
+    assert!(
+        s.job(&[forge])[0].eperm(),
+        "the older program still refuses what the policy allows"
+    );
+    s.start_agent();
+    assert!(
+        !s.pins.bpffs.join(&older).exists(),
+        "the older pins are gone once the agent is up"
+    );
+    assert!(
+        s.job(&[forge])[0].ok(),
+        "and with them the older program: the policy decides again"
+    );
+    assert!(
+        s.agent
+            .as_ref()
+            .expect("agent")
+            .logs()
+            .contains("detached and removed the pins another egret version left"),
+        "the agent says what it did"
+    );
+
+    // Teardown removes another version's pins too.
+    s.kill_agent();
+    std::fs::create_dir_all(&links).expect("older links dir");
+    let old = egret_tests::bpf::attach_returning(
+        egret_tests::bpf::CONNECT4,
+        0,
+        "egret_connect4",
+        &s.cgroup.dir("ci"),
+    );
+    old.pin_link(&links.join("egret_connect4"));
+    drop(old);
+    let (code, out) = agent::teardown(&s.pins);
+    assert_eq!(code, 0, "{out}");
+    assert!(!s.pins.bpffs.join(&older).exists(), "{out}");
+    assert!(
+        s.job(&[forge])[0].ok(),
+        "nothing of either version holds the job"
+    );
+}

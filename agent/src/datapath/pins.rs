@@ -89,19 +89,64 @@ fn private_mount_namespace() -> bool {
     }
 }
 
-/// Removes every pin egret made under `root` and, if egret mounted the bpffs
-/// there, unmounts it. Unpinning the links detaches the programs: this is the
-/// one way enforcement ends.
+/// The pin directories another egret ABI left under `root` (`v<N>` other
+/// than this one's): an upgrade's predecessor.
+fn other_abi_dirs(pins: &Pins) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(&pins.root) else {
+        return Vec::new();
+    };
+    let ours = pins.abi_dir();
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p != &ours
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix('v'))
+                    .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                // Only what egret made: its state map or its links.
+                && (p.join("maps").join(names::STATE).exists() || p.join("links").exists())
+        })
+        .collect()
+}
+
+/// Removes a pin directory, links first, so no program outlives the maps
+/// it was judged against.
+fn remove_abi_dir(dir: &Path) -> Result<()> {
+    let links = dir.join("links");
+    if links.exists() {
+        std::fs::remove_dir_all(&links).map_err(IoError::at("remove", &links))?;
+    }
+    std::fs::remove_dir_all(dir).map_err(IoError::at("remove", dir))?;
+    Ok(())
+}
+
+/// Detaches what an older (or newer) egret ABI left attached: its links
+/// would go on enforcing the policy of the day the upgrade happened, which
+/// no reload reaches. Called once this agent's own programs are attached,
+/// so no runner has an unguarded moment. Returns the directories removed.
+pub fn retire_other_abis(pins: &Pins) -> Result<Vec<PathBuf>> {
+    let mut retired = Vec::new();
+    for dir in other_abi_dirs(pins) {
+        remove_abi_dir(&dir)?;
+        retired.push(dir);
+    }
+    Ok(retired)
+}
+
+/// Removes every pin egret made under `root` (of every ABI) and, if egret
+/// mounted the bpffs there, unmounts it. Unpinning the links detaches the
+/// programs: this is the one way enforcement ends.
 pub fn teardown(pins: &Pins) -> Result<bool> {
     let abi = pins.abi_dir();
-    let had_state = abi.exists();
-    if had_state {
-        // Links first, so no program outlives the maps it was judged against.
-        let links = pins.links_dir();
-        if links.exists() {
-            std::fs::remove_dir_all(&links).map_err(IoError::at("remove", &links))?;
-        }
-        std::fs::remove_dir_all(&abi).map_err(IoError::at("remove", &abi))?;
+    let others = other_abi_dirs(pins);
+    let had_state = abi.exists() || !others.is_empty();
+    for dir in others {
+        remove_abi_dir(&dir)?;
+    }
+    if abi.exists() {
+        remove_abi_dir(&abi)?;
     }
     if crate::mountinfo::is_mount_point(&pins.root) && statfs_type(&pins.root) == Some(BPF_FS_MAGIC)
     {

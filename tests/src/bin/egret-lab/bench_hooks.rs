@@ -70,80 +70,22 @@ fn delta(
 /// The floor: an empty `cgroup/sock_create` program (`return 1`) attached
 /// beside egret's, so the same run measures what any program costs here
 /// before it does anything (the statistics' own clock reads, the call).
-struct EmptyProgram {
-    id: u32,
-    _prog: std::os::fd::OwnedFd,
-    _link: std::os::fd::OwnedFd,
-}
+struct EmptyProgram(egret_tests::bpf::Attached);
 
 impl EmptyProgram {
     fn attach(cgroup_dir: &std::path::Path) -> Self {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-        const BPF_PROG_LOAD: libc::c_long = 5;
-        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-        const BPF_LINK_CREATE: libc::c_long = 28;
-        const BPF_PROG_TYPE_CGROUP_SOCK: u32 = 9;
-        const BPF_CGROUP_INET_SOCK_CREATE: u32 = 2;
-        // mov r0, 1; exit
-        let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), 0x95];
-        let license = c"GPL";
-        let mut attr = [0u64; 16];
-        attr[0] = u64::from(BPF_PROG_TYPE_CGROUP_SOCK) | (2 << 32);
-        attr[1] = insns.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        // prog_name sits at byte 48.
-        let name = b"egret_floor\0";
-        let bytes: &mut [u8; 128] =
-            // SAFETY: [u64; 16] and [u8; 128] have the same size; u8 has no
-            // alignment needs.
-            unsafe { &mut *attr.as_mut_ptr().cast::<[u8; 128]>() };
-        bytes[48..48 + name.len()].copy_from_slice(name);
-        bytes[68..72].copy_from_slice(&BPF_CGROUP_INET_SOCK_CREATE.to_ne_bytes());
-        let bpf = |cmd: libc::c_long, attr: &mut [u64; 16]| {
-            // SAFETY: the attr buffer outlives the call and is sized as the
-            // kernel's union for every command used here.
-            unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) }
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr);
-        assert!(
-            fd >= 0,
-            "load the empty program: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a new fd the kernel just returned, owned only here.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let cgroup = std::fs::File::open(cgroup_dir).expect("open the bench cgroup");
-        let mut attr = [0u64; 16];
-        attr[0] = (prog.as_raw_fd() as u32 as u64) | ((cgroup.as_raw_fd() as u32 as u64) << 32);
-        attr[1] = u64::from(BPF_CGROUP_INET_SOCK_CREATE);
-        let fd = bpf(BPF_LINK_CREATE, &mut attr);
-        assert!(
-            fd >= 0,
-            "attach the empty program: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: as above.
-        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // struct bpf_prog_info begins with type, then id.
-        let mut info = [0u32; 64];
-        let mut attr = [0u64; 16];
-        attr[0] = (prog.as_raw_fd() as u32 as u64) | (256 << 32);
-        attr[1] = info.as_mut_ptr() as u64;
-        assert!(
-            bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0,
-            "empty program's info"
-        );
-        Self {
-            id: info[1],
-            _prog: prog,
-            _link: link,
-        }
+        Self(egret_tests::bpf::attach_returning(
+            egret_tests::bpf::SOCK_CREATE,
+            1,
+            "egret_floor",
+            cgroup_dir,
+        ))
     }
 
     fn counters(&self) -> Counters {
         aya::programs::loaded_programs()
             .flatten()
-            .find(|p| p.id() == self.id)
+            .find(|p| p.id() == self.0.id)
             .map(|p| Counters {
                 run_ns: p.run_time().as_nanos() as u64,
                 runs: p.run_count(),
