@@ -24,11 +24,11 @@ pub(crate) fn world_sysctl(world: &World, key: &str, value: &str) {
     assert!(status.success(), "setting {key} in the host namespace");
 }
 
-/// Fills the pinned learned-IP map the way the agent would, so the kernel
-/// programs run against 10,000 exact entries.
+/// Fills the pinned learned-IP map the way the agent's DNS proxy would
+/// (hints first), so the kernel programs run against 10,000 exact entries.
 pub(crate) fn load_exact_ips(pins: &Pins, count: u32) -> usize {
-    let mut maps = egret::datapath::Maps::from_pins(&egret::datapath::Pins::new(&pins.bpffs))
-        .expect("open pinned maps");
+    let egret_pins = egret::datapath::Pins::new(&pins.bpffs);
+    let maps = egret::datapath::Maps::from_pins(&egret_pins).expect("open pinned maps");
     let (_, record) = maps
         .runner_records()
         .into_iter()
@@ -40,16 +40,20 @@ pub(crate) fn load_exact_ips(pins: &Pins, count: u32) -> usize {
     };
     rules.rules[0] = PortRule::new(443, 443, proto::TCP);
     let expires_ns = egret::clock::monotonic_ns() + Duration::from_secs(3600).as_nanos() as u64;
-    for i in 0..count {
-        let ip = std::net::Ipv4Addr::new(12, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-        let key = ExactKey {
-            runner: record.id,
-            addr: egret::compile::addr_of(ip.into()),
-        };
-        maps.learned
-            .insert(key, Learned { expires_ns, rules }, 0)
-            .expect("insert learned");
-    }
+    let entries: Vec<(ExactKey, Learned)> = (0..count)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(12, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+            let key = ExactKey {
+                runner: record.id,
+                addr: egret::compile::addr_of(ip.into()),
+            };
+            (key, Learned { expires_ns, rules })
+        })
+        .collect();
+    egret::datapath::LearnedWriter::open(&egret_pins)
+        .expect("open the learned map")
+        .insert(&entries)
+        .expect("insert learned");
     maps.count_learned(record.id)
 }
 
