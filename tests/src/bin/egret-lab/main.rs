@@ -104,7 +104,7 @@ enum Command {
         /// Rounds per run; a round measures every side once, in turn, and
         /// a run's figure is the median of its rounds' ratios. Many short
         /// rounds track the machine's drift better than a few long ones.
-        #[arg(long, default_value_t = 101)]
+        #[arg(long, default_value_t = 201)]
         rounds: u32,
         /// Connects per side and round.
         #[arg(long, default_value_t = 1000)]
