@@ -209,15 +209,18 @@ fn an_agent_detaches_what_an_older_egret_left_attached() {
     // pinned where an ABI before this one kept its links.
     let older = format!("v{}", egret_common::ABI_VERSION - 1);
     let links = s.pins.bpffs.join(&older).join("links").join("1");
-    std::fs::create_dir_all(&links).expect("older links dir");
-    let old = egret_tests::bpf::attach_returning(
-        egret_tests::bpf::CONNECT4,
-        0,
-        "egret_connect4",
-        &s.cgroup.dir("ci"),
-    );
-    old.pin_link(&links.join("egret_connect4"));
-    drop(old);
+    let plant_older = |s: &Scenario| {
+        std::fs::create_dir_all(&links).expect("older links dir");
+        let old = egret_tests::bpf::attach_returning(
+            egret_tests::bpf::CONNECT4,
+            0,
+            "egret_connect4",
+            &s.cgroup.dir("ci"),
+        );
+        old.pin_link(&links.join("egret_connect4"));
+        drop(old);
+    };
+    plant_older(&s);
     let forge = "tcp:203.0.113.10:443";
     assert!(
         s.job(&[forge])[0].eperm(),
@@ -243,15 +246,7 @@ fn an_agent_detaches_what_an_older_egret_left_attached() {
 
     // Teardown removes another version's pins too.
     s.kill_agent();
-    std::fs::create_dir_all(&links).expect("older links dir");
-    let old = egret_tests::bpf::attach_returning(
-        egret_tests::bpf::CONNECT4,
-        0,
-        "egret_connect4",
-        &s.cgroup.dir("ci"),
-    );
-    old.pin_link(&links.join("egret_connect4"));
-    drop(old);
+    plant_older(&s);
     let (code, out) = agent::teardown(&s.pins);
     assert_eq!(code, 0, "{out}");
     assert!(!s.pins.bpffs.join(&older).exists(), "{out}");

@@ -50,9 +50,10 @@ impl Hints {
 
     /// Sets every hint in `want` not set yet: before the entries go in.
     pub fn raise(&mut self, want: &HashSet<u32>) -> Result<(), MapError> {
-        for index in want.difference(&self.raised.clone()) {
-            self.map.set(*index, 1, 0)?;
-            self.raised.insert(*index);
+        let new: Vec<u32> = want.difference(&self.raised).copied().collect();
+        for index in new {
+            self.map.set(index, 1, 0)?;
+            self.raised.insert(index);
         }
         Ok(())
     }

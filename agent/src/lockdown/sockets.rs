@@ -186,7 +186,7 @@ pub fn still_allowed(maps: &Maps, runner: u32, socket: &Socket) -> bool {
         return true;
     }
     let given = crate::compile::addr_of(socket.peer);
-    let view = PeerView::read(maps, runner, addr_normal(given));
+    let view = PeerView::read(maps, runner, egret_common::addr::normalize(given));
     let dst = Destination {
         given,
         netns: 0,
@@ -201,10 +201,6 @@ pub fn still_allowed(maps: &Maps, runner: u32, socket: &Socket) -> bool {
         cgroup: socket.cgroup,
     };
     verdict::decide(&view, runner, &dst, monotonic_ns()) == Outcome::Allow
-}
-
-fn addr_normal(a: Addr) -> Addr {
-    egret_common::addr::normalize(a)
 }
 
 /// The pinned maps' answers for one runner and one destination, read

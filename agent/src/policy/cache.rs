@@ -84,23 +84,16 @@ impl PolicyCache {
         bytes: &[u8],
         diags: &mut Diagnostics,
     ) -> Option<RawPolicy> {
-        let sha256 = sha256(bytes);
-        if let Some(Cached {
-            doc: Doc::Policy(raw),
-            ..
-        }) = self.files.get(file).filter(|c| c.sha256 == sha256)
-        {
-            return Some(raw.clone());
-        }
-        let raw = parse::<RawPolicy>(file, bytes, diags)?;
-        self.files.insert(
-            file.to_owned(),
-            Cached {
-                sha256,
-                doc: Doc::Policy(raw.clone()),
+        self.parsed(
+            file,
+            bytes,
+            diags,
+            |d| match d {
+                Doc::Policy(raw) => Some(raw.clone()),
+                Doc::Preset(_) => None,
             },
-        );
-        Some(raw)
+            |raw: RawPolicy| (Doc::Policy(raw.clone()), raw),
+        )
     }
 
     /// As [`Self::policy`], for a `*.preset.yaml` file, shared rather than
@@ -111,23 +104,43 @@ impl PolicyCache {
         bytes: &[u8],
         diags: &mut Diagnostics,
     ) -> Option<std::sync::Arc<RawPreset>> {
-        let sha256 = sha256(bytes);
-        if let Some(Cached {
-            doc: Doc::Preset(raw),
-            ..
-        }) = self.files.get(file).filter(|c| c.sha256 == sha256)
-        {
-            return Some(raw.clone());
-        }
-        let raw = std::sync::Arc::new(parse::<RawPreset>(file, bytes, diags)?);
-        self.files.insert(
-            file.to_owned(),
-            Cached {
-                sha256,
-                doc: Doc::Preset(raw.clone()),
+        self.parsed(
+            file,
+            bytes,
+            diags,
+            |d| match d {
+                Doc::Preset(raw) => Some(raw.clone()),
+                Doc::Policy(_) => None,
             },
-        );
-        Some(raw)
+            |raw: RawPreset| {
+                let raw = std::sync::Arc::new(raw);
+                (Doc::Preset(raw.clone()), raw)
+            },
+        )
+    }
+
+    /// What `take` finds kept for `file` when its bytes are unchanged;
+    /// otherwise `file` parsed as `T`, kept as `keep` says.
+    fn parsed<T: serde::de::DeserializeOwned, R>(
+        &mut self,
+        file: &Path,
+        bytes: &[u8],
+        diags: &mut Diagnostics,
+        take: impl FnOnce(&Doc) -> Option<R>,
+        keep: impl FnOnce(T) -> (Doc, R),
+    ) -> Option<R> {
+        let sha256 = sha256(bytes);
+        if let Some(hit) = self
+            .files
+            .get(file)
+            .filter(|c| c.sha256 == sha256)
+            .and_then(|c| take(&c.doc))
+        {
+            return Some(hit);
+        }
+        let (doc, out) = keep(parse::<T>(file, bytes, diags)?);
+        self.files.insert(file.to_owned(), Cached { sha256, doc });
+        Some(out)
     }
 
     /// Forgets files no longer part of the policy, and expansions of

@@ -13,6 +13,15 @@ struct Counters {
     runs: u64,
 }
 
+impl Counters {
+    fn of(p: &aya::programs::ProgramInfo) -> Self {
+        Self {
+            run_ns: p.run_time().as_nanos() as u64,
+            runs: p.run_count(),
+        }
+    }
+}
+
 /// The kernel's counters of the programs that use the maps pinned under
 /// `pins`, so copies loaded by anything else on the machine never count.
 fn snapshot(maps: &HashSet<u32>) -> BTreeMap<u32, (String, Counters)> {
@@ -32,11 +41,7 @@ fn snapshot(maps: &HashSet<u32>) -> BTreeMap<u32, (String, Counters)> {
                 .find(|full| full.starts_with(short))
                 .map_or(short, |full| *full)
                 .to_owned();
-            let c = Counters {
-                run_ns: p.run_time().as_nanos() as u64,
-                runs: p.run_count(),
-            };
-            (p.id(), (name, c))
+            (p.id(), (name, Counters::of(&p)))
         })
         .collect()
 }
@@ -86,10 +91,7 @@ impl EmptyProgram {
         aya::programs::loaded_programs()
             .flatten()
             .find(|p| p.id() == self.0.id)
-            .map(|p| Counters {
-                run_ns: p.run_time().as_nanos() as u64,
-                runs: p.run_count(),
-            })
+            .map(|p| Counters::of(&p))
             .unwrap_or_default()
     }
 }

@@ -97,41 +97,18 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
         "connect-loop" => {
             let (addr, n) = rest.rsplit_once(':').expect("connect-loop:ADDR:N");
             let dst = parse(addr);
-            let n: u64 = n.parse().expect("count");
-            let start = Instant::now();
-            for i in 0..n {
-                match TcpStream::connect_timeout(&dst, TIMEOUT) {
-                    Ok(s) => close_without_time_wait(&s),
-                    Err(e) => {
-                        let mut o = failure(action, &e);
-                        o.count = Some(i);
-                        return o;
-                    }
-                }
-            }
-            let mut o = success(action);
-            o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
-            o.count = Some(n);
-            o
+            timed_loop(action, n.parse().expect("count"), || {
+                TcpStream::connect_timeout(&dst, TIMEOUT).map(|s| close_without_time_wait(&s))
+            })
         }
         // N datagrams from one unconnected socket: sendto-loop:ADDR:PORT:N.
         "sendto-loop" => {
             let (addr, n) = rest.rsplit_once(':').expect("sendto-loop:ADDR:N");
             let dst = parse(addr);
-            let n: u64 = n.parse().expect("count");
             let sock = UdpSocket::bind(unspecified_for(&dst)).expect("bind udp");
-            let start = Instant::now();
-            for i in 0..n {
-                if let Err(e) = sock.send_to(b"egret-bench", dst) {
-                    let mut o = failure(action, &e);
-                    o.count = Some(i);
-                    return o;
-                }
-            }
-            let mut o = success(action);
-            o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
-            o.count = Some(n);
-            o
+            timed_loop(action, n.parse().expect("count"), || {
+                sock.send_to(b"egret-bench", dst).map(drop)
+            })
         }
         // Connect over and over for a while: hammer:ADDR:PORT:MS. Counts how
         // many attempts succeeded, got EPERM, or failed otherwise.
@@ -362,6 +339,23 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
         }
         other => panic!("unknown action {other}"),
     }
+}
+
+/// `step` done `n` times, timed; the first failure ends it, with how many
+/// went through before.
+fn timed_loop(action: &str, n: u64, mut step: impl FnMut() -> std::io::Result<()>) -> Outcome {
+    let start = Instant::now();
+    for i in 0..n {
+        if let Err(e) = step() {
+            let mut o = failure(action, &e);
+            o.count = Some(i);
+            return o;
+        }
+    }
+    let mut o = success(action);
+    o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
+    o.count = Some(n);
+    o
 }
 
 fn udp_with_cmsg(action: &str, dst: SocketAddr) -> Outcome {
