@@ -30,6 +30,21 @@ pub const CONNECT4: Hook = Hook {
     prog_type: 18,
     attach_type: 10,
 };
+/// `cgroup/sock_release`.
+pub const SOCK_RELEASE: Hook = Hook {
+    prog_type: 9,
+    attach_type: 34,
+};
+/// `cgroup/setsockopt`.
+pub const SETSOCKOPT: Hook = Hook {
+    prog_type: 25,
+    attach_type: 22,
+};
+/// `cgroup_skb/egress`.
+pub const EGRESS: Hook = Hook {
+    prog_type: 8,
+    attach_type: 1,
+};
 
 /// A program attached to a cgroup through a link, until dropped (or, once
 /// pinned, until its pin is removed).

@@ -17,6 +17,8 @@ use super::*;
 #[derive(Default)]
 pub struct PolicyCache {
     files: HashMap<PathBuf, Cached>,
+    /// Large presets' pieces, by file.
+    pieces: HashMap<PathBuf, Pieces>,
     pub(super) expansions: RefCell<Expansions>,
 }
 
@@ -87,17 +89,18 @@ impl PolicyCache {
         self.parsed(
             file,
             bytes,
-            diags,
             |d| match d {
                 Doc::Policy(raw) => Some(raw.clone()),
                 Doc::Preset(_) => None,
             },
-            |raw: RawPolicy| (Doc::Policy(raw.clone()), raw),
+            |_| parse::<RawPolicy>(file, bytes, diags),
+            |raw| (Doc::Policy(raw.clone()), raw),
         )
     }
 
     /// As [`Self::policy`], for a `*.preset.yaml` file, shared rather than
-    /// copied.
+    /// copied. A large one is parsed in pieces ([`Pieces`]), and an edit
+    /// parses again only the pieces it touched.
     pub(super) fn preset(
         &mut self,
         file: &Path,
@@ -107,12 +110,20 @@ impl PolicyCache {
         self.parsed(
             file,
             bytes,
-            diags,
             |d| match d {
                 Doc::Preset(raw) => Some(raw.clone()),
                 Doc::Policy(_) => None,
             },
-            |raw: RawPreset| {
+            |cache| {
+                std::str::from_utf8(bytes)
+                    .ok()
+                    .filter(|text| {
+                        text.len() >= pieces::MIN_BYTES && first_tab_indent(text).is_none()
+                    })
+                    .and_then(|text| cache.pieces.entry(file.to_owned()).or_default().parse(text))
+                    .or_else(|| parse::<RawPreset>(file, bytes, diags))
+            },
+            |raw| {
                 let raw = std::sync::Arc::new(raw);
                 (Doc::Preset(raw.clone()), raw)
             },
@@ -120,13 +131,13 @@ impl PolicyCache {
     }
 
     /// What `take` finds kept for `file` when its bytes are unchanged;
-    /// otherwise `file` parsed as `T`, kept as `keep` says.
-    fn parsed<T: serde::de::DeserializeOwned, R>(
+    /// otherwise what `parse` makes of it, kept as `keep` says.
+    fn parsed<T, R>(
         &mut self,
         file: &Path,
         bytes: &[u8],
-        diags: &mut Diagnostics,
         take: impl FnOnce(&Doc) -> Option<R>,
+        parse: impl FnOnce(&mut Self) -> Option<T>,
         keep: impl FnOnce(T) -> (Doc, R),
     ) -> Option<R> {
         let sha256 = sha256(bytes);
@@ -138,7 +149,7 @@ impl PolicyCache {
         {
             return Some(hit);
         }
-        let (doc, out) = keep(parse::<T>(file, bytes, diags)?);
+        let (doc, out) = keep(parse(self)?);
         self.files.insert(file.to_owned(), Cached { sha256, doc });
         Some(out)
     }
@@ -148,6 +159,8 @@ impl PolicyCache {
     /// there are few, and they never change).
     pub(super) fn retain(&mut self, sources: &[(PathBuf, Vec<u8>)]) {
         self.files
+            .retain(|file, _| sources.iter().any(|(f, _)| f == file));
+        self.pieces
             .retain(|file, _| sources.iter().any(|(f, _)| f == file));
         let mut expansions = self.expansions.borrow_mut();
         if expansions.len() > MAX_EXPANSIONS {

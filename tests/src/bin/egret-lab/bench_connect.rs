@@ -24,6 +24,19 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
     cgroup.child("bare");
     let guarded = cgroup.child("egret");
     let nft_cgroup = cgroup.child("nft");
+    cgroup.child("hooks");
+    // What the kernel's calls alone cost: a program that only allows, on
+    // each hook a short connection passes through in egret.
+    let _empty: Vec<_> = [
+        egret_tests::bpf::SOCK_CREATE,
+        egret_tests::bpf::CONNECT4,
+        egret_tests::bpf::SETSOCKOPT,
+        egret_tests::bpf::EGRESS,
+        egret_tests::bpf::SOCK_RELEASE,
+    ]
+    .into_iter()
+    .map(|hook| egret_tests::bpf::attach_returning(hook, 1, "egret_empty", &cgroup.dir("hooks")))
+    .collect();
 
     let mut allow =
         String::from("      - cidr: 203.0.113.0/24\n        ports: [9000]\n        proto: tcp\n");
@@ -58,6 +71,9 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
         "  nftables: `socket cgroupv2 level N` on the job's cgroup, established flows first, metadata and lateral ranges rejected, the same {CIDRS} CIDRs as an interval set, then reject"
     );
     println!(
+        "  empty programs: one that only allows on each of the hooks a short connection passes in egret (sock_create, connect4, setsockopt, egress, sock_release)"
+    );
+    println!(
         "  target {} (a listener that accepts and closes); {runs} runs of {rounds} rounds of {connects} connects per side, the sides in turn",
         world::BENCH_SINK
     );
@@ -72,33 +88,41 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
         assert!(o.ok(), "{rel}: {o:?}");
         f64::from(connects) / (o.elapsed_ns.expect("elapsed") as f64 / 1e9)
     };
-    let sides = ["bare", "egret", "nft"];
+    let sides = ["bare", "egret", "nft", "hooks"];
     // A round to warm caches and the sink, not counted.
     for side in sides {
         rate(side);
     }
-    let (mut egret_runs, mut nft_runs, mut bare_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut egret_runs, mut nft_runs, mut empty_runs, mut bare_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let (mut egret_ratios, mut nft_ratios) = (Vec::new(), Vec::new());
+        let (mut egret_ratios, mut nft_ratios, mut empty_ratios) =
+            (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             // Each side goes first as often as the others.
-            let mut measured = [0.0; 3];
-            for k in 0..3 {
-                let side = (round as usize + k) % 3;
+            let mut measured = [0.0; 4];
+            for k in 0..sides.len() {
+                let side = (round as usize + k) % sides.len();
                 measured[side] = rate(sides[side]);
             }
             bare_rates.push(measured[0]);
             egret_ratios.push(100.0 * measured[1] / measured[0]);
             nft_ratios.push(100.0 * measured[2] / measured[0]);
+            empty_ratios.push(100.0 * measured[3] / measured[0]);
         }
-        let (e, n) = (median(&mut egret_ratios), median(&mut nft_ratios));
+        let (e, n, h) = (
+            median(&mut egret_ratios),
+            median(&mut nft_ratios),
+            median(&mut empty_ratios),
+        );
         println!(
-            "  run {}: egret {e:>6.1}% of bare, nftables {n:>6.1}% of bare",
+            "  run {}: egret {e:>6.1}% of bare, nftables {n:>6.1}%, empty programs {h:>6.1}%",
             run + 1
         );
         let _ = std::io::stdout().flush();
         egret_runs.push(e);
         nft_runs.push(n);
+        empty_runs.push(h);
     }
     let spread = |v: &[f64]| {
         v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min)
@@ -115,6 +139,11 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
     println!(
         "  nftables: {:>6.1}% of bare (median of {runs} runs, spread {ns:.1} points)",
         median(&mut nft_runs)
+    );
+    println!(
+        "  empty programs: {:>6.1}% of bare (median of {runs} runs, spread {:.1} points): the kernel's calls alone",
+        median(&mut empty_runs),
+        spread(&empty_runs)
     );
     ExitCode::SUCCESS
 }
