@@ -44,7 +44,7 @@ fn family<
 
 /// The kernel's per-runner counters that are denials, by the reason label
 /// they get.
-const DENIALS: [(&str, &str); 8] = [
+const DENIALS: [(&str, &str); 7] = [
     ("denied_not_allowed", "not_allowed"),
     ("denied_metadata", "metadata"),
     ("denied_lateral", "lateral"),
@@ -52,7 +52,6 @@ const DENIALS: [(&str, &str); 8] = [
     ("denied_socket_kind", "socket_kind"),
     ("denied_dns", "dns"),
     ("denied_socket_option", "socket_option"),
-    ("quota", "quota"),
 ];
 
 /// The Prometheus text exposition of `status`.

@@ -260,7 +260,6 @@ fn judge(maps: &mut PlanMaps, runner: u32, rules: &[HostRule], step: &Step<'_>) 
             }
             let destination = Destination {
                 given: compile::addr_of(*dst),
-                netns: 0,
                 port: *port,
                 proto: *proto,
                 family: if dst.is_ipv4() { 4 } else { 6 },

@@ -15,7 +15,7 @@ use std::{
 
 use egret_common::{
     addr::Addr,
-    maps::{Baseline, CidrKey, ExactKey, Learned, Nat64Entry, OwnedKey},
+    maps::{Baseline, CidrKey, ExactKey, Learned, Nat64Entry},
     rules::PortRules,
     state::{GLOBAL_RUNNER, Lockdown, RunnerState},
     verdict::{self, Destination, Lookup, Outcome},
@@ -189,7 +189,6 @@ pub fn still_allowed(maps: &Maps, runner: u32, socket: &Socket) -> bool {
     let view = PeerView::read(maps, runner, egret_common::addr::normalize(given));
     let dst = Destination {
         given,
-        netns: 0,
         port: socket.peer_port,
         proto: socket.protocol,
         family: if i32::from(socket.family) == libc::AF_INET {
@@ -283,7 +282,7 @@ impl Lookup for PeerView {
             .then_some(self.learned.as_ref())
             .flatten()
     }
-    fn loopback_owner(&self, _key: &OwnedKey) -> Option<u32> {
+    fn listener_runner(&self, _dst: &Destination, _target: &Addr) -> Option<u32> {
         None
     }
     fn nat64(&self, target: &Addr) -> Option<&Nat64Entry> {

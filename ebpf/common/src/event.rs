@@ -69,8 +69,9 @@ pub mod hook {
     /// The agent's DNS proxy (events it writes itself).
     pub const DNS_PROXY: u8 = 7;
     pub const SETSOCKOPT: u8 = 8;
-    /// A bind that would own a loopback address past the runner's quota.
-    pub const POST_BIND: u8 = 9;
+    /// A bind onto a loopback or wildcard address where another runner's
+    /// job, or a host service, already listens (`bind4`, `bind6`).
+    pub const BIND: u8 = 9;
     /// The agent's look through a runner's processes.
     pub const PROCESS_SCAN: u8 = 10;
 
@@ -84,7 +85,7 @@ pub mod hook {
             SOCK_CREATE => "sock_create",
             EGRESS => "egress",
             SETSOCKOPT => "setsockopt",
-            POST_BIND => "post_bind",
+            BIND => "bind",
             PROCESS_SCAN => "process_scan",
             _ => "unknown",
         }

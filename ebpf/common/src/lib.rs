@@ -29,7 +29,7 @@ mod user;
 /// Bumped whenever a layout below changes, so an upgraded agent never reads a
 /// pinned map written with another layout: pins live in a directory named
 /// after this version.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Ports with a meaning of their own to the programs.
 pub mod port {

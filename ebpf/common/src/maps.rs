@@ -21,20 +21,15 @@ pub const LEARNED: &str = "EGRET_LEARNED";
 /// resolvers), in one trie so a verdict pays for one lookup. The agent
 /// merges the two sets ([`merged_baseline`]).
 pub const BASELINE: &str = "EGRET_BASELINE";
-/// `HashMap<OwnedKey, Owner>`: loopback and wildcard listeners opened inside
-/// a runner's cgroup, for `loopback: own`.
-pub const OWNED: &str = "EGRET_OWNED";
-/// `Array<u64>` indexed by runner id: how many [`OWNED`] entries the
-/// runner's sockets hold, against [`OWNED_PER_RUNNER`].
-pub const OWNED_COUNTS: &str = "EGRET_OWNED_N";
 /// `Array<u8>` of [`hint`] rows: which /8 blocks of IPv4 and which first
 /// bytes of IPv6 may hold an entry of the baseline, of a runner's CIDRs or
 /// of its learned addresses, so a verdict skips a lookup that cannot match.
 pub const HINTS: &str = "EGRET_HINTS";
-/// Socket-local storage of [`SockNote`]: what a socket's own hooks need to
-/// remember about it (the resolver a redirected DNS query was aimed at, the
-/// [`OWNED`] entry it holds). It goes away with the socket, and a socket
-/// without one costs its release a single lookup.
+/// Socket-local storage of [`SockNote`]: what egret remembers about a
+/// socket (the resolver a redirected DNS query was aimed at; the runner
+/// whose job bound it to loopback, which `loopback: own` asks of the
+/// listener a connect reaches). It goes away with the socket, so nothing
+/// runs when a socket closes.
 pub const SOCKS: &str = "EGRET_SOCKS";
 /// `LpmTrie<Addr, Nat64Entry>`: the NAT64 prefixes a policy declares,
 /// whose destinations are judged by the IPv4 address they carry (the
@@ -60,15 +55,13 @@ pub const URGENT_EVENTS: &str = "EGRET_URGENT";
 /// Every map the kernel object defines, by the name it is pinned under.
 /// ([`RUNNERS`] is the agent's own and not in the object; the loader also
 /// makes maps of the object's data sections, named after them.)
-pub const IN_OBJECT: [&str; 15] = [
+pub const IN_OBJECT: [&str; 13] = [
     STATE,
     LOCKDOWN,
     CIDRS,
     LEARNED,
     BASELINE,
     NAT64,
-    OWNED,
-    OWNED_COUNTS,
     HINTS,
     SOCKS,
     CONTAINER_GROUPS,
@@ -86,16 +79,6 @@ pub const LEARNED_CAPACITY: u32 = 131_072;
 pub const BASELINE_CAPACITY: u32 = 1_024;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const URGENT_EVENTS_BYTES: u32 = 1 << 18;
-/// Loopback listeners one runner's jobs may own at once: an equal share of
-/// [`OWNED_CAPACITY`], so no runner can fill the map for the others. Past
-/// it, a bind that would own an address fails with EPERM and a `quota`
-/// event.
-pub const OWNED_PER_RUNNER: u64 = 1_024;
-/// Every runner's share.
-pub const OWNED_CAPACITY: u32 = MAX_RUNNERS * OWNED_PER_RUNNER as u32;
-/// `BPF_F_NO_PREALLOC`: entries are allocated as listeners appear, so the
-/// room every runner's share needs costs nothing until used.
-pub const NO_PREALLOC: u32 = 1;
 /// Containers of CI jobs the agent tracks at once, and their addresses.
 pub const CONTAINERS_CAPACITY: u32 = 16_384;
 pub const PEERS_CAPACITY: u32 = 65_536;
@@ -154,47 +137,6 @@ pub struct Learned {
     pub rules: PortRules,
 }
 const _: () = assert!(core::mem::size_of::<Learned>() == 8 + core::mem::size_of::<PortRules>());
-
-/// A listener in one network namespace: its address (loopback, or the
-/// unspecified address of a wildcard bind; IPv4 mapped), port and protocol.
-/// Keyed by address too, so a job that binds `[::1]:P` or `127.0.0.2:P`
-/// owns exactly that, never a host service on `127.0.0.1:P`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct OwnedKey {
-    /// `bpf_get_netns_cookie`: loopback is per network namespace.
-    pub netns: u64,
-    pub addr: Addr,
-    pub port: u16,
-    /// IP protocol number.
-    pub proto: u8,
-    pub _pad: [u8; 5],
-}
-const _: () = assert!(core::mem::size_of::<OwnedKey>() == 32);
-
-impl OwnedKey {
-    #[inline(always)]
-    pub const fn new(netns: u64, addr: Addr, port: u16, proto: u8) -> Self {
-        Self {
-            netns,
-            addr,
-            port,
-            proto,
-            _pad: [0; 5],
-        }
-    }
-}
-
-/// Who owns a listener: the runner, and the socket, so that only that
-/// socket's release removes the entry.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
-    pub runner: u32,
-    pub _pad: u32,
-    pub cookie: u64,
-}
-const _: () = assert!(core::mem::size_of::<Owner>() == 16);
 
 /// A baseline entry as the agent compiles it, before the metadata and
 /// lateral sets are merged into one trie.
@@ -370,16 +312,16 @@ const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 24);
 pub struct SockNote {
     /// [`sock_note`] bits: which fields below hold something.
     pub flags: u32,
-    pub _pad: u32,
+    /// The runner whose job bound the socket to a loopback or wildcard
+    /// address ([`sock_note::LISTENER`]).
+    pub runner: u32,
     pub dns_origin: DnsOrigin,
-    /// The [`OWNED`] entry this socket made, which its release removes.
-    pub owned: OwnedKey,
 }
-const _: () = assert!(core::mem::size_of::<SockNote>() == 64);
+const _: () = assert!(core::mem::size_of::<SockNote>() == 32);
 
 pub mod sock_note {
     pub const DNS_ORIGIN: u32 = 1 << 0;
-    pub const OWNS_LISTENER: u32 = 1 << 1;
+    pub const LISTENER: u32 = 1 << 1;
 }
 
 /// Counter slots kept per runner.
@@ -398,10 +340,7 @@ pub mod counter {
     /// DNS queries refused in the kernel: no proxy, or lockdown.
     pub const DENIED_DNS: u32 = 9;
     pub const DENIED_SOCKET_OPTION: u32 = 10;
-    /// Past the runner's share of a shared map: learned addresses (counted
-    /// by the agent's DNS proxy) and loopback listeners (by `post_bind`).
-    pub const QUOTA: u32 = 11;
-    pub const KINDS: u32 = 12;
+    pub const KINDS: u32 = 11;
     pub const NAMES: [&str; KINDS as usize] = [
         "allowed",
         "denied_not_allowed",
@@ -414,7 +353,6 @@ pub mod counter {
         "denied_socket_kind",
         "denied_dns",
         "denied_socket_option",
-        "quota",
     ];
 }
 

@@ -3,8 +3,8 @@
 use crate::{
     event::Event,
     maps::{
-        Baseline, BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, OwnedKey,
-        Owner, PeerKey, SockNote,
+        Baseline, BaselineEntry, CidrKey, DnsOrigin, ExactKey, Learned, Nat64Entry, PeerKey,
+        SockNote,
     },
     rules::{PortRule, PortRules},
     state::{Lockdown, RunnerName, RunnerRecord, RunnerState},
@@ -24,8 +24,6 @@ unsafe impl aya::Pod for Learned {}
 unsafe impl aya::Pod for BaselineEntry {}
 unsafe impl aya::Pod for Baseline {}
 unsafe impl aya::Pod for SockNote {}
-unsafe impl aya::Pod for OwnedKey {}
-unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for Event {}
 unsafe impl aya::Pod for DnsOrigin {}
 unsafe impl aya::Pod for Nat64Entry {}

@@ -9,7 +9,7 @@
 use crate::{
     addr::{self, Addr},
     event::reason,
-    maps::{Baseline, ExactKey, Learned, Nat64Entry, OwnedKey, hint, lateral_kind},
+    maps::{Baseline, ExactKey, Learned, Nat64Entry, hint, lateral_kind},
     rules::{PortRules, rules_flags},
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags, lockdown_flags},
 };
@@ -36,8 +36,12 @@ pub trait Lookup {
     fn cidr(&self, runner: u32, target: &Addr) -> Option<&PortRules>;
     /// An address the runner's DNS answers taught it.
     fn learned(&self, key: &ExactKey) -> Option<&Learned>;
-    /// The runner that owns a loopback (or wildcard) listener.
-    fn loopback_owner(&self, key: &OwnedKey) -> Option<u32>;
+    /// The runner whose job bound the listener a connection to the
+    /// loopback address `target` reaches, found as the kernel delivers it:
+    /// in the socket's own network namespace, a specific address before a
+    /// wildcard, a v6 wildcard taking IPv4 too. `None` for a host
+    /// service's listener, or none.
+    fn listener_runner(&self, dst: &Destination, target: &Addr) -> Option<u32>;
     /// The declared NAT64 prefix (other than the well-known `/96`)
     /// `target` lies in.
     fn nat64(&self, target: &Addr) -> Option<&Nat64Entry>;
@@ -52,8 +56,6 @@ pub trait Lookup {
 pub struct Destination {
     /// What the job passed (v4 in mapped form), reported in events.
     pub given: Addr,
-    /// The socket's network namespace, for loopback ownership.
-    pub netns: u64,
     pub port: u16,
     /// IP protocol number.
     pub proto: u8,
@@ -116,10 +118,9 @@ pub fn lock_of<M: Lookup + ?Sized>(
     })
 }
 
-/// Whether `runner` owns the listener a loopback `target` reaches: one
-/// bound to that very address, or a wildcard bind of its family (a v6
-/// wildcard takes IPv4 too); a connect to the unspecified address reaches
-/// the family's loopback address.
+/// Whether `runner`'s job opened the listener a loopback `target`
+/// reaches. A connect to the unspecified address reaches the family's
+/// loopback address.
 #[inline(always)]
 fn owns_listener<M: Lookup + ?Sized>(
     maps: &M,
@@ -127,21 +128,14 @@ fn owns_listener<M: Lookup + ?Sized>(
     dst: &Destination,
     target: &Addr,
 ) -> bool {
-    let owned = |a: Addr| {
-        maps.loopback_owner(&OwnedKey::new(dst.netns, a, dst.port, dst.proto)) == Some(runner)
-    };
-    let v4_any = addr::mapped_v4([0, 0, 0, 0]);
-    let v6_any = [0u8; 16];
-    if owned(*target) {
-        return true;
-    }
-    if addr::is_mapped_v4(target) {
-        (*target == v4_any && owned(addr::mapped_v4([127, 0, 0, 1])))
-            || owned(v4_any)
-            || owned(v6_any)
+    let reached = if *target == addr::mapped_v4([0, 0, 0, 0]) {
+        addr::mapped_v4([127, 0, 0, 1])
+    } else if *target == [0; 16] {
+        addr::LOOPBACK_V6
     } else {
-        (*target == v6_any && owned(addr::LOOPBACK_V6)) || owned(v6_any)
-    }
+        *target
+    };
+    maps.listener_runner(dst, &reached) == Some(runner)
 }
 
 /// Whether the destination is DNS, which the hooks redirect to the

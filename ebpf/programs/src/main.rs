@@ -8,17 +8,14 @@
 //! denies. The verdict itself lives in `egret_common::verdict`, shared with
 //! the host tests; here are the hooks that feed it and act on it:
 //! - `maps`: the map statics and the verdict's view of them;
-//! - `sock_addr`: connect, sendmsg, recvmsg and getpeername, and the DNS
-//!   redirect to the runner's proxy;
-//! - `sock`: socket creation, loopback listeners and their release;
+//! - `sock_addr`: connect, sendmsg, bind, recvmsg and getpeername, and the
+//!   DNS redirect to the runner's proxy;
+//! - `sock`: socket creation and options, and which loopback listeners are
+//!   the runner's;
 //! - `skb`: the packet-level backstop;
 //! - `report`: counters and events.
 #![no_std]
 #![no_main]
-// The BPF target has atomic adds but no compare-and-swap, so core's atomic
-// types offer no `fetch_add` there; the intrinsic is the atomic add itself.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod maps;
 mod report;

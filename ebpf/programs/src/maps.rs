@@ -4,8 +4,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
-    helpers::generated::bpf_sk_storage_get,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type,
+        bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6,
+    },
+    helpers::generated::{
+        bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_sk_storage_get,
+    },
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -14,12 +20,11 @@ use egret_common::{
     maps::{
         ADDR_BITS, BASELINE_CAPACITY, Baseline, CIDR_KEY_BITS, CIDRS_CAPACITY, CONTAINERS_CAPACITY,
         COUNTERS_LEN, CidrKey, EVENTS_BYTES, ExactKey, LEARNED_CAPACITY, Learned, NAT64_CAPACITY,
-        NO_PREALLOC, Nat64Entry, OWNED_CAPACITY, OwnedKey, Owner, PEERS_CAPACITY, PeerKey,
-        SockNote, URGENT_EVENTS_BYTES, hint,
+        Nat64Entry, PEERS_CAPACITY, PeerKey, SockNote, URGENT_EVENTS_BYTES, hint, sock_note,
     },
-    rules::PortRules,
+    rules::{PortRules, proto},
     state::{Lockdown, MAX_RUNNERS, RunnerState},
-    verdict::Lookup,
+    verdict::{Destination, Lookup},
 };
 
 /// Set by the agent for each runner's copy of the programs
@@ -55,13 +60,6 @@ pub static BASELINE: LpmTrie<Addr, Baseline> = LpmTrie::pinned(BASELINE_CAPACITY
 
 #[map(name = "EGRET_NAT64")]
 pub static NAT64: LpmTrie<Addr, Nat64Entry> = LpmTrie::pinned(NAT64_CAPACITY, 0);
-
-#[map(name = "EGRET_OWNED")]
-pub static OWNED: HashMap<OwnedKey, Owner> = HashMap::pinned(OWNED_CAPACITY, NO_PREALLOC);
-
-/// Runner id → how many OWNED entries its sockets hold.
-#[map(name = "EGRET_OWNED_N")]
-pub static OWNED_COUNTS: Array<u64> = Array::pinned(MAX_RUNNERS, 0);
 
 #[map(name = "EGRET_HINTS")]
 pub static HINTS: Array<u8> = Array::pinned(hint::CAPACITY, 0);
@@ -142,8 +140,84 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map(name = "EGRET_URGENT")]
 pub static URGENT_EVENTS: RingBuf = RingBuf::pinned(URGENT_EVENTS_BYTES, 0);
 
-/// The verdict's view of the maps above.
-pub struct Kernel;
+/// The verdict's view of the maps above, and, in the hooks that run for a
+/// socket's `connect()` or `sendmsg()`, of the kernel's listeners.
+pub struct Kernel {
+    sock_addr: *mut bpf_sock_addr,
+}
+
+impl Kernel {
+    /// The maps alone: no listener is anyone's.
+    pub const MAPS: Self = Self {
+        sock_addr: core::ptr::null_mut(),
+    };
+
+    /// The maps, and the listeners the socket of `sock_addr` can reach.
+    #[inline(always)]
+    pub const fn for_socket(sock_addr: *mut bpf_sock_addr) -> Self {
+        Self { sock_addr }
+    }
+
+    /// The runner whose job bound `listener`, from its note.
+    ///
+    /// # Safety
+    /// `listener` must be a socket from a successful `bpf_sk_lookup_*`,
+    /// not yet released; this releases it.
+    #[inline(always)]
+    unsafe fn runner_of(listener: *mut aya_ebpf::bindings::bpf_sock) -> Option<u32> {
+        // SAFETY: a referenced socket from the lookup; the note is copied
+        // out before the reference is dropped.
+        unsafe {
+            let note = SOCKS.note(listener.cast(), false).map(|n| *n);
+            bpf_sk_release(listener.cast());
+            note.filter(|n| n.flags & sock_note::LISTENER != 0)
+                .map(|n| n.runner)
+        }
+    }
+
+    /// The kernel's own lookup, in the socket's network namespace, so the
+    /// listener judged is the one the connection will reach.
+    ///
+    /// `None` when nothing listens there; else the runner whose job bound
+    /// the listener, if a job did.
+    #[inline(always)]
+    pub fn listener(&self, dst: &Destination, target: &Addr) -> Option<Option<u32>> {
+        if self.sock_addr.is_null() {
+            return None;
+        }
+        // SAFETY: a plain C struct of integers, valid all zero.
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        let size = if egret_common::addr::is_mapped_v4(target) {
+            tuple.__bindgen_anon_1.ipv4.daddr =
+                u32::from_ne_bytes([target[12], target[13], target[14], target[15]]);
+            tuple.__bindgen_anon_1.ipv4.dport = dst.port.to_be();
+            core::mem::size_of::<TupleV4>()
+        } else {
+            let word = |i: usize| {
+                u32::from_ne_bytes([target[i], target[i + 1], target[i + 2], target[i + 3]])
+            };
+            tuple.__bindgen_anon_1.ipv6.daddr = [word(0), word(4), word(8), word(12)];
+            tuple.__bindgen_anon_1.ipv6.dport = dst.port.to_be();
+            core::mem::size_of::<TupleV6>()
+        } as u32;
+        let ctx = self.sock_addr.cast();
+        let netns = BPF_F_CURRENT_NETNS as u64;
+        // SAFETY: the context of the sock_addr program running, and a
+        // tuple of the size given; a found socket is released below.
+        let listener = unsafe {
+            match dst.proto {
+                proto::IPPROTO_TCP => bpf_sk_lookup_tcp(ctx, &mut tuple, size, netns, 0),
+                proto::IPPROTO_UDP => bpf_sk_lookup_udp(ctx, &mut tuple, size, netns, 0),
+                _ => return None,
+            }
+        };
+        if listener.is_null() {
+            return None;
+        }
+        // SAFETY: found just now, released there.
+        Some(unsafe { Self::runner_of(listener) })
+    }
+}
 
 impl Lookup for Kernel {
     #[inline(always)]
@@ -188,10 +262,8 @@ impl Lookup for Kernel {
     }
 
     #[inline(always)]
-    fn loopback_owner(&self, key: &OwnedKey) -> Option<u32> {
-        // SAFETY: the pointer comes from a successful lookup and is read
-        // at once; entries are plain integers, valid in any state.
-        OWNED.get_ptr(key).map(|o| unsafe { (*o).runner })
+    fn listener_runner(&self, dst: &Destination, target: &Addr) -> Option<u32> {
+        self.listener(dst, target).flatten()
     }
 
     // Out of line: the verifier then checks it once per caller instead of

@@ -98,9 +98,9 @@ pub fn emit(runner: u32, dst: &Destination, why: u8, act: u8, sock_type: u8, ori
 /// Takes the shared verdict on `dst` for this runner, counts it, reports
 /// denials and audits, and returns what the hook returns to the kernel.
 #[inline(always)]
-pub fn judge(dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
+pub fn judge(maps: &Kernel, dst: &Destination, origin: impl Fn() -> Origin) -> i32 {
     let runner = runner_id();
-    let (why, act) = match decide_at(&Kernel, runner, dst, &verdict_clock()) {
+    let (why, act) = match decide_at(maps, runner, dst, &verdict_clock()) {
         Outcome::Allow => {
             count(runner, counter::ALLOWED);
             return ALLOW;

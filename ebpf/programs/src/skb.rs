@@ -118,14 +118,13 @@ fn backstop(ctx: &SkBuffContext) -> Result<i32, i64> {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let dst = Destination {
         given,
-        netns: 0,
         port,
         proto: ip_proto,
         family,
         hook: hook::EGRESS,
         cgroup: cgroup_id,
     };
-    Ok(judge(&dst, || Origin {
+    Ok(judge(&Kernel::MAPS, &dst, || Origin {
         pid: 0,
         comm: [0; 16],
         cgroup_id,
@@ -140,5 +139,5 @@ const TCP_ACK: u8 = 0x10;
 #[inline(always)]
 fn locked_down() -> bool {
     let clock = verdict_clock();
-    lock_of(&Kernel, runner_id(), || clock.now()) != Some(Lock::Open)
+    lock_of(&Kernel::MAPS, runner_id(), || clock.now()) != Some(Lock::Open)
 }

@@ -77,7 +77,6 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     // verifier checks the field accesses.
     let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
     let mut dst = Destination {
-        netns: 0,
         given: addr::mapped_v4(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -94,19 +93,14 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v4(ctx, proxy, port));
     }
-    judge_sent(ctx, &mut dst)
+    judge_sent(ctx, &dst)
 }
 
-/// Judges a destination the job named. Only loopback ownership needs the
-/// socket's network namespace, so only a destination that may turn out to
-/// be loopback pays for the helper: a v4 loopback address, or any v6 one
-/// (a NAT64 prefix may carry 127.0.0.1).
+/// Judges a destination the job named, with the listeners its socket can
+/// reach for `loopback: own`.
 #[inline(always)]
-fn judge_sent(ctx: &SockAddrContext, dst: &mut Destination) -> i32 {
-    if !addr::is_mapped_v4(&dst.given) || addr::is_loopback(&dst.given) {
-        dst.netns = netns_cookie(ctx);
-    }
-    judge(dst, task_origin)
+fn judge_sent(ctx: &SockAddrContext, dst: &Destination) -> i32 {
+    judge(&Kernel::for_socket(ctx.sock_addr), dst, task_origin)
 }
 
 /// `egret verify`'s probe (`egret_common::probe`): the answer is where the
@@ -119,7 +113,8 @@ fn answer_probe(ctx: &SockAddrContext, port: u16) -> i32 {
         return DENY;
     };
     let clock = verdict_clock();
-    if !state.has(flags::CONFIGURED) || lock_of(&Kernel, runner, || clock.now()) != Some(Lock::Open)
+    if !state.has(flags::CONFIGURED)
+        || lock_of(&Kernel::MAPS, runner, || clock.now()) != Some(Lock::Open)
     {
         return DENY;
     }
@@ -175,7 +170,6 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: as in judge_v4.
     let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let mut dst = Destination {
-        netns: 0,
         given: user_ip6(ctx),
         port: u16::from_be(port as u16),
         proto: proto as u8,
@@ -189,7 +183,70 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     if is_dns(&dst) {
         return redirect_dns(ctx, &dst, |proxy, port| write_v6(ctx, proxy, port));
     }
-    judge_sent(ctx, &mut dst)
+    judge_sent(ctx, &dst)
+}
+
+/// A job may bind a loopback or wildcard address only where no one else
+/// listens: joining another runner's or a host service's listener
+/// (`SO_REUSEPORT`) would take a share of its connections and make its
+/// address look like the job's own to `loopback: own`.
+#[cgroup_sock_addr(bind4)]
+pub fn egret_bind4(ctx: SockAddrContext) -> i32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as in judge_v4.
+    let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    check_bind(&ctx, addr::mapped_v4(ip.to_ne_bytes()), port, proto, 4)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn egret_bind6(ctx: SockAddrContext) -> i32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as in judge_v4.
+    let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
+    check_bind(&ctx, user_ip6(&ctx), port, proto, 6)
+}
+
+#[inline(always)]
+fn check_bind(ctx: &SockAddrContext, local: Addr, port_be: u32, proto: u32, family: u8) -> i32 {
+    let local = addr::normalize(local);
+    let port = u16::from_be(port_be as u16);
+    // Port 0 takes a free port: nothing listens there.
+    if port == 0 || !addr::is_loopback(&local) {
+        return ALLOW;
+    }
+    let dst = Destination {
+        given: local,
+        port,
+        proto: proto as u8,
+        family,
+        hook: hook::BIND,
+        cgroup: 0,
+    };
+    // Whoever a connect to this address reaches now.
+    let reached = if local == addr::mapped_v4([0, 0, 0, 0]) {
+        addr::mapped_v4([127, 0, 0, 1])
+    } else if local == [0; 16] {
+        addr::LOOPBACK_V6
+    } else {
+        local
+    };
+    let runner = runner_id();
+    let maps = Kernel::for_socket(ctx.sock_addr);
+    match maps.listener(&dst, &reached) {
+        None => return ALLOW,
+        Some(owner) if owner == Some(runner) => return ALLOW,
+        Some(_) => {}
+    }
+    count(runner, counter::DENIED_LATERAL);
+    emit(
+        runner,
+        &dst,
+        reason::LATERAL,
+        action::DENY,
+        0,
+        &task_origin(),
+    );
+    DENY
 }
 
 #[inline(always)]
@@ -298,7 +355,7 @@ fn redirect_dns(ctx: &SockAddrContext, dst: &Destination, rewrite: impl FnOnce(&
         return refuse(reason::DNS_REFUSED);
     };
     // `--keep-forge` keeps DNS: the forge is reached by name.
-    match lock_of(&Kernel, runner, || clock.now()) {
+    match lock_of(&Kernel::MAPS, runner, || clock.now()) {
         None => {
             count(runner, counter::ERRORS);
             return refuse(reason::DNS_REFUSED);

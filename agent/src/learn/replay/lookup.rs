@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use egret_common::{
     addr::{Addr, longest_match as longest},
-    maps::{Baseline, ExactKey, Learned, Nat64Entry, OwnedKey},
+    maps::{Baseline, ExactKey, Learned, Nat64Entry},
     rules::PortRules,
     state::{GLOBAL_RUNNER, Lockdown, RunnerState, flags},
-    verdict::Lookup,
+    verdict::{Destination, Lookup},
 };
 
 use crate::compile::{Plan, TrieKey};
@@ -82,7 +82,7 @@ impl Lookup for PlanMaps {
     }
     /// A recording holds only refused or audited loopback connects, never
     /// the runner's own listeners, which were let through unreported.
-    fn loopback_owner(&self, _key: &OwnedKey) -> Option<u32> {
+    fn listener_runner(&self, _dst: &Destination, _target: &Addr) -> Option<u32> {
         None
     }
     fn nat64(&self, t: &Addr) -> Option<&Nat64Entry> {

@@ -22,7 +22,11 @@ struct World {
     lateral: Vec<(u32, Addr, BaselineEntry)>,
     cidrs: Vec<(u32, u32, Addr, PortRules)>,
     learned: HashMap<ExactKey, Learned>,
-    owned: HashMap<OwnedKey, u32>,
+    /// Listeners as (network namespace, address, port, protocol, the
+    /// runner whose job bound it or `None` for a host service's), and the
+    /// namespace of the socket the hooks run for.
+    listeners: Vec<(u64, Addr, u16, u8, Option<u32>)>,
+    current_netns: u64,
     nat64: Vec<(u32, Addr, Nat64Entry)>,
     /// Container cgroup → its job's group; (group, address) of each
     /// container; the cgroup of the task the socket hooks run for.
@@ -102,8 +106,23 @@ impl Lookup for World {
     fn learned(&self, key: &ExactKey) -> Option<&Learned> {
         self.learned.get(key)
     }
-    fn loopback_owner(&self, key: &OwnedKey) -> Option<u32> {
-        self.owned.get(key).copied()
+    /// As the kernel picks a listener: the socket's namespace, the exact
+    /// address first, then a wildcard of the family (a v6 one taking IPv4
+    /// too).
+    fn listener_runner(&self, dst: &Destination, t: &Addr) -> Option<u32> {
+        let at = |a: &Addr| {
+            self.listeners.iter().find(|(ns, la, port, proto, _)| {
+                *ns == self.current_netns && la == a && *port == dst.port && *proto == dst.proto
+            })
+        };
+        let wildcards: &[Addr] = if crate::addr::is_mapped_v4(t) {
+            &[mapped_v4([0, 0, 0, 0]), [0; 16]]
+        } else {
+            &[[0; 16]]
+        };
+        at(t)
+            .or_else(|| wildcards.iter().find_map(at))
+            .and_then(|(.., runner)| *runner)
     }
     fn nat64(&self, t: &Addr) -> Option<&Nat64Entry> {
         longest(self.nat64.iter().map(|(l, a, v)| (*l, a, v)), t)
@@ -227,14 +246,22 @@ fn world() -> World {
             rules: rules(&[PortRule::new(443, 443, proto::TCP)], false),
         },
     );
-    let listener = |addr, port| OwnedKey::new(NETNS, addr, port, proto::IPPROTO_TCP);
+    w.current_netns = NETNS;
+    let mut listen = |addr, port, runner| {
+        w.listeners
+            .push((NETNS, addr, port, proto::IPPROTO_TCP, runner));
+    };
     // The runner's test server on 127.0.0.1:8080, a wildcard one on 7000,
     // one on [::1]:6000; another runner's on 127.0.0.1:9090.
-    w.owned.insert(listener(v4([127, 0, 0, 1]), 8080), RUNNER);
-    w.owned.insert(listener(v4([0, 0, 0, 0]), 7000), RUNNER);
-    w.owned.insert(listener(v6("::1"), 6000), RUNNER);
-    w.owned.insert(listener(v4([127, 0, 0, 2]), 5000), RUNNER);
-    w.owned.insert(listener(v4([127, 0, 0, 1]), 9090), OTHER);
+    listen(v4([127, 0, 0, 1]), 8080, Some(RUNNER));
+    listen(v4([0, 0, 0, 0]), 7000, Some(RUNNER));
+    listen(v6("::1"), 6000, Some(RUNNER));
+    listen(v4([127, 0, 0, 2]), 5000, Some(RUNNER));
+    listen(v4([127, 0, 0, 1]), 9090, Some(OTHER));
+    // The job's wildcard listener on 7100, and a host service on
+    // 127.0.0.1:7100, which the kernel prefers for that address.
+    listen(v4([0, 0, 0, 0]), 7100, Some(RUNNER));
+    listen(v4([127, 0, 0, 1]), 7100, None);
     // The local-use NAT64 block is lateral until declared; an operator's
     // /96 is declared.
     w.lateral
@@ -253,7 +280,6 @@ fn world() -> World {
 fn tcp(given: Addr, port: u16) -> Destination {
     Destination {
         given,
-        netns: NETNS,
         port,
         proto: proto::IPPROTO_TCP,
         family: 4,
@@ -393,11 +419,8 @@ fn the_verdict_order_on_an_ordinary_runner() {
             Deny(LATERAL),
         ),
         (
-            "own listener, other netns",
-            Destination {
-                netns: 1,
-                ..tcp(v4([127, 0, 0, 1]), 8080)
-            },
+            "a host service on the address the job's wildcard covers",
+            tcp(v4([127, 0, 0, 1]), 7100),
             Deny(LATERAL),
         ),
         ("own DNS proxy", udp(v4([127, 0, 0, 1]), 5353), Allow),
@@ -485,6 +508,22 @@ fn the_verdict_order_on_an_ordinary_runner() {
     for (what, dst, want) in table {
         assert_eq!(decide(&w, RUNNER, dst, NOW), *want, "{what}");
     }
+}
+
+#[test]
+fn a_listener_counts_only_in_the_network_namespace_it_was_bound_in() {
+    let mut w = world();
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([127, 0, 0, 1]), 8080), NOW),
+        Allow
+    );
+    // The same job's socket in another namespace (a container's) reaches
+    // that namespace's loopback, where the listener is not.
+    w.current_netns = NETNS + 1;
+    assert_eq!(
+        decide(&w, RUNNER, &tcp(v4([127, 0, 0, 1]), 8080), NOW),
+        Deny(LATERAL)
+    );
 }
 
 #[test]

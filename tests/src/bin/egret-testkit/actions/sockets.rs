@@ -19,7 +19,6 @@ pub const KINDS: &[&str] = &[
     "packet",
     "listen",
     "listen-reuse",
-    "bind-many",
     "self-loopback",
     "tfo",
     "uring-connect",
@@ -84,34 +83,6 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             }
             let mut o = success(action);
             o.count = Some(served);
-            o
-        }
-        // Bind N UDP sockets to ADDR (port 0: the kernel picks), stop at the
-        // first refusal, and hold them for MS: bind-many:ADDR:N:MS. `count`
-        // is how many were bound; the errno is the refusal's.
-        "bind-many" => {
-            let mut parts = rest.rsplitn(3, ':');
-            let ms: u64 = parts.next().and_then(|v| v.parse().ok()).expect("MS");
-            let n: u64 = parts.next().and_then(|v| v.parse().ok()).expect("N");
-            let addr: std::net::IpAddr = parts.next().expect("ADDR").parse().expect("ADDR");
-            let mut held = Vec::new();
-            let mut refusal = None;
-            while (held.len() as u64) < n {
-                match std::net::UdpSocket::bind((addr, 0)) {
-                    Ok(s) => held.push(s),
-                    Err(e) => {
-                        refusal = Some(e);
-                        break;
-                    }
-                }
-            }
-            let mut o = match refusal {
-                Some(e) => failure(action, &e),
-                None => success(action),
-            };
-            o.count = Some(held.len() as u64);
-            // Written before the wait so a waiting test can read it.
-            std::thread::sleep(Duration::from_millis(ms));
             o
         }
         // Listen on loopback and connect to it from the same process:
