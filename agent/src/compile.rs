@@ -2,8 +2,10 @@
 //! policy, worked out on the host with no kernel involved. The agent builds
 //! a [`Plan`] and hands it to `Datapath::sync`; tests check plans directly.
 
-mod cidr_cache;
-pub use cidr_cache::CidrCache;
+mod cidrs;
+pub use cidrs::CidrCache;
+#[cfg(test)]
+use cidrs::compile_cidrs;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
@@ -44,6 +46,11 @@ pub type TrieKey = (u32, Addr);
 /// A CIDR trie key: prefix length plus (runner, address).
 pub type CidrEntryKey = (u32, CidrKey);
 
+/// Every runner's CIDR trie entries. The keys come from the policy, not
+/// from a job, so a fast hash needs no defence against chosen collisions;
+/// reloads of tens of thousands of entries hash them several times.
+pub type CidrEntries = HashMap<CidrEntryKey, PortRules, foldhash::fast::RandomState>;
+
 /// What the host contributes to a plan besides the policy.
 #[derive(Clone, Debug, Default)]
 pub struct Host {
@@ -65,7 +72,7 @@ pub struct Plan {
     pub nat64: HashMap<TrieKey, Nat64Entry>,
     /// Neighbours (private ranges, host subnets) and DoH resolvers.
     pub lateral: HashMap<TrieKey, BaselineEntry>,
-    pub cidrs: HashMap<CidrEntryKey, PortRules>,
+    pub cidrs: CidrEntries,
     pub runners: Vec<RunnerPlan>,
 }
 
@@ -112,9 +119,10 @@ pub fn plan(
     plan_with(policy, ids, host, &mut CidrCache::default())
 }
 
-/// [`plan`], compiling again only the runners whose CIDR entries (or the
-/// lateral ranges they are judged against) changed since `cache` saw them:
-/// what the agent's reloads use.
+/// [`plan`], compiling again only the CIDR entries an edit can change
+/// since `cache` saw the runner (those at or below a prefix whose rules
+/// changed; every entry of a runner whose lateral ranges changed): what
+/// the agent's reloads use.
 pub fn plan_with(
     policy: &Policy,
     ids: &HashMap<String, u32>,
@@ -280,77 +288,6 @@ struct RunnerCidrs<'a> {
     pub id: u32,
     pub name: &'a str,
     pub cidrs: &'a [crate::policy::CidrRule],
-}
-
-/// Compiles CIDR rules into trie entries.
-///
-/// The trie answers with the longest matching prefix only, so each entry's
-/// value carries the union of its own rules and those of every entry of the
-/// same runner that contains it. An entry that names a lateral range
-/// explicitly is marked LATERAL_OK and inherits only from entries that do too,
-/// so `0.0.0.0/0` never opens a neighbour through a narrower entry.
-fn compile_cidrs(
-    runners: &[RunnerCidrs<'_>],
-    lateral: &[IpNet],
-) -> Result<HashMap<CidrEntryKey, PortRules>, CompileError> {
-    let mut out = HashMap::with_capacity(runners.iter().map(|r| r.cidrs.len()).sum());
-    for runner in runners {
-        let mut own: HashMap<IpNet, (Vec<PortRule>, bool)> =
-            HashMap::with_capacity(runner.cidrs.len());
-        for rule in runner.cidrs {
-            let net = rule.net.trunc();
-            let lateral_ok = crate::baseline::names_lateral(&net, lateral);
-            own.entry(net)
-                .or_insert_with(|| (Vec::new(), lateral_ok))
-                .0
-                .extend(rule.ports.iter().copied());
-        }
-        // Only prefix lengths some entry has can hold an ancestor: with the
-        // usual handful of lengths this is a few lookups per entry, not 32.
-        let mut lengths: Vec<(bool, u8)> = own
-            .keys()
-            .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
-            .collect();
-        lengths.sort_unstable();
-        lengths.dedup();
-        for (net, (rules, lateral_ok)) in &own {
-            let mut merged = rules.clone();
-            let v4 = net.addr().is_ipv4();
-            let candidates = lengths
-                .iter()
-                .filter(|(is_v4, len)| *is_v4 == v4 && *len < net.prefix_len())
-                .filter_map(|(_, len)| IpNet::new(net.addr(), *len).ok().map(|n| n.trunc()));
-            for ancestor in candidates {
-                if let Some((more, ancestor_lateral_ok)) = own.get(&ancestor)
-                    && (!*lateral_ok || *ancestor_lateral_ok)
-                {
-                    merged.extend(more.iter().copied());
-                }
-            }
-            let merged = merge_rules(merged);
-            if merged.len() > MAX_PORT_RULES {
-                return Err(CompileError::TooManyPortRules {
-                    runner: runner.name.to_owned(),
-                    net: *net,
-                    count: merged.len(),
-                });
-            }
-            let mut value = PortRules {
-                count: merged.len() as u32,
-                flags: if *lateral_ok {
-                    rules_flags::LATERAL_OK
-                } else {
-                    0
-                },
-                ..Default::default()
-            };
-            value.rules[..merged.len()].copy_from_slice(&merged);
-            let (prefix, addr) = trie_prefix(net);
-            out.insert((32 + prefix, CidrKey::new(runner.id, addr)), value);
-        }
-    }
-    debug_assert!(out.keys().all(|(p, _)| *p <= CIDR_KEY_BITS));
-    Ok(out)
 }
 
 /// Joins rules with the same protocols and flags whose ranges touch, and

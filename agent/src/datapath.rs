@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::compile::{CidrEntryKey, Plan, TrieKey};
+use crate::compile::{CidrEntries, CidrEntryKey, Plan, TrieKey};
 use aya::{
     EbpfLoader,
     maps::{LpmTrie, MapData, MapError, lpm_trie::Key},
@@ -29,7 +29,6 @@ use aya::{
 use egret_common::{
     addr::Addr,
     maps::{self as names, ExactKey, Learned},
-    rules::PortRules,
     state::{MAX_RUNNERS, RunnerName, RunnerRecord, RunnerState},
 };
 
@@ -103,7 +102,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 pub struct Datapath {
     pub pins: Pins,
     pub maps: Maps,
-    cidr_mirror: HashMap<CidrEntryKey, PortRules>,
+    cidr_mirror: CidrEntries,
     learned_mirror: HashMap<ExactKey, Learned>,
 }
 

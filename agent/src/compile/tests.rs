@@ -18,7 +18,7 @@ fn lateral() -> Vec<IpNet> {
 }
 
 /// Compiles the entries of a single runner, id 1.
-fn compile_one(rules: &[CidrRule]) -> HashMap<CidrEntryKey, PortRules> {
+fn compile_one(rules: &[CidrRule]) -> CidrEntries {
     compile_cidrs(
         &[RunnerCidrs {
             id: 1,
@@ -30,7 +30,7 @@ fn compile_one(rules: &[CidrRule]) -> HashMap<CidrEntryKey, PortRules> {
     .unwrap()
 }
 
-fn entry<'a>(out: &'a HashMap<CidrEntryKey, PortRules>, runner: u32, net: &str) -> &'a PortRules {
+fn entry<'a>(out: &'a CidrEntries, runner: u32, net: &str) -> &'a PortRules {
     let (prefix, addr) = trie_prefix(&net.parse().unwrap());
     &out[&(32 + prefix, CidrKey::new(runner, addr))]
 }
@@ -287,4 +287,42 @@ fn the_cidr_cache_answers_as_a_fresh_compile() {
         compile_cidrs(&runners, &other_lateral).unwrap(),
         "other lateral ranges"
     );
+}
+
+/// After any sequence of edits (entries added, removed, their ports
+/// changed, a containing prefix added or taken away, a lateral range named)
+/// the cache answers exactly as a fresh compile of the same rules.
+#[test]
+fn the_cidr_cache_recompiles_exactly_what_an_edit_touches() {
+    use proptest::prelude::*;
+    let nets = [
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "11.0.0.0/8",
+        "11.0.0.0/24",
+        "11.0.1.0/24",
+        "11.0.0.7/32",
+        "11.0.1.9/32",
+        "::/0",
+        "2001:db8::/32",
+        "2001:db8::1/128",
+    ];
+    let edit = (0..nets.len(), proptest::option::of(1u16..6));
+    proptest!(|(edits in proptest::collection::vec(proptest::collection::vec(edit.clone(), 1..4), 1..12))| {
+        let mut cache = CidrCache::default();
+        let mut rules: Vec<CidrRule> = Vec::new();
+        for step in edits {
+            for (n, port) in step {
+                // A port sets (or adds to) the prefix's rules; none takes
+                // the prefix away.
+                match port {
+                    Some(p) => rules.push(rule(nets[n], &[(p * 100, p * 100 + 10)])),
+                    None => rules.retain(|r| r.net != nets[n].parse::<IpNet>().unwrap()),
+                }
+            }
+            let runners = [RunnerCidrs { id: 1, name: "ci", cidrs: &rules }];
+            prop_assert_eq!(cache.compile(&runners, &lateral()).unwrap(), compile_one(&rules));
+        }
+    });
 }

@@ -13,10 +13,10 @@ use super::*;
 /// is never missing in between. The mirror changes only after the kernel
 /// accepted the change, so a failure is retried by the next sync. Returns how
 /// many entries changed.
-pub(super) fn diff_sync<M, K, V>(
+pub(super) fn diff_sync<M, K, V, S: std::hash::BuildHasher>(
     map: &mut M,
-    mirror: &mut HashMap<K, V>,
-    desired: &HashMap<K, V>,
+    mirror: &mut HashMap<K, V, S>,
+    desired: &HashMap<K, V, S>,
     in_scope: impl Fn(&K) -> bool,
     write: impl Fn(&mut M, &K, &V) -> Result<(), MapError>,
     remove: impl Fn(&mut M, &K) -> Result<(), MapError>,
