@@ -30,11 +30,6 @@ pub const CONNECT4: Hook = Hook {
     prog_type: 18,
     attach_type: 10,
 };
-/// `cgroup/sock_release`.
-pub const SOCK_RELEASE: Hook = Hook {
-    prog_type: 9,
-    attach_type: 34,
-};
 /// `cgroup/setsockopt`.
 pub const SETSOCKOPT: Hook = Hook {
     prog_type: 25,

@@ -70,8 +70,10 @@ fn subtree(dir: &Path, each: &mut impl FnMut(&Path)) {
     }
 }
 
-/// The network namespaces of every process in the runners' cgroups, and
-/// this one: one open handle each.
+/// The network namespaces of every process in the runners' cgroups: one
+/// open handle each. (A socket of the runners' cgroups in a namespace none
+/// of their processes is in still meets the lockdown at the backstop, on
+/// every packet; it only waits for its own timeout.)
 fn namespaces(cgroups: &RunnerCgroups) -> Vec<File> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -83,7 +85,6 @@ fn namespaces(cgroups: &RunnerCgroups) -> Vec<File> {
             out.push(f);
         }
     };
-    add(PathBuf::from("/proc/thread-self/ns/net"));
     for dir in &cgroups.dirs {
         subtree(dir, &mut |d| {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
@@ -99,10 +100,13 @@ fn namespaces(cgroups: &RunnerCgroups) -> Vec<File> {
 /// socket of the runners' cgroups, except those `keep` names.
 pub fn end(cgroups: &RunnerCgroups, keep: &(dyn Fn(u32, &Socket) -> bool + Sync)) -> Ended {
     let namespaces = namespaces(cgroups);
+    // A dump walks the kernel's whole socket hash table, whatever the
+    // family asked for: one thread per namespace and family, in parallel.
     let results: Vec<Ended> = std::thread::scope(|scope| {
         let workers: Vec<_> = namespaces
             .iter()
-            .map(|ns| scope.spawn(move || end_in(ns, cgroups, keep)))
+            .flat_map(|ns| [(ns, libc::AF_INET as u8), (ns, libc::AF_INET6 as u8)])
+            .map(|(ns, family)| scope.spawn(move || end_in(ns, family, cgroups, keep)))
             .collect();
         workers
             .into_iter()
@@ -122,9 +126,11 @@ pub fn end(cgroups: &RunnerCgroups, keep: &(dyn Fn(u32, &Socket) -> bool + Sync)
     })
 }
 
-/// [`end`] in one network namespace, on a thread that enters it.
+/// [`end`] in one network namespace and family, on a thread that enters
+/// the namespace.
 fn end_in(
     ns: &File,
+    family: u8,
     cgroups: &RunnerCgroups,
     keep: &(dyn Fn(u32, &Socket) -> bool + Sync),
 ) -> Ended {
@@ -143,34 +149,33 @@ fn end_in(
             return ended;
         }
     };
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        for protocol in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
-            let sockets = match diag.list(family, protocol) {
-                Ok(s) => s,
-                Err(e) => {
-                    ended.failures.push(format!("list sockets: {e}"));
-                    continue;
-                }
+    // Listeners carry no traffic, and TIME_WAIT is already closed.
+    let connections = !(1 << TCP_LISTEN | 1 << TCP_TIME_WAIT);
+    for (protocol, states) in [
+        (libc::IPPROTO_TCP as u8, connections),
+        (libc::IPPROTO_UDP as u8, u32::MAX),
+    ] {
+        let sockets = match diag.list(family, protocol, states) {
+            Ok(s) => s,
+            Err(e) => {
+                ended.failures.push(format!("list sockets: {e}"));
+                continue;
+            }
+        };
+        for s in sockets {
+            let Some(runner) = cgroups.runner_of.get(&s.cgroup).copied() else {
+                continue;
             };
-            for s in sockets {
-                let Some(runner) = cgroups.runner_of.get(&s.cgroup).copied() else {
-                    continue;
-                };
-                let tcp = s.protocol == libc::IPPROTO_TCP as u8;
-                if tcp && (s.state == TCP_LISTEN || s.state == TCP_TIME_WAIT) {
-                    continue;
-                }
-                if keep(runner, &s) {
-                    ended.kept += 1;
-                    continue;
-                }
-                match diag.destroy(&s) {
-                    Ok(()) => ended.destroyed += 1,
-                    Err(e) => ended.failures.push(format!(
-                        "destroy a socket to {}:{}: {e}",
-                        s.peer, s.peer_port
-                    )),
-                }
+            if keep(runner, &s) {
+                ended.kept += 1;
+                continue;
+            }
+            match diag.destroy(&s) {
+                Ok(()) => ended.destroyed += 1,
+                Err(e) => ended.failures.push(format!(
+                    "destroy a socket to {}:{}: {e}",
+                    s.peer, s.peer_port
+                )),
             }
         }
     }

@@ -32,7 +32,6 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
         egret_tests::bpf::CONNECT4,
         egret_tests::bpf::SETSOCKOPT,
         egret_tests::bpf::EGRESS,
-        egret_tests::bpf::SOCK_RELEASE,
     ]
     .into_iter()
     .map(|hook| egret_tests::bpf::attach_returning(hook, 1, "egret_empty", &cgroup.dir("hooks")))
@@ -71,7 +70,7 @@ pub(crate) fn bench_connect(runs: u32, rounds: u32, connects: u32) -> ExitCode {
         "  nftables: `socket cgroupv2 level N` on the job's cgroup, established flows first, metadata and lateral ranges rejected, the same {CIDRS} CIDRs as an interval set, then reject"
     );
     println!(
-        "  empty programs: one that only allows on each of the hooks a short connection passes in egret (sock_create, connect4, setsockopt, egress, sock_release)"
+        "  empty programs: one that only allows on each of the hooks a short connection passes in egret (sock_create, connect4, setsockopt, egress)"
     );
     println!(
         "  target {} (a listener that accepts and closes); {runs} runs of {rounds} rounds of {connects} connects per side, the sides in turn",
