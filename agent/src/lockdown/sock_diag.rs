@@ -26,6 +26,7 @@ const SOCKID: usize = 48;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 
 pub const TCP_LISTEN: u8 = 10;
+pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_TIME_WAIT: u8 = 6;
 
 /// One socket as the kernel listed it.

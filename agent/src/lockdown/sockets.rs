@@ -21,7 +21,7 @@ use egret_common::{
     verdict::{self, Destination, Lookup, Outcome},
 };
 
-use super::sock_diag::{Diag, Socket, TCP_LISTEN, TCP_TIME_WAIT};
+use super::sock_diag::{Diag, Socket, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT};
 use crate::{clock::monotonic_ns, datapath::Maps};
 
 /// What ending the connections did.
@@ -149,11 +149,16 @@ fn end_in(
             return ended;
         }
     };
-    // Listeners carry no traffic, and TIME_WAIT is already closed.
+    // Listeners carry no traffic, and TIME_WAIT is already closed. A
+    // connect that passed its hook before the lockdown can enter the table
+    // behind the first walk, and its handshake would then hang on the
+    // backstop until its own timeout: a last walk for handshakes catches
+    // it, after every connection the jobs wait on has its error.
     let connections = !(1 << TCP_LISTEN | 1 << TCP_TIME_WAIT);
     for (protocol, states) in [
         (libc::IPPROTO_TCP as u8, connections),
         (libc::IPPROTO_UDP as u8, u32::MAX),
+        (libc::IPPROTO_TCP as u8, 1 << TCP_SYN_SENT),
     ] {
         let sockets = match diag.list(family, protocol, states) {
             Ok(s) => s,
