@@ -125,6 +125,19 @@ pub const fn is_loopback(a: &Addr) -> bool {
     a[15] == 1 || a[15] == 0
 }
 
+/// The address a connection to `a` reaches: the unspecified address of a
+/// family means that family's loopback address.
+#[inline(always)]
+pub fn reached_by_connect(a: &Addr) -> Addr {
+    if *a == mapped_v4([0, 0, 0, 0]) {
+        mapped_v4([127, 0, 0, 1])
+    } else if *a == [0; 16] {
+        LOOPBACK_V6
+    } else {
+        *a
+    }
+}
+
 /// Whether the first `len` bits of `target` are those of `net`: what a
 /// longest-prefix-match trie compares. For host code (tests, replay) that
 /// stands in for the kernel's tries.
@@ -150,6 +163,14 @@ pub fn longest_match<'a, V>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_to_the_unspecified_address_reaches_loopback() {
+        let v4 = |a| mapped_v4(a);
+        assert_eq!(reached_by_connect(&v4([0, 0, 0, 0])), v4([127, 0, 0, 1]));
+        assert_eq!(reached_by_connect(&[0; 16]), LOOPBACK_V6);
+        assert_eq!(reached_by_connect(&v4([127, 0, 0, 2])), v4([127, 0, 0, 2]));
+    }
 
     #[test]
     fn nat64_is_judged_by_embedded_v4() {

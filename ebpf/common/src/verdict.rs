@@ -119,8 +119,7 @@ pub fn lock_of<M: Lookup + ?Sized>(
 }
 
 /// Whether `runner`'s job opened the listener a loopback `target`
-/// reaches. A connect to the unspecified address reaches the family's
-/// loopback address.
+/// reaches.
 #[inline(always)]
 fn owns_listener<M: Lookup + ?Sized>(
     maps: &M,
@@ -128,14 +127,7 @@ fn owns_listener<M: Lookup + ?Sized>(
     dst: &Destination,
     target: &Addr,
 ) -> bool {
-    let reached = if *target == addr::mapped_v4([0, 0, 0, 0]) {
-        addr::mapped_v4([127, 0, 0, 1])
-    } else if *target == [0; 16] {
-        addr::LOOPBACK_V6
-    } else {
-        *target
-    };
-    maps.listener_runner(dst, &reached) == Some(runner)
+    maps.listener_runner(dst, &addr::reached_by_connect(target)) == Some(runner)
 }
 
 /// Whether the destination is DNS, which the hooks redirect to the

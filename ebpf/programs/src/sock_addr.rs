@@ -222,17 +222,10 @@ fn check_bind(ctx: &SockAddrContext, local: Addr, port_be: u32, proto: u32, fami
         hook: hook::BIND,
         cgroup: 0,
     };
-    // Whoever a connect to this address reaches now.
-    let reached = if local == addr::mapped_v4([0, 0, 0, 0]) {
-        addr::mapped_v4([127, 0, 0, 1])
-    } else if local == [0; 16] {
-        addr::LOOPBACK_V6
-    } else {
-        local
-    };
     let runner = runner_id();
-    let maps = Kernel::for_socket(ctx.sock_addr);
-    match maps.listener(&dst, &reached) {
+    // Whoever a connect to this address reaches now.
+    let reached = addr::reached_by_connect(&local);
+    match Kernel::for_socket(ctx.sock_addr).listener(&dst, &reached) {
         None => return ALLOW,
         Some(owner) if owner == Some(runner) => return ALLOW,
         Some(_) => {}
