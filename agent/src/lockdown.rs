@@ -5,6 +5,8 @@
 //! anything that failed after it took effect (a freeze or thaw): the
 //! lockdown itself is never held up or undone by those.
 
+mod held;
+mod keep_forge;
 mod sock_diag;
 mod sockets;
 
@@ -61,6 +63,9 @@ pub struct Report {
     /// Connections the lockdown ended, and those `--keep-forge` kept.
     pub connections_ended: usize,
     pub connections_kept: usize,
+    /// Why the kernel's socket tables were walked to find the jobs'
+    /// sockets, where they were (slower: the walk visits the whole table).
+    pub walked: Option<String>,
     pub took: Duration,
     /// What failed after the change took effect: a cgroup that could not
     /// be found, frozen or thawed, an audit entry that could not be
@@ -161,7 +166,7 @@ pub fn lockdown(pins: &Pins, state_dir: &Path, req: &Request) -> Result<Report, 
     let cgroups = sockets::RunnerCgroups::new(&dirs);
     let keep_forge = req.keep_forge;
     let ended = sockets::end(&cgroups, &|runner, socket| {
-        keep_forge && sockets::still_allowed(&maps, runner, socket)
+        keep_forge && keep_forge::still_allowed(&maps, runner, socket)
     });
     failures.extend(
         ended
@@ -196,6 +201,7 @@ pub fn lockdown(pins: &Pins, state_dir: &Path, req: &Request) -> Result<Report, 
         thawed: Vec::new(),
         connections_ended: ended.destroyed,
         connections_kept: ended.kept,
+        walked: ended.walked,
         took,
         failures,
     })
@@ -243,6 +249,7 @@ pub fn unlock(pins: &Pins, state_dir: &Path, names: &[String]) -> Result<Report,
         thawed,
         connections_ended: 0,
         connections_kept: 0,
+        walked: None,
         took,
         failures,
     })
@@ -288,6 +295,7 @@ pub fn expire(maps: &mut Maps, state_dir: &Path) -> Result<Report, LockdownError
         thawed,
         connections_ended: 0,
         connections_kept: 0,
+        walked: None,
         took: started.elapsed(),
         failures,
     })

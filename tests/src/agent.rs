@@ -261,6 +261,32 @@ pub fn cli(world: &World, args: &[&str]) -> Cli {
     }
 }
 
+/// As [`cli`], run in the world's host namespace (where shell jobs run)
+/// behind `wrapper`, a command that runs what follows it: `setpriv` with
+/// capabilities dropped, for one.
+pub fn cli_wrapped(world: &World, wrapper: &[&str], args: &[&str]) -> Cli {
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(crate::workspace_bin("egret"))
+        .args(args)
+        .env("EGRET_BPFFS", world.path("bpffs"))
+        .env("EGRET_STATE_DIR", world.path("state"))
+        .env("EGRET_SOCKET", world.path("egret.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = world
+        .host
+        .spawn(&mut cmd, None)
+        .wait_with_output()
+        .expect("run egret");
+    Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// `egret teardown` against these pins; returns its exit code and output.
 pub fn teardown(pins: &Pins) -> (i32, String) {
     let out = Command::new(crate::workspace_bin("egret"))

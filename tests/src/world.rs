@@ -342,10 +342,21 @@ impl World {
     /// Waits until a TCP connection from the host namespace to `remote`
     /// (an IPv4 `ADDR:PORT`) is established, polling the kernel's table.
     pub fn wait_established(&self, remote: &str) {
+        self.wait_tcp_state(remote, TCP_ESTABLISHED);
+    }
+
+    /// Polls the host namespace's TCP table until a handshake to `remote`
+    /// (IPv4 ADDR:PORT) is in flight: SYN_SENT.
+    pub fn wait_connecting(&self, remote: &str) {
+        self.wait_tcp_state(remote, TCP_SYN_SENT);
+    }
+
+    fn wait_tcp_state(&self, remote: &str, state: u8) {
         let addr: std::net::SocketAddrV4 = remote.parse().expect("IPv4 ADDR:PORT");
-        // /proc shows the address as its four bytes in host order, in hex.
+        // /proc shows the address as its four bytes in host order, in hex,
+        // and the state as its number.
         let needle = format!(
-            " {:08X}:{:04X} 01 ",
+            " {:08X}:{:04X} {state:02X} ",
             u32::from_ne_bytes(addr.ip().octets()),
             addr.port()
         );
@@ -363,9 +374,40 @@ impl World {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        panic!("no connection to {remote} was established");
+        panic!("no connection to {remote} reached TCP state {state}");
+    }
+
+    /// Polls the host namespace's UDP table until `count` sockets are bound
+    /// to `local` (IPv4 ADDR:PORT).
+    pub fn wait_udp_bound(&self, local: &str, count: usize) {
+        let addr: std::net::SocketAddrV4 = local.parse().expect("IPv4 ADDR:PORT");
+        let needle = format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(addr.ip().octets()),
+            addr.port()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let needle = needle.clone();
+            let bound = self.host.run_in(move || {
+                std::fs::read_to_string("/proc/thread-self/net/udp")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(1) == Some(needle.as_str()))
+                    .count()
+            });
+            if bound >= count {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("{count} UDP sockets were never bound to {local}");
     }
 }
+
+/// TCP state numbers, as /proc/net/tcp shows them.
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
 
 /// Removes what an interrupted earlier run left behind: namespaces, bpffs
 /// mounts and temp dirs of worlds whose process is gone.

@@ -2,7 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use egret_tests::{agent::cli, privileged, scenario::Scenario};
+use egret_tests::{
+    agent::{cli, cli_wrapped},
+    privileged,
+    scenario::Scenario,
+    world::{self, World},
+};
 
 const ALLOW: &str = "\
 - cidr: 203.0.113.10/32
@@ -214,10 +219,17 @@ fn lockdown_ends_connections_opened_before_it() {
         "{}",
         out.stdout
     );
+    assert!(
+        !out.stdout.contains("walking"),
+        "found through the job's own descriptor, with no table walk: {}",
+        out.stdout
+    );
+    // (The lockdown may land before the job has read the fixture's banner;
+    // the read it is in then ends.)
     let held = &held.wait()[0];
     assert_eq!(
-        (held.banner.as_deref(), held.errno),
-        (Some("fixture 203.0.113.10:443"), Some(libc::ECONNABORTED)),
+        held.errno,
+        Some(libc::ECONNABORTED),
         "connected before the lockdown, then ended by it, not by a timeout: {held:?}"
     );
     // With --keep-forge, a connection to the forge keeps working.
@@ -232,6 +244,124 @@ fn lockdown_ends_connections_opened_before_it() {
         held.ok(),
         "the forge connection survives --keep-forge: {held:?}"
     );
+}
+
+/// A connect whose handshake is in flight when the lockdown lands (its SYN
+/// unanswered: the fixture drops it) fails at once with ECONNABORTED,
+/// rather than at the end of its own timeout.
+#[test]
+fn lockdown_ends_a_handshake_in_flight() {
+    if !privileged("lockdown_ends_a_handshake_in_flight") {
+        return;
+    }
+    let s = Scenario::start(
+        "enforce",
+        "- cidr: 203.0.113.10/32\n  ports: [8444]\n  proto: tcp\n",
+    );
+    drop_handshakes_to(&s.world, 8444);
+    let pending = s.start_job(&["tcp:203.0.113.10:8444"]);
+    s.world.wait_connecting("203.0.113.10:8444");
+    let out = cli(&s.world, &["lockdown", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ended 1 open connection of the jobs"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("walking"),
+        "named through the job's descriptor even before it connected: {}",
+        out.stdout
+    );
+    let pending = &pending.wait()[0];
+    assert_eq!(
+        pending.errno,
+        Some(libc::ECONNABORTED),
+        "the handshake in flight is ended by the lockdown, not by its timeout: {pending:?}"
+    );
+}
+
+/// Run without CAP_SYS_PTRACE, the command may not borrow a job's
+/// descriptors; it says so, walks the kernel's socket tables instead, and
+/// the held connection still ends.
+#[test]
+fn a_lockdown_without_cap_sys_ptrace_walks_the_socket_tables() {
+    if !privileged("a_lockdown_without_cap_sys_ptrace_walks_the_socket_tables") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let held = s.start_job(&["tcp-wait:203.0.113.10:443:20000"]);
+    s.world.wait_established("203.0.113.10:443");
+    let out = cli_wrapped(
+        &s.world,
+        &["setpriv", "--bounding-set", "-sys_ptrace", "--"],
+        &["lockdown", "--runner", "ci"],
+    );
+    assert!(
+        out.stdout
+            .contains("found them by walking the kernel's socket tables")
+            && out.stdout.contains("CAP_SYS_PTRACE"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ended 1 open connection of the jobs"),
+        "{}",
+        out.stdout
+    );
+    // Nor may it open the job's network namespace: it searches its own,
+    // where this job runs, and exits 2 saying what it could not search.
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the network namespace of 1 job process could not be opened"),
+        "{}",
+        out.stderr
+    );
+    let held = &held.wait()[0];
+    assert_eq!(held.errno, Some(libc::ECONNABORTED), "{held:?}");
+}
+
+/// Two UDP sockets of a job share one address (SO_REUSEPORT), so the name
+/// the lockdown destroys a socket by can reach the other one; both still
+/// end, each blocked read with ECONNABORTED.
+#[test]
+fn lockdown_ends_both_sockets_of_a_reuseport_pair() {
+    if !privileged("lockdown_ends_both_sockets_of_a_reuseport_pair") {
+        return;
+    }
+    let s = Scenario::start("enforce", ALLOW);
+    let pair = s.start_job(&["udp-reuse-wait:127.0.0.1:7600:20000"]);
+    s.world.wait_udp_bound("127.0.0.1:7600", 2);
+    let out = cli(&s.world, &["lockdown", "--runner", "ci"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ended 2 open connections of the jobs"),
+        "{}",
+        out.stdout
+    );
+    let pair = &pair.wait()[0];
+    assert_eq!(
+        (pair.errno, pair.count),
+        (Some(libc::ECONNABORTED), Some(2)),
+        "both reads end with ECONNABORTED: {pair:?}"
+    );
+}
+
+/// The fixture's internet drops every SYN to `port`, so a connect there
+/// stays in flight.
+fn drop_handshakes_to(world: &World, port: u16) {
+    let file = world.path("drop-handshakes.nft");
+    world::write_file(
+        &file,
+        &format!(
+            "table inet egret_test_drop {{\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
+        ),
+    );
+    let mut nft = std::process::Command::new("nft");
+    nft.arg("-f").arg(&file);
+    let status = world.internet.spawn(&mut nft, None).wait().expect("nft");
+    assert!(status.success(), "loading the drop rule");
 }
 
 /// A connection to an address that is allowed, but not as the forge, is

@@ -4,8 +4,9 @@
 //! kernel's `tcp_abort`/`udp_abort`: the owner sees ECONNABORTED).
 
 use std::{
+    fs::File,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -28,6 +29,7 @@ const INET_DIAG_CGROUP_ID: u16 = 21;
 pub const TCP_LISTEN: u8 = 10;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_TIME_WAIT: u8 = 6;
+pub const TCP_CLOSE: u8 = 7;
 
 /// One socket as the kernel listed it.
 #[derive(Clone, Debug)]
@@ -40,6 +42,61 @@ pub struct Socket {
     pub peer_port: u16,
     /// 0 where the kernel keeps no cgroup for it.
     pub cgroup: u64,
+}
+
+impl Socket {
+    /// A socket named by what the kernel's exact lookup needs (SOCK_DESTROY
+    /// without a dump): its local and peer address, the interface it is
+    /// bound to (0: none) and its cookie, which tells it apart from another
+    /// socket on the same addresses (an `SO_REUSEPORT` group).
+    pub fn named(
+        family: u8,
+        protocol: u8,
+        local: SocketAddr,
+        peer: SocketAddr,
+        interface: u32,
+        cookie: u64,
+    ) -> Self {
+        let mut id = [0u8; SOCKID];
+        id[0..2].copy_from_slice(&local.port().to_be_bytes());
+        id[2..4].copy_from_slice(&peer.port().to_be_bytes());
+        id[4..20].copy_from_slice(&wire(family, local.ip()));
+        id[20..36].copy_from_slice(&wire(family, peer.ip()));
+        id[36..40].copy_from_slice(&interface.to_ne_bytes());
+        // Two native u32s, low half first, as sock_diag_check_cookie reads.
+        id[40..44].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        id[44..48].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        Self {
+            family,
+            protocol,
+            id,
+            peer: peer.ip(),
+            peer_port: peer.port(),
+            cgroup: 0,
+        }
+    }
+
+    /// The kernel's cookie for this socket, unique while it lives.
+    pub fn cookie(&self) -> u64 {
+        let low = u32::from_ne_bytes(self.id[40..44].try_into().expect("4 bytes"));
+        let high = u32::from_ne_bytes(self.id[44..48].try_into().expect("4 bytes"));
+        u64::from(high) << 32 | u64::from(low)
+    }
+}
+
+/// An address as `inet_diag_sockid` holds it: an AF_INET socket's in the
+/// first four bytes, an AF_INET6 socket's (v4-mapped where it is IPv4) in
+/// all sixteen.
+fn wire(family: u8, addr: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(v4) if i32::from(family) == libc::AF_INET => {
+            out[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V4(v4) => out = v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => out = v6.octets(),
+    }
+    out
 }
 
 /// A NETLINK_SOCK_DIAG socket in the calling thread's network namespace.
@@ -64,6 +121,23 @@ impl Diag {
         // SAFETY: a new descriptor, owned only here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self { fd, seq: 0 })
+    }
+
+    /// A NETLINK_SOCK_DIAG socket in the network namespace `ns`. A socket
+    /// stays in the namespace it was made in, so the calling thread enters
+    /// `ns` to make it and goes back at once (cheaper than a thread of its
+    /// own, and a lockdown is waiting).
+    pub fn open_in(ns: &File) -> io::Result<Self> {
+        use nix::sched::{CloneFlags, setns};
+        let home = File::open("/proc/thread-self/ns/net")?;
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let diag = Self::open();
+        if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
+            // Staying in a job's namespace would make every later socket
+            // of this process there; nothing here can go on safely.
+            panic!("return to this command's own network namespace: {e}");
+        }
+        diag
     }
 
     fn request(
@@ -163,8 +237,10 @@ impl Diag {
         Ok(found)
     }
 
-    /// Destroys `socket`; a socket gone meanwhile is no error.
-    pub fn destroy(&mut self, socket: &Socket) -> io::Result<()> {
+    /// Destroys `socket`. False where the kernel found no socket by that
+    /// name: gone meanwhile, or (named from outside a dump) the lookup
+    /// found another socket on the same addresses.
+    pub fn destroy(&mut self, socket: &Socket) -> io::Result<bool> {
         let seq = self.request(
             SOCK_DESTROY,
             NLM_F_REQUEST | NLM_F_ACK,
@@ -173,8 +249,9 @@ impl Diag {
             &socket.id,
         )?;
         match self.replies(seq, |_, _| {}) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }

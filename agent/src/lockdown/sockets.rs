@@ -2,9 +2,13 @@
 //! new connection at once; a connection already established, or a
 //! handshake in flight, would otherwise hang until its own timeout on
 //! packets the backstop drops. So the lockdown destroys those sockets
-//! (sock_diag), in every network namespace the runners' processes live
-//! in, and each job sees ECONNABORTED at once. It runs in `egret lockdown`
-//! itself, so it needs no agent.
+//! (sock_diag SOCK_DESTROY), and each job sees ECONNABORTED at once. It
+//! runs in `egret lockdown` itself, so it needs no agent.
+//!
+//! The sockets are found through the jobs' own descriptors ([`held`]) and
+//! destroyed by name. Where that cannot be done, the kernel's socket tables
+//! are walked instead, in every network namespace the runners' processes
+//! live in.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,16 +17,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use egret_common::{
-    addr::Addr,
-    maps::{Baseline, CidrKey, ExactKey, Learned, Nat64Entry},
-    rules::PortRules,
-    state::{GLOBAL_RUNNER, Lockdown, RunnerState},
-    verdict::{self, Destination, Lookup, Outcome},
+use super::{
+    held::{self, Held},
+    sock_diag::{Diag, Socket, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT},
 };
-
-use super::sock_diag::{Diag, Socket, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT};
-use crate::{clock::monotonic_ns, datapath::Maps};
 
 /// What ending the connections did.
 #[derive(Debug, Default, serde::Serialize)]
@@ -30,30 +28,59 @@ pub struct Ended {
     pub destroyed: usize,
     /// Connections the lockdown leaves open (`--keep-forge`).
     pub kept: usize,
+    /// Why the socket tables were walked, where they were: the jobs'
+    /// descriptors could not be borrowed, or a socket shared its name.
+    pub walked: Option<String>,
     pub failures: Vec<String>,
 }
 
-/// Each runner's cgroup (by id), with its directory.
+impl Ended {
+    fn add(&mut self, other: Ended) {
+        self.destroyed += other.destroyed;
+        self.kept += other.kept;
+        self.walked = self.walked.take().or(other.walked);
+        self.failures.extend(other.failures);
+    }
+}
+
+/// What to keep: given the runner and the socket, true leaves it open.
+pub type Keep<'a> = &'a (dyn Fn(u32, &Socket) -> bool + Sync);
+
+/// Each runner's cgroups: the runner's own and every one below it.
 pub struct RunnerCgroups {
-    /// cgroup id at or below a runner's cgroup → the runner's id.
+    /// cgroup id → the runner's id.
     runner_of: HashMap<u64, u32>,
-    dirs: Vec<PathBuf>,
+    /// Each cgroup's directory, with its runner.
+    dirs: Vec<(u32, PathBuf)>,
 }
 
 impl RunnerCgroups {
     pub fn new(runners: &[(u32, PathBuf)]) -> Self {
         let mut runner_of = HashMap::new();
+        let mut dirs = Vec::new();
         for (id, dir) in runners {
             subtree(dir, &mut |d| {
                 if let Ok(m) = std::fs::metadata(d) {
                     runner_of.insert(m.ino(), *id);
+                    dirs.push((*id, d.to_path_buf()));
                 }
             });
         }
-        Self {
-            runner_of,
-            dirs: runners.iter().map(|(_, d)| d.clone()).collect(),
+        Self { runner_of, dirs }
+    }
+
+    /// Every process in the cgroups, with its runner.
+    fn processes(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for (runner, dir) in &self.dirs {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            out.extend(
+                procs
+                    .lines()
+                    .filter_map(|p| Some((*runner, p.parse().ok()?))),
+            );
         }
+        out
     }
 }
 
@@ -70,43 +97,131 @@ fn subtree(dir: &Path, each: &mut impl FnMut(&Path)) {
     }
 }
 
-/// The network namespaces of every process in the runners' cgroups: one
-/// open handle each. (A socket of the runners' cgroups in a namespace none
-/// of their processes is in still meets the lockdown at the backstop, on
-/// every packet; it only waits for its own timeout.)
-fn namespaces(cgroups: &RunnerCgroups) -> Vec<File> {
+/// Destroys every TCP connection (listeners and TIME_WAIT aside) and bound
+/// UDP socket of the runners' cgroups, except those `keep` names.
+pub fn end(cgroups: &RunnerCgroups, keep: Keep) -> Ended {
+    let processes = cgroups.processes();
+    match held::scan(&processes) {
+        Ok(held) => end_held(held, cgroups, keep),
+        Err(held::Unavailable(e)) => {
+            let mut failures = Vec::new();
+            let namespaces = namespaces(&processes, &mut failures);
+            let mut ended = walk(&namespaces, cgroups, keep, &HashSet::new());
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (borrowing another user's needs CAP_SYS_PTRACE)"
+            } else {
+                ""
+            };
+            ended.walked = Some(format!(
+                "the jobs' descriptors could not be borrowed: {e}{hint}"
+            ));
+            ended.failures.extend(failures);
+            ended
+        }
+    }
+}
+
+/// Destroys the sockets the jobs hold, each by name. Where the kernel finds
+/// no socket by a name and the socket still lives (another socket shares
+/// its addresses), that namespace is walked after all.
+fn end_held(held: Vec<Held>, cgroups: &RunnerCgroups, keep: Keep) -> Ended {
+    let mut ended = Ended::default();
+    let own_netns = std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino());
+    let mut diags: HashMap<u64, Result<Diag, String>> = HashMap::new();
+    let mut missed: HashMap<u64, File> = HashMap::new();
+    let mut kept = HashSet::new();
+    for h in held {
+        if keep(h.runner, &h.socket) {
+            ended.kept += 1;
+            kept.insert(h.socket.cookie());
+            continue;
+        }
+        let diag = diags.entry(h.netns).or_insert_with(|| {
+            if h.netns == own_netns {
+                return Diag::open().map_err(|e| format!("sock_diag: {e}"));
+            }
+            let (ns, _) = held::netns_of(&h.fd).ok_or("a socket's network namespace is gone")?;
+            Diag::open_in(&ns).map_err(|e| format!("sock_diag in a job's network namespace: {e}"))
+        });
+        let diag = match diag {
+            Ok(d) => d,
+            Err(e) => {
+                ended.failures.push(e.clone());
+                continue;
+            }
+        };
+        match diag.destroy(&h.socket) {
+            Ok(true) => ended.destroyed += 1,
+            Ok(false) => {
+                let closed = i32::from(h.socket.protocol) == libc::IPPROTO_TCP
+                    && held::tcp_state(&h.fd).is_none_or(|s| s == TCP_CLOSE);
+                if !closed && let Some((ns, inode)) = held::netns_of(&h.fd) {
+                    missed.entry(inode).or_insert(ns);
+                }
+            }
+            Err(e) => ended.failures.push(format!(
+                "destroy a socket to {}:{}: {e}",
+                h.socket.peer, h.socket.peer_port
+            )),
+        }
+    }
+    if !missed.is_empty() {
+        let namespaces: Vec<File> = missed.into_values().collect();
+        ended.add(Ended {
+            walked: Some("the kernel found no socket by a socket's name: another shares it, as in an SO_REUSEPORT group".into()),
+            ..walk(&namespaces, cgroups, keep, &kept)
+        });
+    }
+    ended
+}
+
+/// The network namespaces of `processes`: one open handle each. (A socket
+/// of the runners' cgroups in a namespace none of their processes is in
+/// still meets the lockdown at the backstop, on every packet; it only
+/// waits for its own timeout.) A namespace the command may not open (no
+/// CAP_SYS_PTRACE for another user's process) is a failure, and the
+/// command's own namespace, where shell jobs run, is walked in its place.
+fn namespaces(processes: &[(u32, u32)], failures: &mut Vec<String>) -> Vec<File> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let mut add = |path: PathBuf| {
-        if let Ok(f) = File::open(&path)
-            && let Ok(m) = f.metadata()
+    let mut add = |f: File| {
+        if let Ok(m) = f.metadata()
             && seen.insert((m.dev(), m.ino()))
         {
             out.push(f);
         }
     };
-    for dir in &cgroups.dirs {
-        subtree(dir, &mut |d| {
-            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines() {
-                add(PathBuf::from(format!("/proc/{pid}/ns/net")));
-            }
-        });
+    let mut refused = 0;
+    for (_, pid) in processes {
+        match File::open(format!("/proc/{pid}/ns/net")) {
+            Ok(f) => add(f),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => refused += 1,
+            Err(_) => {}
+        }
+    }
+    if refused > 0 {
+        failures.push(format!(
+            "the network namespace of {refused} job process{} could not be opened (CAP_SYS_PTRACE); only this command's own was searched",
+            if refused == 1 { "" } else { "es" }
+        ));
+        if let Ok(own) = File::open("/proc/thread-self/ns/net") {
+            add(own);
+        }
     }
     out
 }
 
-/// Destroys every TCP connection (listeners and TIME_WAIT aside) and UDP
-/// socket of the runners' cgroups, except those `keep` names.
-pub fn end(cgroups: &RunnerCgroups, keep: &(dyn Fn(u32, &Socket) -> bool + Sync)) -> Ended {
-    let namespaces = namespaces(cgroups);
+/// Walks the socket tables of `namespaces` for the runners' sockets and
+/// destroys them, except those `keep` names and those `done` (cookies)
+/// already counted.
+fn walk(namespaces: &[File], cgroups: &RunnerCgroups, keep: Keep, done: &HashSet<u64>) -> Ended {
     // A dump walks the kernel's whole socket hash table, whatever the
     // family asked for: one thread per namespace and family, in parallel.
     let results: Vec<Ended> = std::thread::scope(|scope| {
         let workers: Vec<_> = namespaces
             .iter()
             .flat_map(|ns| [(ns, libc::AF_INET as u8), (ns, libc::AF_INET6 as u8)])
-            .map(|(ns, family)| scope.spawn(move || end_in(ns, family, cgroups, keep)))
+            .map(|(ns, family)| scope.spawn(move || walk_one(ns, family, cgroups, keep, done)))
             .collect();
         workers
             .into_iter()
@@ -119,20 +234,19 @@ pub fn end(cgroups: &RunnerCgroups, keep: &(dyn Fn(u32, &Socket) -> bool + Sync)
             .collect()
     });
     results.into_iter().fold(Ended::default(), |mut all, one| {
-        all.destroyed += one.destroyed;
-        all.kept += one.kept;
-        all.failures.extend(one.failures);
+        all.add(one);
         all
     })
 }
 
-/// [`end`] in one network namespace and family, on a thread that enters
+/// [`walk`] in one network namespace and family, on a thread that enters
 /// the namespace.
-fn end_in(
+fn walk_one(
     ns: &File,
     family: u8,
     cgroups: &RunnerCgroups,
-    keep: &(dyn Fn(u32, &Socket) -> bool + Sync),
+    keep: Keep,
+    done: &HashSet<u64>,
 ) -> Ended {
     let mut ended = Ended::default();
     // Only this thread changes namespace.
@@ -171,12 +285,16 @@ fn end_in(
             let Some(runner) = cgroups.runner_of.get(&s.cgroup).copied() else {
                 continue;
             };
+            if done.contains(&s.cookie()) {
+                continue;
+            }
             if keep(runner, &s) {
                 ended.kept += 1;
                 continue;
             }
             match diag.destroy(&s) {
-                Ok(()) => ended.destroyed += 1,
+                Ok(true) => ended.destroyed += 1,
+                Ok(false) => {}
                 Err(e) => ended.failures.push(format!(
                     "destroy a socket to {}:{}: {e}",
                     s.peer, s.peer_port
@@ -185,122 +303,4 @@ fn end_in(
         }
     }
     ended
-}
-
-/// Whether the lockdown now in the maps still lets `socket` through: the
-/// kernel's own verdict on its peer, over the pinned maps. What
-/// `--keep-forge` keeps. An unconnected UDP socket has no peer; each of its
-/// datagrams meets the verdict when sent, so it is kept too.
-pub fn still_allowed(maps: &Maps, runner: u32, socket: &Socket) -> bool {
-    if socket.peer.is_unspecified() && socket.protocol == libc::IPPROTO_UDP as u8 {
-        return true;
-    }
-    let given = crate::compile::addr_of(socket.peer);
-    let view = PeerView::read(maps, runner, egret_common::addr::normalize(given));
-    let dst = Destination {
-        given,
-        port: socket.peer_port,
-        proto: socket.protocol,
-        family: if i32::from(socket.family) == libc::AF_INET {
-            4
-        } else {
-            6
-        },
-        hook: egret_common::event::hook::CONNECT4,
-        cgroup: socket.cgroup,
-    };
-    verdict::decide(&view, runner, &dst, monotonic_ns()) == Outcome::Allow
-}
-
-/// The pinned maps' answers for one runner and one destination, read
-/// ahead so the verdict can borrow them. A question about anything else
-/// finds nothing, which only ever refuses.
-struct PeerView {
-    runner: u32,
-    target: Addr,
-    state: Option<RunnerState>,
-    own: Option<Lockdown>,
-    global: Option<Lockdown>,
-    baseline: Option<Baseline>,
-    cidr: Option<PortRules>,
-    learned: Option<Learned>,
-    nat64: Option<Nat64Entry>,
-}
-
-impl PeerView {
-    fn read(maps: &Maps, runner: u32, target: Addr) -> Self {
-        use aya::maps::lpm_trie::Key;
-        use egret_common::maps::{ADDR_BITS, CIDR_KEY_BITS};
-        Self {
-            runner,
-            target,
-            state: maps.runner_state(runner).ok(),
-            own: maps.lockdown_of(runner).ok(),
-            global: maps.lockdown_of(GLOBAL_RUNNER).ok(),
-            baseline: maps.baseline.get(&Key::new(ADDR_BITS, target), 0).ok(),
-            cidr: maps
-                .cidrs
-                .get(&Key::new(CIDR_KEY_BITS, CidrKey::new(runner, target)), 0)
-                .ok(),
-            learned: maps
-                .learned
-                .get(
-                    &ExactKey {
-                        runner,
-                        addr: target,
-                    },
-                    0,
-                )
-                .ok(),
-            nat64: maps.nat64.get(&Key::new(ADDR_BITS, target), 0).ok(),
-        }
-    }
-
-    fn ours(&self, runner: u32, target: &Addr) -> bool {
-        runner == self.runner && *target == self.target
-    }
-}
-
-impl Lookup for PeerView {
-    fn runner_state(&self, runner: u32) -> Option<&RunnerState> {
-        (runner == self.runner)
-            .then_some(self.state.as_ref())
-            .flatten()
-    }
-    fn lockdown(&self, id: u32) -> Option<&Lockdown> {
-        if id == GLOBAL_RUNNER {
-            self.global.as_ref()
-        } else if id == self.runner {
-            self.own.as_ref()
-        } else {
-            None
-        }
-    }
-    fn baseline(&self, target: &Addr) -> Option<Baseline> {
-        (*target == self.target).then_some(self.baseline).flatten()
-    }
-    fn may_hold(&self, _runner: u32, _kind: u32, _slot: u32) -> bool {
-        true
-    }
-    fn cidr(&self, runner: u32, target: &Addr) -> Option<&PortRules> {
-        self.ours(runner, target)
-            .then_some(self.cidr.as_ref())
-            .flatten()
-    }
-    fn learned(&self, key: &ExactKey) -> Option<&Learned> {
-        self.ours(key.runner, &key.addr)
-            .then_some(self.learned.as_ref())
-            .flatten()
-    }
-    fn listener_runner(&self, _dst: &Destination, _target: &Addr) -> Option<u32> {
-        None
-    }
-    fn nat64(&self, target: &Addr) -> Option<&Nat64Entry> {
-        (*target == self.target)
-            .then_some(self.nat64.as_ref())
-            .flatten()
-    }
-    fn job_peer(&self, _cgroup: u64, _target: &Addr) -> bool {
-        false
-    }
 }

@@ -18,6 +18,7 @@ pub const KINDS: &[&str] = &[
     "tcp-hold",
     "until-eperm",
     "tcp-wait",
+    "udp-reuse-wait",
     "lockdown-probe",
     "bulk",
 ];
@@ -213,8 +214,9 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             outcome
         }
         // Connect, read the banner, then wait for more: tcp-wait:ADDR:PORT:MS.
-        // The errno is what ended the wait (EAGAIN: nothing came in MS);
-        // `elapsed_ns` is the CLOCK_MONOTONIC time it ended.
+        // The errno is what ended the wait (EAGAIN: nothing came in MS),
+        // or the banner's read if that failed first; `elapsed_ns` is the
+        // CLOCK_MONOTONIC time it ended.
         "tcp-wait" => {
             let (addr, ms) = rest.rsplit_once(':').expect("tcp-wait:ADDR:MS");
             let stream = match TcpStream::connect_timeout(&parse(addr), TIMEOUT) {
@@ -223,17 +225,57 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             };
             let mut reader = std::io::BufReader::new(stream);
             let mut banner = String::new();
-            let _ = std::io::BufRead::read_line(&mut reader, &mut banner);
             let _ = reader
                 .get_ref()
                 .set_read_timeout(Some(Duration::from_millis(ms.parse().expect("ms"))));
             let mut more = String::new();
-            let mut o = match std::io::BufRead::read_line(&mut reader, &mut more) {
+            let mut o = match std::io::BufRead::read_line(&mut reader, &mut banner)
+                .and_then(|_| std::io::BufRead::read_line(&mut reader, &mut more))
+            {
                 Ok(_) => failure(action, &std::io::Error::other("the connection went on")),
                 Err(e) => failure(action, &e),
             };
             o.banner = Some(banner.trim().to_owned());
             o.elapsed_ns = Some(monotonic_ns());
+            o
+        }
+        // Two UDP sockets on one address (SO_REUSEPORT), each blocked
+        // reading for MS: udp-reuse-wait:ADDR:PORT:MS. `count` is how many
+        // reads ECONNABORTED ended; `errno` what ended the first.
+        "udp-reuse-wait" => {
+            let (addr, ms) = rest.rsplit_once(':').expect("udp-reuse-wait:ADDR:MS");
+            let at = parse(addr);
+            let wait = Duration::from_millis(ms.parse().expect("ms"));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let sock = socket2::Socket::new(
+                        socket2::Domain::for_address(at),
+                        socket2::Type::DGRAM,
+                        None,
+                    )
+                    .expect("udp socket");
+                    sock.set_reuse_port(true).expect("SO_REUSEPORT");
+                    sock.bind(&at.into()).expect("bind");
+                    let sock = UdpSocket::from(sock);
+                    sock.set_read_timeout(Some(wait)).expect("timeout");
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 64];
+                        sock.recv(&mut buf).err().and_then(|e| e.raw_os_error())
+                    })
+                })
+                .collect();
+            let errnos: Vec<Option<i32>> = readers
+                .into_iter()
+                .map(|r| r.join().expect("reader"))
+                .collect();
+            let mut o = success(action);
+            o.errno = errnos[0];
+            o.count = Some(
+                errnos
+                    .iter()
+                    .filter(|e| **e == Some(libc::ECONNABORTED))
+                    .count() as u64,
+            );
             o
         }
         // What a lockdown ends, measured from the job: a connection held
