@@ -106,3 +106,49 @@ fn the_policy_reference_lists_every_embedded_preset() {
         .collect();
     assert_eq!(listed, embedded, "docs/policy.md preset table");
 }
+
+/// Every test the threat model cites as evidence exists: `module::name`
+/// is `fn name` in `tests/tests/module.rs`, and a bare name after it in the
+/// same cell is in the same module.
+#[test]
+fn the_threat_model_cites_only_tests_that_exist() {
+    let model = doc("docs/threat-model.md");
+    let mut missing = Vec::new();
+    let mut cited = 0;
+    for row in model.lines().filter(|l| l.starts_with("| ")) {
+        let evidence = row.trim_end_matches('|').rsplit('|').next().unwrap_or("");
+        let mut module: Option<String> = None;
+        for item in evidence.split('`').skip(1).step_by(2) {
+            let name = match item.split_once("::") {
+                Some((m, n)) if is_name(m) && is_name(n) => {
+                    module = Some(m.to_owned());
+                    n
+                }
+                None if is_name(item) && item.contains('_') => item,
+                _ => continue,
+            };
+            let Some(module) = &module else {
+                continue;
+            };
+            let file = format!("tests/tests/{module}.rs");
+            let source =
+                std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap_or_default();
+            cited += 1;
+            if !source.contains(&format!("fn {name}(")) {
+                missing.push(format!("{module}::{name}"));
+            }
+        }
+    }
+    assert!(cited > 20, "the threat model cites {cited} tests");
+    assert!(
+        missing.is_empty(),
+        "cited but not in tests/tests: {missing:?}"
+    );
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
