@@ -36,6 +36,9 @@ pub struct Outcome {
     pub p50_ns: Option<u64>,
     pub p99_ns: Option<u64>,
     pub qps: Option<u64>,
+    /// Loops: the CPU time the looping thread spent, kernel time included
+    /// (what the kernel's hooks cost lands here, whoever else is busy).
+    pub cpu_ns: Option<u64>,
 }
 
 impl Outcome {

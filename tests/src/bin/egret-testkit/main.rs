@@ -94,6 +94,9 @@ struct Outcome {
     p50_ns: Option<u64>,
     p99_ns: Option<u64>,
     qps: Option<u64>,
+    /// Loops: the CPU time the looping thread spent, kernel time included
+    /// (what the kernel's hooks cost lands here, whoever else is busy).
+    cpu_ns: Option<u64>,
 }
 
 fn failure(action: &str, e: &std::io::Error) -> Outcome {

@@ -386,6 +386,12 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
 /// `step` done `n` times, timed; the first failure ends it, with how many
 /// went through before.
 fn timed_loop(action: &str, n: u64, mut step: impl FnMut() -> std::io::Result<()>) -> Outcome {
+    let cpu = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .expect("thread CPU clock")
+    };
+    let cpu_start = cpu();
     let start = Instant::now();
     for i in 0..n {
         if let Err(e) = step() {
@@ -396,6 +402,7 @@ fn timed_loop(action: &str, n: u64, mut step: impl FnMut() -> std::io::Result<()
     }
     let mut o = success(action);
     o.elapsed_ns = Some(start.elapsed().as_nanos() as u64);
+    o.cpu_ns = Some(cpu() - cpu_start);
     o.count = Some(n);
     o
 }
