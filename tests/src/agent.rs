@@ -246,19 +246,12 @@ pub struct Cli {
 /// given as a script would: once, in the environment (`EGRET_BPFFS`,
 /// `EGRET_STATE_DIR`, `EGRET_SOCKET`), whatever the subcommand.
 pub fn cli(world: &World, args: &[&str]) -> Cli {
-    let out = Command::new(crate::workspace_bin("egret"))
-        .args(args)
-        .env("EGRET_BPFFS", world.path("bpffs"))
-        .env("EGRET_STATE_DIR", world.path("state"))
-        .env("EGRET_SOCKET", world.path("egret.sock"))
-        .stdin(Stdio::null())
+    let mut cmd = Command::new(crate::workspace_bin("egret"));
+    cmd.args(args);
+    let out = with_world_paths(&mut cmd, world)
         .output()
         .expect("run egret");
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Cli::from(out)
 }
 
 /// As [`cli`], run in the world's host namespace (where shell jobs run)
@@ -268,11 +261,8 @@ pub fn cli_wrapped(world: &World, wrapper: &[&str], args: &[&str]) -> Cli {
     let mut cmd = Command::new(wrapper[0]);
     cmd.args(&wrapper[1..])
         .arg(crate::workspace_bin("egret"))
-        .args(args)
-        .env("EGRET_BPFFS", world.path("bpffs"))
-        .env("EGRET_STATE_DIR", world.path("state"))
-        .env("EGRET_SOCKET", world.path("egret.sock"))
-        .stdin(Stdio::null())
+        .args(args);
+    with_world_paths(&mut cmd, world)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let out = world
@@ -280,10 +270,25 @@ pub fn cli_wrapped(world: &World, wrapper: &[&str], args: &[&str]) -> Cli {
         .spawn(&mut cmd, None)
         .wait_with_output()
         .expect("run egret");
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Cli::from(out)
+}
+
+/// The world's pins, state directory and socket, in the environment, and
+/// no stdin.
+fn with_world_paths<'a>(cmd: &'a mut Command, world: &World) -> &'a mut Command {
+    cmd.env("EGRET_BPFFS", world.path("bpffs"))
+        .env("EGRET_STATE_DIR", world.path("state"))
+        .env("EGRET_SOCKET", world.path("egret.sock"))
+        .stdin(Stdio::null())
+}
+
+impl From<std::process::Output> for Cli {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 

@@ -352,57 +352,69 @@ impl World {
     }
 
     fn wait_tcp_state(&self, remote: &str, state: u8) {
-        let addr: std::net::SocketAddrV4 = remote.parse().expect("IPv4 ADDR:PORT");
-        // /proc shows the address as its four bytes in host order, in hex,
-        // and the state as its number.
-        let needle = format!(
-            " {:08X}:{:04X} {state:02X} ",
-            u32::from_ne_bytes(addr.ip().octets()),
-            addr.port()
+        // The state is the field after both addresses, as its number.
+        let needle = format!(" {} {state:02X} ", proc_net_addr(remote));
+        self.wait_host_sockets(
+            "tcp",
+            &format!("no connection to {remote} reached TCP state {state}"),
+            move |l| l.contains(&needle),
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            let needle = needle.clone();
-            let found = self.host.run_in(move || {
-                std::fs::read_to_string("/proc/thread-self/net/tcp")
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| l.contains(&needle))
-            });
-            if found {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        panic!("no connection to {remote} reached TCP state {state}");
     }
 
     /// Polls the host namespace's UDP table until `count` sockets are bound
     /// to `local` (IPv4 ADDR:PORT).
     pub fn wait_udp_bound(&self, local: &str, count: usize) {
-        let addr: std::net::SocketAddrV4 = local.parse().expect("IPv4 ADDR:PORT");
-        let needle = format!(
-            "{:08X}:{:04X}",
-            u32::from_ne_bytes(addr.ip().octets()),
-            addr.port()
+        let needle = proc_net_addr(local);
+        let mut bound = 0;
+        self.wait_host_sockets(
+            "udp",
+            &format!("{count} UDP sockets were never bound to {local}"),
+            move |l| {
+                if l.split_whitespace().nth(1) == Some(needle.as_str()) {
+                    bound += 1;
+                }
+                bound >= count
+            },
         );
+    }
+
+    /// Polls the host namespace's `/proc/net/<table>` (for up to 10 s)
+    /// until `found` says yes to one of its lines, fed every line of each
+    /// read anew from a fresh clone of itself; panics with `otherwise`.
+    fn wait_host_sockets(
+        &self,
+        table: &str,
+        otherwise: &str,
+        found: impl FnMut(&str) -> bool + Clone + Send + 'static,
+    ) {
+        let path = format!("/proc/thread-self/net/{table}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            let needle = needle.clone();
-            let bound = self.host.run_in(move || {
-                std::fs::read_to_string("/proc/thread-self/net/udp")
+            let (path, found) = (path.clone(), found.clone());
+            let seen = self.host.run_in(move || {
+                std::fs::read_to_string(path)
                     .unwrap_or_default()
                     .lines()
-                    .filter(|l| l.split_whitespace().nth(1) == Some(needle.as_str()))
-                    .count()
+                    .any(found)
             });
-            if bound >= count {
+            if seen {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        panic!("{count} UDP sockets were never bound to {local}");
+        panic!("{otherwise}");
     }
+}
+
+/// An IPv4 ADDR:PORT as /proc/net shows it: the address's four bytes in
+/// host order, and the port, both in hex.
+fn proc_net_addr(addr: &str) -> String {
+    let addr: std::net::SocketAddrV4 = addr.parse().expect("IPv4 ADDR:PORT");
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    )
 }
 
 /// TCP state numbers, as /proc/net/tcp shows them.

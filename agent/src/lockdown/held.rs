@@ -27,11 +27,11 @@ use super::sock_diag::{Socket, TCP_CLOSE, TCP_LISTEN, TCP_TIME_WAIT};
 pub struct Held {
     pub socket: Socket,
     pub runner: u32,
-    /// The network namespace the socket lives in (its inode), where it
-    /// must be destroyed.
-    pub netns: u64,
-    /// The job's descriptor, borrowed: it names the namespace to enter and
-    /// tells whether the socket is still alive after a destroy misses.
+    /// The network namespace the socket lives in, where it must be
+    /// destroyed: an open handle, and its inode.
+    pub netns: (File, u64),
+    /// The job's descriptor, borrowed: it tells whether the socket is still
+    /// alive after a destroy misses.
     pub fd: OwnedFd,
 }
 
@@ -86,7 +86,9 @@ pub fn scan(processes: &[(u32, u32)]) -> Result<Vec<Held>, Unavailable> {
                 Err(e) => return Err(Unavailable(e)),
             };
             if let Some(socket) = name(&fd) {
-                let netns = netns_of(&fd).map_or(0, |ns| ns.1);
+                // A socket that cannot say where it lives cannot be named to
+                // its namespace's sock_diag: the tables are walked instead.
+                let netns = netns_of(&fd).map_err(Unavailable)?;
                 held.push(Held {
                     socket,
                     runner,
@@ -110,11 +112,11 @@ fn socket_inode(link: &str) -> Option<u64> {
 /// The name sock_diag destroys `fd`'s socket by, or None for a socket a
 /// lockdown leaves alone.
 fn name(fd: &OwnedFd) -> Option<Socket> {
-    let family = int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let family = option::<i32>(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return None;
     }
-    let protocol = int_option(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    let protocol = option::<i32>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
     // SO_PEERNAME refuses a buffer longer than the address it writes.
     let size = if family == libc::AF_INET {
         size_of::<libc::sockaddr_in>()
@@ -150,8 +152,8 @@ fn name(fd: &OwnedFd) -> Option<Socket> {
         unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERNAME, addr.cast(), len) }
     })
     .unwrap_or_else(|| SocketAddr::new(unspecified(local.ip()), 0));
-    let interface = int_option(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX).unwrap_or(0);
-    let cookie = u64_option(fd, libc::SOL_SOCKET, libc::SO_COOKIE).ok()?;
+    let interface = option::<i32>(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX).unwrap_or(0);
+    let cookie = option::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE).ok()?;
     Some(Socket::named(
         family as u8,
         protocol as u8,
@@ -170,28 +172,17 @@ fn unspecified(like: IpAddr) -> IpAddr {
 }
 
 /// The TCP state number of `fd`'s socket (`tcpi_state`, the first byte of
-/// `struct tcp_info`).
+/// `struct tcp_info`; the kernel copies as much as is asked for).
 pub fn tcp_state(fd: &OwnedFd) -> Option<u8> {
-    let mut state = 0u8;
-    let mut len = 1 as libc::socklen_t;
-    // SAFETY: the kernel copies at most `len` (1) bytes of tcp_info into
-    // `state`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut state).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && len == 1).then_some(state)
+    option(fd, libc::IPPROTO_TCP, libc::TCP_INFO).ok()
 }
 
-fn int_option(fd: &OwnedFd, level: i32, option: i32) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `value`.
+/// A socket option the kernel writes as exactly one `T`.
+fn option<T: Copy + Default>(fd: &OwnedFd, level: i32, option: i32) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`, a plain
+    // integer of that size.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -201,31 +192,13 @@ fn int_option(fd: &OwnedFd, level: i32, option: i32) -> io::Result<i32> {
             &mut len,
         )
     };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
-}
-
-fn u64_option(fd: &OwnedFd, level: i32, option: i32) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
+    if len as usize != size_of::<T>() {
+        return Err(io::Error::other("a socket option of another size"));
     }
+    Ok(value)
 }
 
 /// An address the kernel writes as a sockaddr of `size` bytes through
@@ -266,16 +239,16 @@ fn address(
 
 /// The network namespace `fd`'s socket lives in: an open handle and its
 /// inode.
-pub fn netns_of(fd: &OwnedFd) -> Option<(File, u64)> {
+fn netns_of(fd: &OwnedFd) -> io::Result<(File, u64)> {
     // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor.
     let ns = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGSKNS) };
     if ns < 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor, owned only here.
     let ns = unsafe { File::from_raw_fd(ns) };
-    let inode = ns.metadata().ok()?.ino();
-    Some((ns, inode))
+    let inode = ns.metadata()?.ino();
+    Ok((ns, inode))
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
@@ -329,7 +302,7 @@ mod tests {
         assert_eq!(i32::from(named.protocol), libc::IPPROTO_UDP);
         assert!(name(&own(listener.as_raw_fd())).is_none());
         assert!(name(&unbound).is_none());
-        assert!(netns_of(&own(udp.as_raw_fd())).is_some());
+        assert!(netns_of(&own(udp.as_raw_fd())).is_ok());
     }
 
     fn socket2_unbound_udp() -> OwnedFd {

@@ -136,12 +136,12 @@ fn end_held(held: Vec<Held>, cgroups: &RunnerCgroups, keep: Keep) -> Ended {
             kept.insert(h.socket.cookie());
             continue;
         }
-        let diag = diags.entry(h.netns).or_insert_with(|| {
-            if h.netns == own_netns {
+        let (ns, inode) = &h.netns;
+        let diag = diags.entry(*inode).or_insert_with(|| {
+            if *inode == own_netns {
                 return Diag::open().map_err(|e| format!("sock_diag: {e}"));
             }
-            let (ns, _) = held::netns_of(&h.fd).ok_or("a socket's network namespace is gone")?;
-            Diag::open_in(&ns).map_err(|e| format!("sock_diag in a job's network namespace: {e}"))
+            Diag::open_in(ns).map_err(|e| format!("sock_diag in a job's network namespace: {e}"))
         });
         let diag = match diag {
             Ok(d) => d,
@@ -155,7 +155,8 @@ fn end_held(held: Vec<Held>, cgroups: &RunnerCgroups, keep: Keep) -> Ended {
             Ok(false) => {
                 let closed = i32::from(h.socket.protocol) == libc::IPPROTO_TCP
                     && held::tcp_state(&h.fd).is_none_or(|s| s == TCP_CLOSE);
-                if !closed && let Some((ns, inode)) = held::netns_of(&h.fd) {
+                if !closed {
+                    let (ns, inode) = h.netns;
                     missed.entry(inode).or_insert(ns);
                 }
             }
