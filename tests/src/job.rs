@@ -83,10 +83,20 @@ pub fn start_as_root(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str]) 
 }
 
 fn spawn(ns: &Netns, cgroup_procs: Option<&Path>, actions: &[&str], uid: Option<u32>) -> Running {
+    spawn_with_stdin(ns, cgroup_procs, actions, uid, Stdio::null())
+}
+
+fn spawn_with_stdin(
+    ns: &Netns,
+    cgroup_procs: Option<&Path>,
+    actions: &[&str],
+    uid: Option<u32>,
+    stdin: Stdio,
+) -> Running {
     let mut cmd = Command::new(crate::workspace_bin("egret-testkit"));
     cmd.arg("job")
         .args(actions)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     Running {
@@ -115,4 +125,49 @@ impl Running {
 
 pub fn one(ns: &Netns, cgroup_procs: Option<&Path>, action: &str) -> Outcome {
     run(ns, cgroup_procs, &[action]).remove(0)
+}
+
+/// A job that stays up and does one round of its action (such as
+/// `connect-rounds`) each time it is asked: a benchmark's side, warm
+/// between its turns.
+pub struct Worker {
+    running: Running,
+    ask: std::process::ChildStdin,
+    answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Worker {
+    /// Starts `action` as [`JOB_UID`] in `ns` and the given cgroup.
+    pub fn start(ns: &Netns, cgroup_procs: Option<&Path>, action: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut running =
+            spawn_with_stdin(ns, cgroup_procs, &[action], Some(JOB_UID), Stdio::piped());
+        let ask = running.child.stdin.take().expect("worker stdin");
+        let answers =
+            std::io::BufReader::new(running.child.stdout.take().expect("worker stdout")).lines();
+        Self {
+            running,
+            ask,
+            answers,
+        }
+    }
+
+    /// One round: its outcome, once the worker has done it.
+    pub fn round(&mut self) -> Outcome {
+        use std::io::Write as _;
+        writeln!(self.ask, "go").expect("asking the worker");
+        let line = self
+            .answers
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("worker {:?} ended", self.running.actions));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker output {line}: {e}"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.running.child.kill();
+        let _ = self.running.child.wait();
+    }
 }

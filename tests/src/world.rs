@@ -274,6 +274,29 @@ impl World {
         self.containers.last().expect("just pushed")
     }
 
+    /// Another host beside [`World::host`], wired to the internet the same
+    /// way (its own veth, 198.18.N.2/24 routed through 198.18.N.1; `n`
+    /// tells twins apart): where a benchmark loads a netfilter ruleset,
+    /// whose conntrack would otherwise tax every side sharing the host's
+    /// namespace.
+    pub fn twin_host(&self, n: u8) -> Netns {
+        let twin = Netns::create(&format!("{}-twin{n}", self.tag));
+        let internet_end = format!("to-twin{n}");
+        veth("to-inet", &twin, &internet_end, &self.internet);
+        twin.ip(&["addr", "add", &format!("198.18.{n}.2/24"), "dev", "to-inet"]);
+        twin.ip(&["link", "set", "to-inet", "up"]);
+        self.internet.ip(&[
+            "addr",
+            "add",
+            &format!("198.18.{n}.1/24"),
+            "dev",
+            &internet_end,
+        ]);
+        self.internet.ip(&["link", "set", &internet_end, "up"]);
+        twin.ip(&["route", "add", "default", "via", &format!("198.18.{n}.1")]);
+        twin
+    }
+
     /// A second DNS fixture at `addr` in the internet namespace, serving
     /// the default zone from memory without logging: an upstream fast
     /// enough for benchmarks.

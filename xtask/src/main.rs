@@ -67,8 +67,11 @@ enum Cmd {
     Demo,
     /// Benchmarks, measured side by side in one run.
     Bench {
-        #[command(subcommand)]
         which: Bench,
+        /// Passed on to the benchmark, for example `--runs 3` or
+        /// `--raw rounds.csv` (`egret-lab bench-connect --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// cargo fmt --check, clippy with warnings as errors (the kernel
     /// programs too, with the pinned nightly), and `build-ebpf --check`.
@@ -84,13 +87,16 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Bench {
-    /// connect() rate from a job cgroup with and without egret attached.
+    /// connect() rate from a job cgroup with egret, with an nftables
+    /// ruleset instead, and with empty programs, each against none.
     Connect,
-    /// Time from `egret lockdown` starting to the first EPERM in a job.
+    /// Time from `egret lockdown` starting to a job seeing an error on
+    /// every socket it holds.
     Lockdown,
-    /// Time to apply 10,000 CIDRs from scratch and a one-line change.
+    /// Time to apply 10,000 CIDRs, and one-line edits to a small policy
+    /// and to a large generated preset.
     Reload,
     /// TCP bulk throughput with and without egret's packet-level backstop.
     Stream,
@@ -139,7 +145,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     .arg(policy),
             )
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, args } => {
             setup::for_tests()?;
             cargo(&["build", "--release", "--bins"])?;
             let sub = match which {
@@ -150,7 +156,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 Bench::Dns => "bench-dns",
                 Bench::Hooks => "bench-hooks",
             };
-            run_cmd(Command::new(bin("egret-lab")?).arg(sub))
+            run_cmd(Command::new(bin("egret-lab")?).arg(sub).args(args))
         }
         Cmd::Fuzz { seconds } => {
             let pin = setup::pin(&root()?)?;

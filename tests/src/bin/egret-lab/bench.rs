@@ -17,11 +17,16 @@ pub(crate) fn guard(world: &World, name: &str, cgroup: &str, settings: &str) -> 
 }
 
 pub(crate) fn world_sysctl(world: &World, key: &str, value: &str) {
+    netns_sysctl(&world.host, key, value);
+}
+
+/// Sets a per-namespace sysctl inside `ns`.
+pub(crate) fn netns_sysctl(ns: &egret_tests::netns::Netns, key: &str, value: &str) {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", &format!("echo '{value}' > {path}")]);
-    let status = world.host.spawn(&mut cmd, None).wait().expect("sysctl");
-    assert!(status.success(), "setting {key} in the host namespace");
+    let status = ns.spawn(&mut cmd, None).wait().expect("sysctl");
+    assert!(status.success(), "setting {key} in {}", ns.name);
 }
 
 /// Fills the pinned learned-IP map the way the agent's DNS proxy would

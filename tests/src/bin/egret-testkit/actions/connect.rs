@@ -11,6 +11,7 @@ pub const KINDS: &[&str] = &[
     "udp-cmsg",
     "udp-connect",
     "connect-loop",
+    "connect-rounds",
     "sendto-loop",
     "hammer",
     "tcp-from",
@@ -101,6 +102,28 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             timed_loop(action, n.parse().expect("count"), || {
                 TcpStream::connect_timeout(&dst, TIMEOUT).map(|s| close_without_time_wait(&s))
             })
+        }
+        // A benchmark's worker: for each line on stdin, N connects as in
+        // connect-loop, each round's outcome on a line of its own, until
+        // stdin closes: connect-rounds:ADDR:PORT:N. One warm process per
+        // side lets a benchmark alternate its sides in short turns without
+        // a process start between them.
+        "connect-rounds" => {
+            let (addr, n) = rest.rsplit_once(':').expect("connect-rounds:ADDR:N");
+            let (dst, n) = (parse(addr), n.parse().expect("count"));
+            let mut out = std::io::stdout().lock();
+            let mut rounds = 0;
+            for _ in std::io::stdin().lines().map_while(Result::ok) {
+                let o = timed_loop(action, n, || {
+                    TcpStream::connect_timeout(&dst, TIMEOUT).map(|s| close_without_time_wait(&s))
+                });
+                let _ = writeln!(out, "{}", serde_json::to_string(&o).expect("json"));
+                let _ = out.flush();
+                rounds += 1;
+            }
+            let mut o = success(action);
+            o.count = Some(rounds);
+            o
         }
         // N datagrams from one unconnected socket: sendto-loop:ADDR:PORT:N.
         "sendto-loop" => {
