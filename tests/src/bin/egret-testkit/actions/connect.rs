@@ -99,9 +99,7 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
         "connect-loop" => {
             let (addr, n) = rest.rsplit_once(':').expect("connect-loop:ADDR:N");
             let dst = parse(addr);
-            timed_loop(action, n.parse().expect("count"), || {
-                TcpStream::connect_timeout(&dst, TIMEOUT).map(|s| close_without_time_wait(&s))
-            })
+            timed_loop(action, n.parse().expect("count"), || short_connection(&dst))
         }
         // A benchmark's worker: for each line on stdin, N connects as in
         // connect-loop, each round's outcome on a line of its own, until
@@ -114,9 +112,7 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
             let mut out = std::io::stdout().lock();
             let mut rounds = 0;
             for _ in std::io::stdin().lines().map_while(Result::ok) {
-                let o = timed_loop(action, n, || {
-                    TcpStream::connect_timeout(&dst, TIMEOUT).map(|s| close_without_time_wait(&s))
-                });
+                let o = timed_loop(action, n, || short_connection(&dst));
                 let _ = writeln!(out, "{}", serde_json::to_string(&o).expect("json"));
                 let _ = out.flush();
                 rounds += 1;
@@ -408,6 +404,12 @@ fn act(action: &str, kind: &str, rest: &str) -> Outcome {
 
 /// `step` done `n` times, timed; the first failure ends it, with how many
 /// went through before.
+/// A benchmark's unit of work: connect, then close with a reset, leaving
+/// no TIME_WAIT behind to fill the port range.
+fn short_connection(dst: &SocketAddr) -> std::io::Result<()> {
+    TcpStream::connect_timeout(dst, TIMEOUT).map(|s| close_without_time_wait(&s))
+}
+
 fn timed_loop(action: &str, n: u64, mut step: impl FnMut() -> std::io::Result<()>) -> Outcome {
     let cpu = || {
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
