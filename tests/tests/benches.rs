@@ -6,20 +6,20 @@
 
 use std::process::Command;
 
-use egret_tests::privileged;
+use egret_tests::{agent::Cli, privileged};
 
-/// Runs `egret-lab ARGS`, which must succeed; returns what it printed.
-fn lab(args: &[&str]) -> String {
-    let out = Command::new(egret_tests::workspace_bin("egret-lab"))
-        .args(args)
-        .output()
-        .expect("running egret-lab");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// Runs `egret-lab COMMAND` (its words split on spaces), which must
+/// succeed; returns what it printed.
+fn lab(command: &str) -> String {
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let out = Cli::from(
+        Command::new(egret_tests::workspace_bin("egret-lab"))
+            .args(&args)
+            .output()
+            .expect("running egret-lab"),
     );
-    assert!(out.status.success(), "egret-lab {args:?} failed:\n{text}");
+    let text = out.stdout + &out.stderr;
+    assert_eq!(out.code, 0, "egret-lab {args:?} failed:\n{text}");
     text
 }
 
@@ -37,15 +37,7 @@ fn the_connect_benchmark_compares_every_filter_after_proving_each_refuses() {
     // The benchmark asserts, before measuring, that egret answers the
     // attacker with EPERM and both nftables rulesets with a reject, while
     // the bare job reaches it.
-    let text = lab(&[
-        "bench-connect",
-        "--runs",
-        "2",
-        "--rounds",
-        "8",
-        "--connects",
-        "5",
-    ]);
+    let text = lab("bench-connect --runs 2 --rounds 8 --connects 5");
     assert_says(
         &text,
         &[
@@ -64,35 +56,17 @@ fn the_other_benchmarks_run_to_their_end() {
     if !privileged("the_other_benchmarks_run_to_their_end") {
         return;
     }
-    let hooks = lab(&[
-        "bench-hooks",
-        "--connects",
-        "1000",
-        "--datagrams",
-        "1000",
-        "--megabytes",
-        "2",
-    ]);
+    let hooks = lab("bench-hooks --connects 1000 --datagrams 1000 --megabytes 2");
     assert_says(&hooks, &["egret_connect4", "egret_egress", "total"]);
-    let lockdown = lab(&["bench-lockdown", "--runs", "2"]);
+    let lockdown = lab("bench-lockdown --runs 2");
     assert_says(
         &lockdown,
         &["held connections ended with ECONNABORTED: 2 of 2"],
     );
-    let reload = lab(&["bench-reload", "--runs", "1"]);
+    let reload = lab("bench-reload --runs 1");
     assert_says(&reload, &["a one-line edit to the generated preset"]);
-    let stream = lab(&["bench-stream", "--rounds", "1", "--megabytes", "10"]);
+    let stream = lab("bench-stream --rounds 1 --megabytes 10");
     assert_says(&stream, &["with egret (backstop on)"]);
-    let dns = lab(&[
-        "bench-dns",
-        "--ms",
-        "300",
-        "--rounds",
-        "1",
-        "--clients",
-        "2",
-        "--rate",
-        "500",
-    ]);
+    let dns = lab("bench-dns --ms 300 --rounds 1 --clients 2 --rate 500");
     assert_says(&dns, &["egret DNS proxy", "proxy / dnsmasq"]);
 }

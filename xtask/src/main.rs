@@ -89,8 +89,8 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Bench {
-    /// connect() rate from a job cgroup with egret, with an nftables
-    /// ruleset instead, and with empty programs, each against none.
+    /// connect() rate from a job cgroup with egret, with nftables rulesets
+    /// instead, and with empty programs, each against none.
     Connect,
     /// Time from `egret lockdown` starting to a job seeing an error on
     /// every socket it holds.

@@ -16,17 +16,16 @@ pub(crate) fn guard(world: &World, name: &str, cgroup: &str, settings: &str) -> 
     (pins, agent)
 }
 
-pub(crate) fn world_sysctl(world: &World, key: &str, value: &str) {
-    netns_sysctl(&world.host, key, value);
-}
-
-/// Sets a per-namespace sysctl inside `ns`.
-pub(crate) fn netns_sysctl(ns: &egret_tests::netns::Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+/// Benchmarks open many short connections: gives the namespace the whole
+/// ephemeral port range.
+pub(crate) fn widen_port_range(ns: &egret_tests::netns::Netns) {
     let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", &format!("echo '{value}' > {path}")]);
+    cmd.args([
+        "-c",
+        "echo '1024 65535' > /proc/sys/net/ipv4/ip_local_port_range",
+    ]);
     let status = ns.spawn(&mut cmd, None).wait().expect("sysctl");
-    assert!(status.success(), "setting {key} in {}", ns.name);
+    assert!(status.success(), "widening the port range in {}", ns.name);
 }
 
 /// Fills the pinned learned-IP map the way the agent's DNS proxy would

@@ -139,7 +139,7 @@ pub(crate) fn bench_hooks(connects: u32, datagrams: u32, megabytes: u32) -> Exit
     );
     for large in [false, true] {
         let world = World::new();
-        world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
+        widen_port_range(&world.host);
         let mut cgroup = TestCgroup::new("egret-bench");
         let guarded = cgroup.child("egret");
         let mut allow = String::from(

@@ -6,7 +6,7 @@ use super::*;
 
 pub(crate) fn bench_lockdown(runs: u32) -> ExitCode {
     let world = World::new();
-    world_sysctl(&world, "net.ipv4.ip_local_port_range", "1024 65535");
+    widen_port_range(&world.host);
     let mut cgroup = TestCgroup::new("egret-bench");
     let guarded = cgroup.child("ci");
     let (_pins, _agent) = guard(
